@@ -1,0 +1,109 @@
+"""JWT verification with the roles `customer` and `admin`."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+
+from services.common.config import BaseServiceSettings
+from services.common.errors import ProblemError
+
+ROLE_CUSTOMER = "customer"
+ROLE_ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user id and the roles the token grants."""
+
+    user_id: str
+    roles: frozenset[str]
+    expires_at: float
+
+    @property
+    def is_admin(self) -> bool:
+        """True when the token carries the admin role."""
+        return ROLE_ADMIN in self.roles
+
+
+class Unauthenticated(ProblemError):
+    status = 401
+    code = "UNAUTHENTICATED"
+    title = "Authentication required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ProblemError):
+    status = 403
+    code = "FORBIDDEN"
+    title = "Forbidden"
+
+
+class TokenVerifier:
+    """Verifies bearer tokens; a small cache spares the signature check for tokens seen recently."""
+
+    def __init__(self, settings: BaseServiceSettings, cache_size: int = 50_000) -> None:
+        self.algorithm = settings.jwt_algorithm
+        self.key = settings.jwt_public_key if self.algorithm.startswith(("RS", "ES")) else settings.jwt_secret
+        self.cache: OrderedDict[str, Principal] = OrderedDict()
+        self.cache_size = cache_size
+
+    def verify(self, token: str) -> Principal:
+        """Return the principal for a valid token or raise Unauthenticated."""
+        now = time.time()
+        cached = self.cache.get(token)
+        if cached is not None:
+            if cached.expires_at > now:
+                return cached
+            del self.cache[token]
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self.key, algorithms=[self.algorithm], options={"require": ["sub", "exp"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("Token expired") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("Invalid token") from None
+        roles = claims.get("roles") or []
+        if isinstance(roles, str):
+            roles = roles.split()
+        principal = Principal(str(claims["sub"]), frozenset(str(r) for r in roles), float(claims["exp"]))
+        self.cache[token] = principal
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return principal
+
+
+def issue_token(settings: BaseServiceSettings, user_id: str, roles: list[str], ttl_seconds: int = 3600) -> str:
+    """Mint an HS256 token; for the local stack, demos and tests only."""
+    now = int(time.time())
+    claims = {"sub": user_id, "roles": roles, "iat": now, "exp": now + ttl_seconds}
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def _principal(request: Request) -> Principal:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("Missing bearer token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("Authorization must be 'Bearer <token>'")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return verifier.verify(token.strip())
+
+
+def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("The admin role is required")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(_principal)]
+AdminUser = Annotated[Principal, Depends(_admin)]

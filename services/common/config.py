@@ -1,0 +1,40 @@
+"""Settings base shared by every service; values come only from the environment."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+
+
+class BaseServiceSettings(BaseSettings):
+    """Settings every service has; a service subclasses it with its own env prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    service_name: str = "service"
+    env: str = Field("dev", validation_alias=AliasChoices("APP_ENV", "ENV"))
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    redis_max_connections: int = Field(256, validation_alias="REDIS_MAX_CONNECTIONS")
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    db_pool_size: int = 10
+    jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias="JWT_SECRET")
+    jwt_public_key: str = Field("", validation_alias="JWT_PUBLIC_KEY")
+    jwt_algorithm: str = Field("HS256", validation_alias="JWT_ALGORITHM")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    access_log: bool = Field(False, validation_alias="ACCESS_LOG")
+    max_body_bytes: int = Field(65536, validation_alias="MAX_BODY_BYTES")
+    replica_id: str = Field("", validation_alias="REPLICA_ID")
+
+    @property
+    def is_dev(self) -> bool:
+        """True when running the local development stack or tests."""
+        return self.env in {"dev", "test"}
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> BaseServiceSettings:
+        # Outside dev mode a forgotten secret must stop the service, not weaken it.
+        if not self.is_dev and self.jwt_algorithm.startswith("HS") and self.jwt_secret == DEV_JWT_SECRET:
+            raise ValueError("JWT_SECRET must be set outside dev mode (APP_ENV=dev|test)")
+        return self

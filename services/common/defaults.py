@@ -1,0 +1,169 @@
+"""`add_service_defaults(app)`: health, metrics, JSON logs, request ids, body limits, problem+json."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import text
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.config import BaseServiceSettings
+from services.common.errors import install_error_handlers, problem_response
+from services.common.logs import configure_logging, request_id_var
+
+log = logging.getLogger("service.access")
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests served", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+ReadyCheck = Callable[[], Awaitable[None]]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ServiceMiddleware:
+    """Pure ASGI middleware (no per-request task) for request ids, body limits, metrics and access logs."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int, access_log: bool) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        declared = -1
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")[:128]
+            elif name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+        if not rid:
+            rid = uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status_holder = [500]
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            if declared > self.max_body:
+                await self._too_large(scope, receive, send_wrapper)
+                return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body:
+                        raise _BodyTooLarge
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except _BodyTooLarge:
+                await self._too_large(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - start
+            HTTP_REQUESTS.labels(scope["method"], label, str(status_holder[0])).inc()
+            HTTP_LATENCY.labels(label).observe(elapsed)
+            if self.access_log:
+                log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    scope["path"],
+                    status_holder[0],
+                    extra={"status": status_holder[0], "ms": round(elapsed * 1000, 2)},
+                )
+            request_id_var.reset(token)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = problem_response(
+            413, "PAYLOAD_TOO_LARGE", f"Request body exceeds {self.max_body} bytes", instance=scope["path"]
+        )
+        await resp(scope, receive, send)
+
+
+def add_service_defaults(
+    app: FastAPI,
+    settings: BaseServiceSettings,
+    ready_checks: dict[str, ReadyCheck] | None = None,
+) -> None:
+    """Add health, readiness, metrics, logging, request ids, body limits and problem+json errors."""
+    configure_logging(settings.service_name, settings.log_level)
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, max_body=settings.max_body_bytes, access_log=settings.access_log)
+
+    @app.get("/healthz/live", include_in_schema=False)
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/healthz/ready", include_in_schema=False)
+    async def ready(request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ok = True
+        for name, check in default_ready_checks(request.app).items() | (ready_checks or {}).items():
+            try:
+                await check()
+                checks[name] = "ok"
+            except Exception as exc:  # readiness must report, never raise
+                ok = False
+                checks[name] = f"error: {type(exc).__name__}"
+        if not ok:
+            return problem_response(503, "NOT_READY", "A dependency is not answering", extra={"checks": checks})
+        return Response(orjson.dumps({"status": "ok", "checks": checks}), media_type="application/json")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def default_ready_checks(app: FastAPI) -> dict[str, ReadyCheck]:
+    """Ping the Redis pool and database engine the lifespan opened, if any."""
+    checks: dict[str, ReadyCheck] = {}
+    redis = getattr(app.state, "redis", None)
+    engine = getattr(app.state, "engine", None)
+    if redis is not None:
+
+        async def ping_redis() -> None:
+            await redis.ping()
+
+        checks["redis"] = ping_redis
+    if engine is not None:
+
+        async def ping_db() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        checks["postgres"] = ping_db
+    return checks

@@ -1,0 +1,151 @@
+"""Redis Streams consumer: consumer group, retries, a dead-letter stream, and claiming stale entries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+log = logging.getLogger("service.streams")
+
+EVENTS_HANDLED = Counter("stream_events_total", "Stream entries handled", ["stream", "group", "outcome"])
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def encode_event(event_type: str, payload: dict[str, Any], version: int = 1) -> dict[str, str]:
+    """Fields of a stream entry: a versioned JSON payload."""
+    return {"type": event_type, "v": str(version), "data": orjson.dumps(payload).decode()}
+
+
+def decode_event(fields: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a stream entry, with its `type` and `v` merged in."""
+    data: dict[str, Any] = orjson.loads(fields.get("data", "{}"))
+    data.setdefault("type", fields.get("type", ""))
+    data.setdefault("v", int(fields.get("v", 1)))
+    return data
+
+
+@dataclass
+class StreamConsumer:
+    """Reads one stream in a consumer group and hands each entry to `handler` at least once.
+
+    An entry whose handler raises stays pending and is retried after `claim_idle_ms`; after
+    `max_deliveries` attempts it is copied to `<stream>:dead` and acknowledged. Entries left
+    pending by a crashed consumer are claimed the same way, so nothing acknowledged is lost.
+    """
+
+    redis: Redis
+    stream: str
+    group: str
+    consumer: str
+    handler: Handler
+    batch: int = 200
+    block_ms: int = 1000
+    claim_idle_ms: int = 15_000
+    max_deliveries: int = 5
+    start_id: str = "0"
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Where entries go after too many failed deliveries."""
+        return f"{self.stream}:dead"
+
+    async def ensure_group(self) -> None:
+        """Create the group (and stream) if missing."""
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id=self.start_id, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current batch."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until stopped; survives Redis outages by backing off."""
+        backoff = 0.2
+        last_claim = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                await self.ensure_group()
+                if loop.time() - last_claim > self.claim_idle_ms / 2000:
+                    await self.claim_stale()
+                    last_claim = loop.time()
+                await self.read_once()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("stream consumer %s/%s failed; retrying", self.stream, self.group, exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def read_once(self) -> int:
+        """Read and handle one batch of new entries; returns how many were handled."""
+        resp: Any = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
+        )
+        handled = 0
+        # RESP2 answers a list of [stream, entries]; RESP3 a mapping of stream -> entries.
+        batches = resp.values() if isinstance(resp, dict) else [entries for _stream, entries in resp or []]
+        for entries in batches:
+            for entry_id, fields in entries:
+                handled += await self._handle(entry_id, fields)
+        return handled
+
+    async def claim_stale(self) -> int:
+        """Take over entries another consumer left pending too long; retry or dead-letter them."""
+        handled = 0
+        cursor = "0-0"
+        while True:
+            resp = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=cursor, count=self.batch
+            )
+            cursor, entries = resp[0], resp[1]
+            if entries:
+                counts = await self._delivery_counts([e[0] for e in entries if e and e[1] is not None])
+                for entry_id, fields in entries:
+                    if fields is None:  # deleted from the stream while pending
+                        await self.redis.xack(self.stream, self.group, entry_id)
+                        continue
+                    if counts.get(entry_id, 0) > self.max_deliveries:
+                        await self._dead_letter(entry_id, fields)
+                    else:
+                        handled += await self._handle(entry_id, fields)
+            if cursor in ("0-0", b"0-0") or not entries:
+                return handled
+
+    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows: Any = await self.redis.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids))
+        return {r["message_id"]: int(r["times_delivered"]) for r in rows}
+
+    async def _handle(self, entry_id: str, fields: dict[str, Any]) -> int:
+        try:
+            await self.handler(entry_id, fields)
+        except Exception:
+            EVENTS_HANDLED.labels(self.stream, self.group, "error").inc()
+            log.warning("handler failed for %s %s; will retry", self.stream, entry_id, exc_info=True)
+            return 0
+        await self.redis.xack(self.stream, self.group, entry_id)
+        EVENTS_HANDLED.labels(self.stream, self.group, "ok").inc()
+        return 1
+
+    async def _dead_letter(self, entry_id: str, fields: dict[str, Any]) -> None:
+        dead: dict[Any, Any] = {**fields, "source_id": entry_id, "group": self.group}
+        await self.redis.xadd(self.dead_letter_stream, dead)
+        await self.redis.xack(self.stream, self.group, entry_id)
+        EVENTS_HANDLED.labels(self.stream, self.group, "dead_letter").inc()
+        log.error("dead-lettered %s %s after %d deliveries", self.stream, entry_id, self.max_deliveries)

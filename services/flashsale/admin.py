@@ -1,0 +1,156 @@
+"""/admin endpoints: the sale lifecycle for ops. Admin role required; every call is audited."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import JSONResponse, Response
+
+from services.common.auth import AdminUser, Principal
+from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyRequired, IdempotencyStore, fingerprint
+from services.flashsale.deps import ServiceDep
+from services.flashsale.models import SaleState
+from services.flashsale.router import SaleId
+from services.flashsale.schemas import AddStock, AuditOut, SaleCreate, SaleOut, SaleStats, SaleUpdate
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+OptionalKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+
+
+async def _once(
+    request: Request,
+    user: Principal,
+    key: str | None,
+    payload: Any,
+    action: Callable[[], Awaitable[dict[str, Any]]],
+    status: int = 200,
+) -> Response:
+    """Run an admin change; with an Idempotency-Key, a replay gets the first answer."""
+    if key is None:
+        return JSONResponse(await action(), status_code=status)
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise IdempotencyKeyRequired(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable ASCII characters")
+
+    async def run() -> tuple[int, Any]:
+        return status, await action()
+
+    store = IdempotencyStore(request.app.state.redis, "flashsale-admin")
+    code, body = await store.run(
+        key=key,
+        owner=user.user_id,
+        request_fingerprint=fingerprint({"path": request.url.path, "body": payload}),
+        action=run,
+    )
+    return JSONResponse(body, status_code=code)
+
+
+@router.post("/sales", status_code=201, response_model=SaleOut)
+async def create_sale(
+    request: Request, body: SaleCreate, user: AdminUser, service: ServiceDep, key: OptionalKey = None
+) -> Response:
+    """Create a sale in draft."""
+    payload = body.model_dump(mode="json")
+    return await _once(
+        request, user, key, payload, lambda: service.create_sale(actor=user.user_id, data=body), status=201
+    )
+
+
+@router.patch("/sales/{sale_id}", response_model=SaleOut)
+async def update_sale(sale_id: SaleId, body: SaleUpdate, user: AdminUser, service: ServiceDep) -> dict[str, Any]:
+    """Change a sale before it goes live."""
+    return await service.update_sale(actor=user.user_id, sale_id=sale_id, data=body)
+
+
+def _transition_route(action: str) -> None:
+    async def endpoint(
+        request: Request, sale_id: SaleId, user: AdminUser, service: ServiceDep, key: OptionalKey = None
+    ) -> Response:
+        return await _once(
+            request,
+            user,
+            key,
+            {"sale_id": sale_id},
+            lambda: service.transition(actor=user.user_id, sale_id=sale_id, action=action),
+        )
+
+    endpoint.__doc__ = f"{action.capitalize()} a sale."
+    router.add_api_route(
+        f"/sales/{{sale_id}}/{action}",
+        endpoint,
+        methods=["POST"],
+        response_model=SaleOut,
+        name=f"{action}_sale",
+        summary=f"{action.capitalize()} a sale",
+    )
+
+
+for _action in ("schedule", "start", "pause", "resume", "stop"):
+    _transition_route(_action)
+
+
+@router.post("/sales/{sale_id}/stock", response_model=SaleOut)
+async def add_stock(
+    request: Request,
+    sale_id: SaleId,
+    body: AddStock,
+    user: AdminUser,
+    service: ServiceDep,
+    key: OptionalKey = None,
+) -> Response:
+    """Add units to a sale."""
+    return await _once(
+        request,
+        user,
+        key,
+        {"sale_id": sale_id, "units": body.units},
+        lambda: service.add_stock(actor=user.user_id, sale_id=sale_id, units=body.units),
+    )
+
+
+@router.get("/sales", response_model=list[SaleOut])
+async def list_sales(
+    user: AdminUser,
+    service: ServiceDep,
+    state: SaleState | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[dict[str, Any]]:
+    """All sales, newest first."""
+    await service.audit_read(actor=user.user_id, action="list")
+    return await service.list_sales(state=state, limit=limit, offset=offset)
+
+
+@router.get("/sales/{sale_id}", response_model=SaleOut)
+async def get_sale(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> SaleOut:
+    """One sale as recorded."""
+    sale = await service.get_sale(sale_id)
+    await service.audit_read(actor=user.user_id, action="get", sale_id=sale_id)
+    return SaleOut.model_validate(sale)
+
+
+@router.get("/sales/{sale_id}/stats", response_model=SaleStats)
+async def sale_stats(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> SaleStats:
+    """Sold, reserved, remaining, attempts by outcome, and when it sold out."""
+    stats = await service.stats(sale_id)
+    await service.audit_read(actor=user.user_id, action="stats", sale_id=sale_id)
+    return stats
+
+
+@router.get("/audit", response_model=list[AuditOut])
+async def audit_log(
+    user: AdminUser,
+    service: ServiceDep,
+    sale_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[AuditOut]:
+    """Who did what to which sale, and when, newest first."""
+    entries = await service.audit_log(sale_id=sale_id, limit=limit, offset=offset)
+    await service.audit_read(actor=user.user_id, action="audit", sale_id=sale_id)
+    return [AuditOut.model_validate(e) for e in entries]

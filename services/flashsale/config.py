@@ -1,0 +1,44 @@
+"""Flashsale settings, read from FLASHSALE_* (and the shared) environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import BaseServiceSettings
+
+DEV_WEBHOOK_KEY = "dev-only-webhook-signing-key"
+
+
+class FlashSaleSettings(BaseServiceSettings):
+    """Everything flashsale reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FLASHSALE_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "flashsale"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/flashsale"
+    port: int = 8102
+    # Per-user purchase attempts per second on one replica (a cheap local guard; the gateway has the global one).
+    user_rate_per_second: float = 10.0
+    user_rate_burst: int = 20
+    idempotency_ttl_seconds: int = 24 * 3600
+    sold_out_cache_seconds: float = 2.0
+    status_cache_seconds: float = 0.2
+    catalog_refresh_seconds: float = 1.0
+    scheduler_interval_seconds: float = 0.25
+    alert_webhooks: str = Field("", description="Comma-separated URLs that receive stock alerts")
+    webhook_signing_key: str = DEV_WEBHOOK_KEY
+    webhook_max_attempts: int = 6
+    order_events_stream: str = "orders:events"
+    alerts_stream: str = "alerts"
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        """Configured alert webhook URLs."""
+        return [u.strip() for u in self.alert_webhooks.split(",") if u.strip()]
+
+    @model_validator(mode="after")
+    def _refuse_default_webhook_key(self) -> FlashSaleSettings:
+        if not self.is_dev and self.webhook_urls and self.webhook_signing_key == DEV_WEBHOOK_KEY:
+            raise ValueError("FLASHSALE_WEBHOOK_SIGNING_KEY must be set outside dev mode")
+        return self

@@ -1,0 +1,200 @@
+"""Flashsale's stream work: relaying stock alerts (stream, webhooks, metric), consuming order events,
+and listening for sold-out / catalog notifications from other replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from services.common.streams import StreamConsumer, decode_event
+from services.flashsale.service import WARM_STATES, FlashSaleService, utcnow
+from services.flashsale.store import NOTIFY_CHANNEL, alerts_stream
+
+log = logging.getLogger("flashsale.events")
+
+ALERTS = Counter("flashsale_stock_alerts_total", "Stock alerts raised", ["type"])
+WEBHOOKS = Counter("flashsale_webhook_deliveries_total", "Alert webhook deliveries", ["outcome"])
+
+RELEASE_EVENTS = {"order.cancelled", "order.expired", "order.failed", "reservation.released"}
+CONFIRM_EVENTS = {"order.paid"}
+
+
+class WebhookNotifier:
+    """POSTs each alert to every configured URL, retrying with backoff, off the purchase path."""
+
+    def __init__(self, urls: list[str], signing_key: str, max_attempts: int) -> None:
+        self.urls = urls
+        self.key = signing_key.encode()
+        self.max_attempts = max_attempts
+        self.client = httpx.AsyncClient(timeout=5.0)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        """Queue one delivery per URL; returns at once."""
+        body = orjson.dumps(payload)
+        for url in self.urls:
+            task = asyncio.create_task(self._deliver(url, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, url: str, body: bytes) -> None:
+        signature = hmac.new(self.key, body, hashlib.sha256).hexdigest()
+        headers = {"content-type": "application/json", "x-flashsale-signature": f"sha256={signature}"}
+        for attempt in range(self.max_attempts):
+            try:
+                resp = await self.client.post(url, content=body, headers=headers)
+                if resp.status_code < 300:
+                    WEBHOOKS.labels("delivered").inc()
+                    return
+                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                    break  # the receiver rejects it; retrying would not help
+            except httpx.HTTPError:
+                pass
+            WEBHOOKS.labels("retry").inc()
+            await asyncio.sleep(min(30.0, 0.25 * 2**attempt))
+        WEBHOOKS.labels("failed").inc()
+        log.error("alert webhook %s gave up after %d attempts", url, self.max_attempts)
+
+    async def drain(self) -> None:
+        """Wait for deliveries in flight (tests and shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def aclose(self) -> None:
+        """Stop pending deliveries and close the client."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.client.aclose()
+
+
+class AlertRelay:
+    """One consumer per active sale's alert stream; each alert goes out exactly once per crossing."""
+
+    GROUP = "flashsale-alerts"
+
+    def __init__(self, service: FlashSaleService, notifier: WebhookNotifier, consumer_name: str) -> None:
+        self.service = service
+        self.notifier = notifier
+        self.consumer_name = consumer_name
+        self._consumers: dict[int, tuple[StreamConsumer, asyncio.Task[None]]] = {}
+
+    def _wanted(self) -> set[int]:
+        recent = utcnow() - timedelta(hours=1)
+        return {
+            e.id
+            for e in self.service.catalog.values()
+            if e.state in WARM_STATES or (e.ends_at >= recent and e.state.value == "ended")
+        }
+
+    def sync(self) -> None:
+        """Start consumers for sales that became active and stop those no longer needed."""
+        wanted = self._wanted()
+        for sale_id in wanted - self._consumers.keys():
+            consumer = StreamConsumer(
+                redis=self.service.redis,
+                stream=alerts_stream(sale_id),
+                group=self.GROUP,
+                consumer=self.consumer_name,
+                handler=self._handler(sale_id),
+                batch=50,
+                block_ms=500,
+                claim_idle_ms=10_000,
+            )
+            self._consumers[sale_id] = (consumer, asyncio.create_task(consumer.run()))
+        for sale_id in self._consumers.keys() - wanted:
+            consumer, task = self._consumers.pop(sale_id)
+            consumer.stop()
+            task.cancel()
+
+    def _handler(self, sale_id: int) -> Any:
+        async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+            await self.relay(sale_id, entry_id, fields)
+
+        return handle
+
+    async def relay(self, sale_id: int, entry_id: str, fields: dict[str, Any]) -> None:
+        """Publish one alert: global stream, metric, webhooks; pause the record if the script paused."""
+        redis = self.service.redis
+        seen_key = f"fs:alert-relayed:{sale_id}:{entry_id}"
+        if await redis.exists(seen_key):
+            return  # delivered before a crash stopped the acknowledgement
+        event = decode_event(fields)
+        event_type = str(event["type"])
+        payload = {"id": f"{sale_id}-{entry_id}", **event}
+        await redis.xadd(
+            self.service.settings.alerts_stream,
+            {"type": event_type, "v": str(event["v"]), "data": orjson.dumps(payload).decode()},
+            maxlen=100_000,
+            approximate=True,
+        )
+        await redis.set(seen_key, "1", ex=7 * 24 * 3600)
+        ALERTS.labels(event_type).inc()
+        log.warning("stock alert %s for sale %s", event_type, sale_id, extra={"alert": payload})
+        self.notifier.send(payload)
+        if event_type == "stock.low" and event.get("paused"):
+            await self.service.sync_auto_pause(sale_id)
+
+    async def aclose(self) -> None:
+        """Stop every consumer."""
+        for consumer, task in self._consumers.values():
+            consumer.stop()
+            task.cancel()
+        self._consumers.clear()
+
+
+async def handle_order_event(service: FlashSaleService, entry_id: str, fields: dict[str, Any]) -> None:
+    """Release or confirm a reservation from an order event; repeats are harmless."""
+    event = decode_event(fields)
+    event_type = event.get("type")
+    if event_type not in RELEASE_EVENTS and event_type not in CONFIRM_EVENTS:
+        return
+    try:
+        sale_id = int(event["sale_id"])
+        reservation_id = str(event["reservation_id"])
+    except (KeyError, TypeError, ValueError):
+        log.error("order event %s without sale_id/reservation_id; skipped", entry_id)
+        return
+    if event_type in RELEASE_EVENTS:
+        released = await service.release_reservation(sale_id=sale_id, reservation_id=reservation_id)
+        log.info("release %s: %s", reservation_id, "released" if released else "already done")
+    else:
+        await service.confirm_reservation(sale_id=sale_id, reservation_id=reservation_id)
+
+
+async def listen_notifications(service: FlashSaleService) -> None:
+    """Follow other replicas: sold out, buyable again, catalog changed."""
+    while True:
+        try:
+            async with service.redis.pubsub() as pubsub:
+                await pubsub.subscribe(NOTIFY_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    await _on_notification(service, str(message["data"]))
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError):
+            log.warning("notification channel lost; reconnecting")
+            await asyncio.sleep(1)
+
+
+async def _on_notification(service: FlashSaleService, data: str) -> None:
+    kind, _, arg = data.partition(":")
+    if kind == "soldout" and arg.isdigit():
+        service.sold_out.mark(int(arg))
+    elif kind == "buyable" and arg.isdigit():
+        service.sold_out.clear(int(arg))
+    elif kind == "catalog":
+        try:
+            await service.refresh_catalog()
+        except Exception:
+            log.warning("catalog refresh failed", exc_info=True)

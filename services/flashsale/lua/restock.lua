@@ -1,0 +1,11 @@
+-- Add units to a sale's stock; re-arm the low-stock alert when back above the threshold.
+-- KEYS: 1 sale hash
+-- ARGV: 1 units to add, 2 new threshold (units)
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local add = tonumber(ARGV[1])
+local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', add)
+local quantity = redis.call('HINCRBY', KEYS[1], 'quantity', add)
+redis.call('HSET', KEYS[1], 'threshold', ARGV[2])
+if remaining > tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'low_alerted', '0') end
+if remaining > 0 then redis.call('HDEL', KEYS[1], 'sold_out_at') end
+return {'OK', remaining, quantity}

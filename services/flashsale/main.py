@@ -1,0 +1,106 @@
+"""Flashsale service: `uvicorn services.flashsale.main:app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from services.common.auth import TokenVerifier
+from services.common.defaults import add_service_defaults
+from services.common.resources import open_engine, open_redis, session_factory
+from services.common.streams import StreamConsumer
+from services.flashsale import admin, router
+from services.flashsale.config import FlashSaleSettings
+from services.flashsale.events import AlertRelay, WebhookNotifier, handle_order_event, listen_notifications
+from services.flashsale.service import FlashSaleService
+
+log = logging.getLogger("flashsale")
+
+
+async def _every(seconds: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
+    """Run a periodic job forever; a failure is logged and retried next tick."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s failed", name, exc_info=True)
+        await asyncio.sleep(seconds)
+
+
+def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
+    """Build the flashsale app; resources open in the lifespan."""
+    settings = settings or FlashSaleSettings()
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = open_redis(settings)
+        engine = open_engine(settings)
+        sessions = session_factory(engine)
+        service = FlashSaleService(settings=settings, redis=redis, sessions=sessions)
+        notifier = WebhookNotifier(settings.webhook_urls, settings.webhook_signing_key, settings.webhook_max_attempts)
+        relay = AlertRelay(service, notifier, replica)
+        app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
+        app.state.service, app.state.notifier, app.state.alert_relay = service, notifier, relay
+        app.state.token_verifier = TokenVerifier(settings)
+        try:
+            await service.refresh_catalog()
+        except Exception:
+            log.warning("catalog not loaded at start; will retry", exc_info=True)
+
+        async def refresh() -> None:
+            await service.refresh_catalog()
+            relay.sync()
+
+        order_events = StreamConsumer(
+            redis=redis,
+            stream=settings.order_events_stream,
+            group="flashsale",
+            consumer=replica,
+            handler=lambda entry_id, fields: handle_order_event(service, entry_id, fields),
+            claim_idle_ms=10_000,
+        )
+        tasks = [
+            asyncio.create_task(_every(settings.catalog_refresh_seconds, "catalog refresh", refresh)),
+            asyncio.create_task(_every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick)),
+            asyncio.create_task(_every(1.0, "attempt flush", service.flush_local_attempts)),
+            asyncio.create_task(listen_notifications(service)),
+            asyncio.create_task(order_events.run()),
+        ]
+        try:
+            yield
+        finally:
+            order_events.stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+            await relay.aclose()
+            with suppress(Exception):
+                await service.flush_local_attempts()
+            await notifier.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="flashsale",
+        version="0.1.0",
+        description="Flash sales: storefront views, the atomic purchase, and the admin lifecycle.",
+        lifespan=lifespan,
+    )
+    add_service_defaults(app, settings)
+    app.include_router(router.router)
+    app.include_router(admin.router)
+    return app
+
+
+app = create_app()

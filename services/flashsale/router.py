@@ -1,0 +1,74 @@
+"""Storefront endpoints: list sales, a sale's live detail, and the purchase."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path
+from starlette.responses import Response
+
+from services.common.auth import CurrentUser
+from services.common.idempotency import IdempotencyKey, fingerprint
+from services.flashsale.deps import ServiceDep
+from services.flashsale.schemas import PurchaseAccepted, PurchaseRequest, SaleView
+
+router = APIRouter(tags=["storefront"])
+
+SaleId = Annotated[int, Path(ge=1, le=2**62, description="Sale id")]
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, str]] = {
+    400: {"description": "Malformed JSON or missing Idempotency-Key (problem+json)"},
+    401: {"description": "No or invalid bearer token"},
+    403: {"description": "PURCHASE_LIMIT_EXCEEDED"},
+    404: {"description": "SALE_NOT_FOUND"},
+    409: {"description": "SOLD_OUT or INSUFFICIENT_STOCK"},
+    413: {"description": "PAYLOAD_TOO_LARGE"},
+    422: {"description": "VALIDATION_ERROR or IDEMPOTENCY_KEY_REUSED"},
+    423: {"description": "SALE_NOT_LIVE (not started, paused or ended)"},
+    429: {"description": "RATE_LIMITED"},
+    503: {"description": "STOCK_UNAVAILABLE (retry with the same Idempotency-Key)"},
+}
+
+
+@router.get("/sales", response_model=list[SaleView])
+async def list_sales(service: ServiceDep) -> list[SaleView]:
+    """Live and upcoming sales."""
+    return await service.list_public()
+
+
+@router.get("/sales/{sale_id}", response_model=SaleView)
+async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
+    """A sale with server time, countdown and remaining stock."""
+    return await service.view(sale_id)
+
+
+@router.post(
+    "/sales/{sale_id}/purchase",
+    status_code=202,
+    response_model=PurchaseAccepted,
+    responses=PROBLEM_RESPONSES,
+)
+async def purchase(
+    sale_id: SaleId,
+    body: PurchaseRequest,
+    user: CurrentUser,
+    key: IdempotencyKey,
+    service: ServiceDep,
+) -> Response:
+    """Reserve units of a live sale; the order is created from the reservation."""
+    reservation_id, quantity = await service.purchase(
+        sale_id=sale_id,
+        user_id=user.user_id,
+        quantity=body.quantity,
+        idempotency=key,
+        request_fingerprint=fingerprint({"quantity": body.quantity}),
+    )
+    answer = {
+        "reservation_id": reservation_id,
+        "sale_id": sale_id,
+        "quantity": quantity,
+        "status": "reserved",
+        "status_url": f"/api/order/orders/by-reservation/{reservation_id}",
+    }
+    return Response(orjson.dumps(answer), status_code=202, media_type="application/json")

@@ -1,0 +1,155 @@
+"""Request and response models of flashsale's API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from services.flashsale.models import LowStockPolicy, SaleState
+
+MAX_MONEY = 10**12
+MAX_QUANTITY = 10_000_000
+
+Money = Annotated[StrictInt, Field(ge=0, le=MAX_MONEY, description="Integer minor units (cents)")]
+Units = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SaleCreate(_Strict):
+    """A new sale, created in `draft`."""
+
+    sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    title: str = Field(min_length=1, max_length=200)
+    price: Money
+    original_price: Money
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    quantity: Units
+    per_user_limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    low_stock_threshold_pct: Annotated[StrictInt, Field(ge=0, le=100)] = 10
+    low_stock_policy: LowStockPolicy = LowStockPolicy.ALERT
+
+    @model_validator(mode="after")
+    def _check(self) -> SaleCreate:
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        if self.price > self.original_price:
+            raise ValueError("price must not exceed original_price")
+        return self
+
+
+class SaleUpdate(_Strict):
+    """Changes to a sale that has not gone live yet; omitted fields stay as they are."""
+
+    title: str | None = Field(None, min_length=1, max_length=200)
+    price: Money | None = None
+    original_price: Money | None = None
+    quantity: Units | None = None
+    per_user_limit: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    low_stock_threshold_pct: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    low_stock_policy: LowStockPolicy | None = None
+
+
+class AddStock(_Strict):
+    """Units to add to a sale's stock."""
+
+    units: Units
+
+
+class SaleOut(BaseModel):
+    """A sale as ops see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    sku: str
+    title: str
+    price: int
+    original_price: int
+    currency: str
+    quantity: int
+    per_user_limit: int
+    starts_at: datetime
+    ends_at: datetime
+    low_stock_threshold_pct: int
+    low_stock_policy: LowStockPolicy
+    state: SaleState
+    created_at: datetime
+    updated_at: datetime
+    went_live_at: datetime | None
+    ended_at: datetime | None
+
+
+class SaleStats(BaseModel):
+    """Live numbers of one sale."""
+
+    sale_id: int
+    state: str
+    quantity: int
+    remaining: int
+    reserved: int
+    sold: int
+    released: int
+    attempts: dict[str, int]
+    sold_out_at: datetime | None
+    first_sold_out_at: datetime | None
+
+
+class AuditOut(BaseModel):
+    """One audited admin action."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    sale_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+
+
+class PurchaseRequest(_Strict):
+    """How many units to buy."""
+
+    quantity: Annotated[StrictInt, Field(ge=1, le=100)]
+
+
+class PurchaseAccepted(BaseModel):
+    """A reservation was made; the order appears at `status_url`."""
+
+    reservation_id: str
+    sale_id: int
+    quantity: int
+    status: str = "reserved"
+    status_url: str
+
+
+class SaleView(BaseModel):
+    """A sale as a storefront shows it, with a countdown and live remaining stock."""
+
+    id: int
+    sku: str
+    title: str
+    price: int
+    original_price: int
+    currency: str
+    per_user_limit: int
+    state: str
+    starts_at: datetime
+    ends_at: datetime
+    server_time: datetime
+    seconds_to_start: float
+    seconds_to_end: float
+    quantity: int
+    remaining: int
+    sold_out: bool

@@ -1,0 +1,194 @@
+"""Flashsale's Redis access: key layout and the Lua scripts, loaded once and called by SHA.
+
+Every key of one sale carries the hash tag `{fs:<sale_id>}`, so each script call touches one
+Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+LUA_DIR = Path(__file__).parent / "lua"
+STREAM_REGISTRY = "fs:streams"
+NOTIFY_CHANNEL = "fs:notify"
+
+
+def _tag(sale_id: int) -> str:
+    return f"{{fs:{sale_id}}}"
+
+
+def sale_key(sale_id: int) -> str:
+    """Hash with the sale's configuration, stock counters and attempt counters."""
+    return f"{_tag(sale_id)}:sale"
+
+
+def bought_key(sale_id: int) -> str:
+    """Hash of user id -> units currently held or bought."""
+    return f"{_tag(sale_id)}:bought"
+
+
+def reservations_key(sale_id: int) -> str:
+    """Hash of reservation id -> 'user|quantity|state'."""
+    return f"{_tag(sale_id)}:res"
+
+
+def idempotency_key(sale_id: int, user_id: str, key: str) -> str:
+    """One purchase answer per user and Idempotency-Key."""
+    return f"{_tag(sale_id)}:idem:{user_id}:{key}"
+
+
+def events_stream(sale_id: int) -> str:
+    """Purchase events of one sale (consumed by the order service)."""
+    return f"{_tag(sale_id)}:events"
+
+
+def alerts_stream(sale_id: int) -> str:
+    """Low-stock and sold-out events of one sale, relayed to the global alerts stream."""
+    return f"{_tag(sale_id)}:alerts"
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseOutcome:
+    """What the purchase script decided."""
+
+    kind: str
+    reservation_id: str = ""
+    quantity: int = 0
+    remaining: int = 0
+    crossed_threshold: bool = False
+    sold_out: bool = False
+    paused: bool = False
+    detail: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOutcome:
+    """What the release script did."""
+
+    kind: str
+    remaining: int = 0
+    was_sold_out: bool = False
+
+
+class StockStore:
+    """The activity stock of every sale, in Redis."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._purchase = redis.register_script((LUA_DIR / "purchase.lua").read_text())
+        self._release = redis.register_script((LUA_DIR / "release.lua").read_text())
+        self._confirm = redis.register_script((LUA_DIR / "confirm.lua").read_text())
+        self._warm = redis.register_script((LUA_DIR / "warm.lua").read_text())
+        self._restock = redis.register_script((LUA_DIR / "restock.lua").read_text())
+
+    async def reserve_stock(
+        self,
+        *,
+        sale_id: int,
+        user_id: str,
+        quantity: int,
+        request_fingerprint: str,
+        idempotency: str,
+        reservation_id: str,
+        idempotency_ttl: int,
+        reserved_at: str,
+    ) -> PurchaseOutcome:
+        """Run the purchase script: one round trip, all-or-nothing."""
+        res = await self._purchase(
+            keys=[
+                sale_key(sale_id),
+                bought_key(sale_id),
+                reservations_key(sale_id),
+                idempotency_key(sale_id, user_id, idempotency),
+                events_stream(sale_id),
+                alerts_stream(sale_id),
+            ],
+            args=[
+                user_id,
+                quantity,
+                request_fingerprint,
+                reservation_id,
+                idempotency_ttl,
+                sale_id,
+                reserved_at,
+            ],
+        )
+        kind = res[0]
+        if kind == "OK":
+            return PurchaseOutcome(
+                kind="OK",
+                reservation_id=res[1],
+                quantity=quantity,
+                remaining=int(res[2]),
+                crossed_threshold=res[3] == 1,
+                sold_out=res[4] == 1,
+                paused=res[5] == 1,
+            )
+        if kind == "REPLAY":
+            return PurchaseOutcome(kind="REPLAY", reservation_id=res[1], quantity=int(res[2]))
+        return PurchaseOutcome(kind=kind, detail=tuple(res[1:]))
+
+    async def release_reservation(self, *, sale_id: int, reservation_id: str) -> ReleaseOutcome:
+        """Give a reservation's units back; a second call for the same reservation does nothing."""
+        res = await self._release(
+            keys=[sale_key(sale_id), bought_key(sale_id), reservations_key(sale_id)], args=[reservation_id]
+        )
+        if res[0] == "RELEASED":
+            return ReleaseOutcome("RELEASED", remaining=int(res[1]), was_sold_out=res[2] == 1)
+        return ReleaseOutcome(res[0])
+
+    async def confirm_reservation(self, *, sale_id: int, reservation_id: str) -> str:
+        """Mark a reservation paid; returns CONFIRMED, ALREADY or UNKNOWN."""
+        res = await self._confirm(keys=[sale_key(sale_id), reservations_key(sale_id)], args=[reservation_id])
+        return str(res[0])
+
+    async def warm(self, *, sale_id: int, quantity: int, config: dict[str, Any], reset: bool) -> bool:
+        """Load configuration (and, the first time, stock); False if a reset was refused."""
+        args: list[Any] = ["1" if reset else "0", quantity]
+        for field, value in config.items():
+            args += [field, value]
+        res = await self._warm(keys=[sale_key(sale_id)], args=args)
+        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
+        return bool(res[0] == "OK")
+
+    async def add_stock(self, *, sale_id: int, units: int, threshold: int) -> tuple[int, int] | None:
+        """Add units; returns (remaining, quantity) or None when the sale is not in Redis."""
+        res = await self._restock(keys=[sale_key(sale_id)], args=[units, threshold])
+        if res[0] != "OK":
+            return None
+        return int(res[1]), int(res[2])
+
+    async def set_state(self, sale_id: int, state: str) -> None:
+        """Mirror a state change; the purchase script reads it."""
+        await self.redis.hset(sale_key(sale_id), "state", state)
+
+    async def is_warm(self, sale_id: int) -> bool:
+        """True when the sale's stock is loaded."""
+        return bool(await self.redis.exists(sale_key(sale_id)))
+
+    async def live_status(self, sale_id: int) -> dict[str, str]:
+        """State, remaining and quantity, as the storefront polls them."""
+        fields = ("state", "remaining", "quantity", "sold_out_at")
+        values: list[str | None] = await self.redis.hmget(sale_key(sale_id), list(fields))  # type: ignore[assignment]
+        return {k: v for k, v in zip(fields, values, strict=True) if v}
+
+    async def counters(self, sale_id: int) -> dict[str, str]:
+        """Every counter of the sale hash (stats)."""
+        data: dict[str, str] = await self.redis.hgetall(sale_key(sale_id))  # type: ignore[assignment]
+        return data
+
+    async def add_attempts(self, counts: dict[int, dict[str, int]]) -> None:
+        """Flush attempt counters counted locally (rejections answered without Redis)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sale_id, by_field in counts.items():
+                for field, n in by_field.items():
+                    pipe.hincrby(sale_key(sale_id), field, n)
+            await pipe.execute()
+
+    async def user_bought(self, sale_id: int, user_id: str) -> int:
+        """Units a user holds or bought in a sale."""
+        return int(await self.redis.hget(bought_key(sale_id), user_id) or 0)
