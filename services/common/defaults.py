@@ -32,10 +32,6 @@ HTTP_LATENCY = Histogram(
 ReadyCheck = Callable[[], Awaitable[None]]
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class ServiceMiddleware:
     """Pure ASGI middleware (no per-request task) for request ids, body limits, metrics and access logs."""
 
@@ -76,21 +72,27 @@ class ServiceMiddleware:
             if declared > self.max_body:
                 await self._too_large(scope, receive, send_wrapper)
                 return
-            received = 0
+            if declared < 0 and scope["method"] in ("POST", "PUT", "PATCH"):
+                # No Content-Length (chunked): read up to the limit before the app sees a byte.
+                body = bytearray()
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > self.max_body:
+                        await self._too_large(scope, receive, send_wrapper)
+                        return
+                replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
-            async def limited_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body:
-                        raise _BodyTooLarge
-                return message
+                async def buffered_receive() -> Message:
+                    return replay.pop() if replay else await receive()
 
-            try:
-                await self.app(scope, limited_receive, send_wrapper)
-            except _BodyTooLarge:
-                await self._too_large(scope, receive, send_wrapper)
+                await self.app(scope, buffered_receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"

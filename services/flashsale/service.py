@@ -94,28 +94,37 @@ class SoldOutFlags:
 
 
 class UserRateLimiter:
-    """A token bucket per user on this replica: a cheap guard against hammering the buy button."""
+    """A token bucket per user on this replica: a cheap guard against hammering the buy button.
+
+    Retries of a recent Idempotency-Key are free: they are the same intent, answered from the stored reply.
+    """
+
+    RECENT_KEYS = 8
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = float(burst)
-        self._buckets: dict[str, list[float]] = {}
+        self._buckets: dict[str, tuple[float, float, list[str]]] = {}
 
-    def allow(self, user_id: str) -> bool:
-        """Take one token; False when the user has none left."""
+    def allow(self, user_id: str, key: str) -> bool:
+        """Take one token for a new key; False when the user has none left."""
         now = time.monotonic()
         bucket = self._buckets.get(user_id)
         if bucket is None:
             if len(self._buckets) > 200_000:
                 self._prune(now)
-            self._buckets[user_id] = [self.burst - 1, now]
+            self._buckets[user_id] = (self.burst - 1, now, [key])
             return True
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
+        tokens, last, keys = bucket
+        if key in keys:
+            return True
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1:
-            bucket[0] = tokens
+            self._buckets[user_id] = (tokens, now, keys)
             return False
-        bucket[0] = tokens - 1
+        keys.append(key)
+        del keys[: -self.RECENT_KEYS]
+        self._buckets[user_id] = (tokens - 1, now, keys)
         return True
 
     def _prune(self, now: float) -> None:
@@ -164,7 +173,7 @@ class FlashSaleService:
             self._local_attempts[sale_id]["n_sold_out"] += 1
             PURCHASES.labels("sold_out").inc()
             raise errors.SoldOut("This sale is sold out")
-        if not self.limiter.allow(user_id):
+        if not self.limiter.allow(user_id, idempotency):
             PURCHASES.labels("rate_limited").inc()
             raise errors.RateLimited("Slow down and retry", headers={"Retry-After": "1"})
         try:

@@ -1,0 +1,61 @@
+"""The stream consumer helper: at-least-once delivery, claiming stale entries, dead-lettering."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.common.streams import StreamConsumer, decode_event, encode_event
+
+
+def _consumer(redis: Redis, stream: str, name: str, handler: Any, **kw: Any) -> StreamConsumer:
+    return StreamConsumer(redis=redis, stream=stream, group="g", consumer=name, handler=handler, block_ms=10, **kw)
+
+
+async def test_entries_left_pending_by_a_dead_consumer_are_claimed_and_handled_once(redis: Redis) -> None:
+    stream = f"test:{uuid.uuid4().hex}"
+    for n in range(10):
+        await redis.xadd(stream, encode_event("thing.happened", {"n": n}))
+    crashed = _consumer(redis, stream, "crashed", handler=None)
+    await crashed.ensure_group()
+    # The first consumer reads everything, then dies before acknowledging anything.
+    await redis.xreadgroup("g", "crashed", {stream: ">"}, count=100)
+
+    seen: list[int] = []
+
+    async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+        seen.append(decode_event(fields)["n"])
+
+    survivor = _consumer(redis, stream, "survivor", handle, claim_idle_ms=0)
+    assert await survivor.read_once() == 0  # nothing new to read
+    assert await survivor.claim_stale() == 10
+    assert sorted(seen) == list(range(10))
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
+    assert await survivor.claim_stale() == 0
+
+
+async def test_failing_entry_is_retried_then_dead_lettered(redis: Redis) -> None:
+    stream = f"test:{uuid.uuid4().hex}"
+    await redis.xadd(stream, encode_event("bad.event", {"poison": True}))
+    await redis.xadd(stream, encode_event("good.event", {"ok": True}))
+    calls: list[str] = []
+
+    async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+        event = decode_event(fields)
+        calls.append(event["type"])
+        if event.get("poison"):
+            raise ValueError("cannot process")
+
+    consumer = _consumer(redis, stream, "c1", handle, claim_idle_ms=0, max_deliveries=3)
+    await consumer.ensure_group()
+    assert await consumer.read_once() == 1  # the good one
+    for _ in range(5):
+        await consumer.claim_stale()
+    assert calls.count("bad.event") == 3
+    assert calls.count("good.event") == 1
+    dead = await redis.xrange(consumer.dead_letter_stream)
+    assert len(dead) == 1
+    assert decode_event(dead[0][1])["poison"] is True
+    assert (await redis.xpending(stream, "g"))["pending"] == 0

@@ -1,0 +1,252 @@
+"""Shared fixtures: real Redis and PostgreSQL, a migrated test database, the flashsale app in-process,
+real uvicorn replicas, a real webhook receiver, and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from services.common.auth import issue_token
+from services.common.migrate import upgrade
+from services.flashsale.config import FlashSaleSettings
+from services.flashsale.main import create_app
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_URL = os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+TEST_DB_URL = make_url(SERVER_URL).set(database="flashsale_test").render_as_string(hide_password=False)
+# A logical Redis database of its own, so the suite can start from an empty one.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or (
+    os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/9"
+)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _reset_database() -> None:
+    parsed = make_url(TEST_DB_URL)
+    dsn = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute('DROP DATABASE IF EXISTS "flashsale_test" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def redis() -> AsyncIterator[Redis]:
+    """A client on the test Redis database, emptied once per run."""
+    client = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def database(redis: Redis) -> str:
+    """A freshly migrated flashsale_test database."""
+    await _reset_database()
+    await asyncio.to_thread(upgrade, "flashsale", TEST_DB_URL)
+    return TEST_DB_URL
+
+
+class WebhookReceiver:
+    """A real HTTP server that records every alert POSTed to it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[dict[str, Any]] = []
+        self.fail_next = 0
+        app = FastAPI()
+
+        @app.post("/hook")
+        async def hook(request: Request) -> dict[str, str]:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise RuntimeError("receiver failing on purpose")
+            self.received.append(await request.json())
+            return {"ok": "yes"}
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def for_sale(self, sale_id: int) -> list[dict[str, Any]]:
+        """Alerts received for one sale."""
+        return [a for a in self.received if a.get("sale_id") == sale_id]
+
+
+@pytest.fixture(scope="session")
+async def webhook() -> AsyncIterator[WebhookReceiver]:
+    """The alert webhook receiver, listening on a real port."""
+    receiver = WebhookReceiver()
+    task = asyncio.create_task(receiver.server.serve())
+    while not receiver.server.started:
+        await asyncio.sleep(0.02)
+    yield receiver
+    receiver.server.should_exit = True
+    await task
+
+
+@pytest.fixture(scope="session")
+def settings(database: str, webhook: WebhookReceiver) -> FlashSaleSettings:
+    """Flashsale settings for the in-process app."""
+    return FlashSaleSettings(
+        env="test",
+        database_url=database,
+        redis_url=TEST_REDIS_URL,
+        alert_webhooks=webhook.url,
+        catalog_refresh_seconds=0.2,
+        scheduler_interval_seconds=0.1,
+        replica_id="test-inproc",
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: FlashSaleSettings) -> AsyncIterator[FastAPI]:
+    """The flashsale app with its lifespan running (background jobs included)."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the in-process app."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://flashsale") as c:
+        yield c
+
+
+def token(user_id: str, roles: list[str]) -> str:
+    """A signed token for the test environment."""
+    return issue_token(FlashSaleSettings(env="test"), user_id, roles)
+
+
+def admin_headers(user_id: str = "ops-alice") -> dict[str, str]:
+    """Headers of an admin."""
+    return {"Authorization": f"Bearer {token(user_id, ['admin'])}"}
+
+
+def customer_headers(user_id: str, key: str | None = None) -> dict[str, str]:
+    """Headers of a customer, with an Idempotency-Key when given."""
+    headers = {"Authorization": f"Bearer {token(user_id, ['customer'])}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return headers
+
+
+def sale_body(**overrides: Any) -> dict[str, Any]:
+    """A valid sale, open now for an hour, unless overridden."""
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {
+        "sku": "SKU-TEST",
+        "title": "Test phone",
+        "price": 9_900,
+        "original_price": 19_900,
+        "quantity": 100,
+        "per_user_limit": 2,
+        "starts_at": (now - timedelta(seconds=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(),
+        "low_stock_threshold_pct": 0,
+    }
+    body.update(overrides)
+    return body
+
+
+async def create_sale(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    """Create a sale through the admin API."""
+    resp = await client.post("/admin/sales", json=sale_body(**overrides), headers=admin_headers())
+    assert resp.status_code == 201, resp.text
+    sale: dict[str, Any] = resp.json()
+    return sale
+
+
+async def live_sale(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    """Create and start a sale."""
+    sale = await create_sale(client, **overrides)
+    resp = await client.post(f"/admin/sales/{sale['id']}/start", headers=admin_headers())
+    assert resp.status_code == 200, resp.text
+    started: dict[str, Any] = resp.json()
+    return started
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def replicas(database: str) -> Iterator[list[str]]:
+    """Two real uvicorn replicas of flashsale sharing the test Redis and database."""
+    procs = []
+    urls = []
+    for n in (1, 2):
+        port = free_port()
+        env = {
+            **os.environ,
+            "APP_ENV": "test",
+            "REDIS_URL": TEST_REDIS_URL,
+            "FLASHSALE_DATABASE_URL": database,
+            "REPLICA_ID": f"test-replica-{n}",
+            "LOG_LEVEL": "WARNING",
+        }
+        cmd = [sys.executable, "-m", "uvicorn", "services.flashsale.main:app", "--port", str(port)]
+        cmd += ["--no-access-log", "--log-level", "warning"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
+        urls.append(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    for url in urls:
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {url} did not become ready")
+            time.sleep(0.1)
+    yield urls
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=10)
+
+
+async def sale_stats(client: httpx.AsyncClient, sale_id: int) -> dict[str, Any]:
+    """The admin stats of a sale (read straight from Redis, no storefront cache)."""
+    resp = await client.get(f"/admin/sales/{sale_id}/stats", headers=admin_headers())
+    assert resp.status_code == 200, resp.text
+    stats: dict[str, Any] = resp.json()
+    return stats
