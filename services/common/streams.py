@@ -86,8 +86,16 @@ class StreamConsumer:
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("stream consumer %s/%s failed; retrying", self.stream, self.group, exc_info=True)
+            except Exception as exc:
+                # One traceback per failure streak; then a short line per retry.
+                first = backoff == 0.2
+                log.warning(
+                    "stream consumer %s/%s failed (%s); retrying",
+                    self.stream,
+                    self.group,
+                    type(exc).__name__,
+                    exc_info=first,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

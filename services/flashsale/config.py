@@ -17,7 +17,6 @@ class FlashSaleSettings(BaseServiceSettings):
 
     service_name: str = "flashsale"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/flashsale"
-    port: int = 8102
     # Per-user purchase attempts per second on one replica (a cheap local guard; the gateway has the global one).
     user_rate_per_second: float = 10.0
     user_rate_burst: int = 20

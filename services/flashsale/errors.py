@@ -63,3 +63,9 @@ class InvalidSale(ProblemError):
     status = 422
     code = "VALIDATION_ERROR"
     title = "Invalid sale"
+
+
+class StaleStock(ProblemError):
+    status = 409
+    code = "STALE_STOCK_STATE"
+    title = "Redis holds stock of another sale with this id"

@@ -23,9 +23,9 @@ from services.flashsale.service import FlashSaleService
 log = logging.getLogger("flashsale")
 
 
-async def _every(seconds: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
-    """Run a periodic job forever; a failure is logged and retried next tick."""
-    while True:
+async def _every(seconds: float, name: str, job: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
+    """Run a periodic job until `stop` is set; a failure is logged and retried next tick."""
+    while not stop.is_set():
         try:
             await job()
         except asyncio.CancelledError:
@@ -68,10 +68,13 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             handler=lambda entry_id, fields: handle_order_event(service, entry_id, fields),
             claim_idle_ms=10_000,
         )
+        stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(_every(settings.catalog_refresh_seconds, "catalog refresh", refresh)),
-            asyncio.create_task(_every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick)),
-            asyncio.create_task(_every(1.0, "attempt flush", service.flush_local_attempts)),
+            asyncio.create_task(_every(settings.catalog_refresh_seconds, "catalog refresh", refresh, stop)),
+            asyncio.create_task(
+                _every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick, stop)
+            ),
+            asyncio.create_task(_every(1.0, "attempt flush", service.flush_local_attempts, stop)),
             asyncio.create_task(listen_notifications(service)),
             asyncio.create_task(order_events.run()),
         ]
@@ -79,11 +82,11 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             yield
         finally:
             order_events.stop()
+            stop.set()
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with suppress(asyncio.CancelledError, Exception):
-                    await task
+            # A driver may swallow a cancellation mid-query; shutdown must not wait on it forever.
+            await asyncio.wait(tasks, timeout=5)
             await relay.aclose()
             with suppress(Exception):
                 await service.flush_local_attempts()

@@ -174,6 +174,8 @@ class FlashSaleService:
             PURCHASES.labels("sold_out").inc()
             raise errors.SoldOut("This sale is sold out")
         if not self.limiter.allow(user_id, idempotency):
+            if sale_id in self.catalog:
+                self._local_attempts[sale_id]["n_rate_limited"] += 1
             PURCHASES.labels("rate_limited").inc()
             raise errors.RateLimited("Slow down and retry", headers={"Retry-After": "1"})
         try:
@@ -456,11 +458,20 @@ class FlashSaleService:
         return after
 
     async def _warm(self, sale: Sale, *, reset: bool) -> None:
-        ok = await self.store.warm(
-            sale_id=sale.id, quantity=sale.quantity, config=self._redis_config(sale), reset=reset
+        outcome = await self.store.warm(
+            sale_id=sale.id,
+            incarnation=str(_ms(sale.created_at)),
+            quantity=sale.quantity,
+            config=self._redis_config(sale),
+            reset=reset,
         )
-        if not ok:
+        if outcome == "STARTED":
             raise errors.SaleAlreadyStarted("Units were already reserved; the stock can no longer be reset")
+        if outcome == "STALE":
+            raise errors.StaleStock(
+                f"Redis holds stock of an earlier sale {sale.id} (the database was recreated); "
+                f"clear its {{fs:{sale.id}}} keys or point at another Redis"
+            )
 
     async def transition(self, *, actor: str, sale_id: int, action: str) -> dict[str, Any]:
         """schedule, start, pause, resume or stop a sale."""
@@ -544,7 +555,8 @@ class FlashSaleService:
         c = await self.store.counters(sale_id)
         state = self.effective_state(SaleState(sale.state), c.get("state"), sale.starts_at, sale.ends_at, utcnow())
         attempts = {
-            name: int(c.get(f"n_{name}", 0)) for name in ("ok", "sold_out", "limit", "insufficient", "not_live")
+            name: int(c.get(f"n_{name}", 0))
+            for name in ("ok", "sold_out", "limit", "insufficient", "not_live", "rate_limited")
         }
         return SaleStats(
             sale_id=sale_id,

@@ -146,14 +146,15 @@ class StockStore:
         res = await self._confirm(keys=[sale_key(sale_id), reservations_key(sale_id)], args=[reservation_id])
         return str(res[0])
 
-    async def warm(self, *, sale_id: int, quantity: int, config: dict[str, Any], reset: bool) -> bool:
-        """Load configuration (and, the first time, stock); False if a reset was refused."""
-        args: list[Any] = ["1" if reset else "0", quantity]
+    async def warm(self, *, sale_id: int, incarnation: str, quantity: int, config: dict[str, Any], reset: bool) -> str:
+        """Load configuration (and, the first time, stock); OK, STARTED (reset refused) or STALE."""
+        args: list[Any] = ["1" if reset else "0", quantity, incarnation]
         for field, value in config.items():
             args += [field, value]
         res = await self._warm(keys=[sale_key(sale_id)], args=args)
-        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
-        return bool(res[0] == "OK")
+        if res[0] == "OK":
+            await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
+        return str(res[0])
 
     async def add_stock(self, *, sale_id: int, units: int, threshold: int) -> tuple[int, int] | None:
         """Add units; returns (remaining, quantity) or None when the sale is not in Redis."""
@@ -165,10 +166,6 @@ class StockStore:
     async def set_state(self, sale_id: int, state: str) -> None:
         """Mirror a state change; the purchase script reads it."""
         await self.redis.hset(sale_key(sale_id), "state", state)
-
-    async def is_warm(self, sale_id: int) -> bool:
-        """True when the sale's stock is loaded."""
-        return bool(await self.redis.exists(sale_key(sale_id)))
 
     async def live_status(self, sale_id: int) -> dict[str, str]:
         """State, remaining and quantity, as the storefront polls them."""

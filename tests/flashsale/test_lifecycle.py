@@ -220,3 +220,17 @@ async def test_storefront_lists_live_and_upcoming_sales_with_countdown(client: h
     assert listed[upcoming["id"]]["remaining"] == upcoming["quantity"]
     server_time = datetime.fromisoformat(listed[live["id"]]["server_time"])
     assert abs((server_time - datetime.now(UTC)).total_seconds()) < 5
+
+
+async def test_stock_left_in_redis_by_another_sale_with_the_same_id_is_not_adopted(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    sale = await create_sale(client, quantity=10)
+    # What a recreated database would meet: Redis still holds an older sale under the same id.
+    await redis.hset(f"{{fs:{sale['id']}}}:sale", mapping={"remaining": 3, "quantity": 3, "incarnation": "1"})
+    resp = await _admin(client, sale["id"], "start")
+    assert resp.status_code == 409
+    assert resp.json()["code"] == "STALE_STOCK_STATE"
+    admin_view = await client.get(f"/admin/sales/{sale['id']}", headers=admin_headers())
+    assert admin_view.json()["state"] == "draft"
+    assert await redis.hget(f"{{fs:{sale['id']}}}:sale", "remaining") == "3"

@@ -1,7 +1,7 @@
 -- Add units to a sale's stock; re-arm the low-stock alert when back above the threshold.
 -- KEYS: 1 sale hash
 -- ARGV: 1 units to add, 2 new threshold (units)
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+if redis.call('HEXISTS', KEYS[1], 'remaining') == 0 then return {'NOT_FOUND'} end
 local add = tonumber(ARGV[1])
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', add)
 local quantity = redis.call('HINCRBY', KEYS[1], 'quantity', add)

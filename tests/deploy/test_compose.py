@@ -1,0 +1,180 @@
+"""docker-compose.yml and the Dockerfile describe the same stack as the local launcher (deploy/stack.py)."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from tests.deploy.launcher import stack
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+IMAGE = "flashsale-platform:latest"
+COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+
+def command_of(service: dict[str, Any]) -> list[str]:
+    """A service's command as a list of arguments."""
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def runs_uvicorn(service: dict[str, Any]) -> bool:
+    """True for the app services: those whose command runs uvicorn."""
+    return "uvicorn" in command_of(service)
+
+
+APP_SERVICES = sorted(name for name, svc in SERVICES.items() if runs_uvicorn(svc))
+REPLICAS = [(spec, replica, port) for spec in stack.SERVICES for replica, port in spec.replicas()]
+
+
+def uvicorn_options(args: list[str]) -> tuple[str, dict[str, str | None]]:
+    """(module:app, {option: value}) of a uvicorn command line (after the `uvicorn` word)."""
+    args = args[args.index("uvicorn") + 1 :]
+    target = next(a for a in args if not a.startswith("-"))
+    options: dict[str, str | None] = {}
+    rest = [a for a in args if a != target]
+    i = 0
+    while i < len(rest):
+        if i + 1 < len(rest) and not rest[i + 1].startswith("-"):
+            options[rest[i]] = rest[i + 1]
+            i += 2
+        else:
+            options[rest[i]] = None
+            i += 1
+    return target, options
+
+
+def test_compose_runs_backends_migrations_and_every_replica_of_the_launcher() -> None:
+    expected = {"redis", "postgres", "migrate"} | {replica for _spec, replica, _port in REPLICAS}
+    assert expected <= set(SERVICES), f"missing from docker-compose.yml: {sorted(expected - set(SERVICES))}"
+    assert set(APP_SERVICES) == {replica for _spec, replica, _port in REPLICAS}
+    assert len(APP_SERVICES) >= 2, "every service runs as at least 2 replicas"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_uvicorn_target_imports_as_a_fastapi_app(name: str) -> None:
+    target, _options = uvicorn_options(command_of(SERVICES[name]))
+    module_name, _, attribute = target.partition(":")
+    assert attribute, f"{name}: uvicorn target {target!r} is not module:attribute"
+    app = getattr(importlib.import_module(module_name), attribute)
+    assert isinstance(app, FastAPI), f"{name}: {target} is a {type(app).__name__}, not a FastAPI app"
+
+
+@pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
+def test_replica_agrees_with_the_launcher_table(spec: Any, replica: str, port: int) -> None:
+    service = SERVICES[replica]
+    target, options = uvicorn_options(command_of(service))
+    assert target == spec.app
+    assert options.get("--host") == "0.0.0.0", "inside a container the app must listen on every interface"
+    assert options.get("--port") == str(port)
+    assert f"{port}:{port}" in [str(p) for p in service.get("ports", [])], "the replica's port is published as is"
+    env = service["environment"]
+    assert env["REPLICA_ID"] == replica
+    if spec.database is not None:
+        url = env[f"{spec.env_prefix}DATABASE_URL"]
+        assert url.startswith("postgresql+asyncpg://") and url.endswith(f"@postgres:5432/{spec.database}")
+
+
+@pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
+def test_replica_runs_uvicorn_like_the_launcher(spec: Any, replica: str, port: int) -> None:
+    _target, in_compose = uvicorn_options(command_of(SERVICES[replica]))
+    _target, in_launcher = uvicorn_options(stack.uvicorn_command(spec, port))
+    in_compose.pop("--host")
+    in_launcher.pop("--host")
+    assert in_compose == in_launcher
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_waits_for_healthy_backends_and_finished_migrations(name: str) -> None:
+    depends = SERVICES[name]["depends_on"]
+    assert isinstance(depends, dict), f"{name}: depends_on needs conditions, not a plain list"
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_has_a_readiness_healthcheck_on_its_own_port(name: str) -> None:
+    _target, options = uvicorn_options(command_of(SERVICES[name]))
+    check = SERVICES[name]["healthcheck"]
+    test = " ".join(check["test"]) if isinstance(check["test"], list) else check["test"]
+    assert f"127.0.0.1:{options['--port']}/healthz/ready" in test
+    assert not check.get("disable", False)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_environment(name: str) -> None:
+    env = SERVICES[name]["environment"]
+    assert env["APP_ENV"].startswith("${APP_ENV")
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["JWT_SECRET"].startswith("${JWT_SECRET:-"), "the secret comes from the environment"
+
+
+def test_every_app_service_and_migrate_use_one_image_built_from_the_dockerfile() -> None:
+    users = [*APP_SERVICES, "migrate"]
+    assert {SERVICES[name].get("image") for name in users} == {IMAGE}
+    builds = [SERVICES[name]["build"] for name in users if "build" in SERVICES[name]]
+    assert builds, "some service must build the image"
+    for build in builds:
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (ROOT / context / dockerfile).resolve() == DOCKERFILE
+
+
+def test_redis_appends_every_write_and_fsyncs_every_second() -> None:
+    redis = SERVICES["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    args = command_of(redis)
+    pairs = dict(itertools.pairwise(args))
+    assert pairs.get("--appendonly") == "yes"
+    assert pairs.get("--appendfsync") == "everysec"
+    assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
+
+
+def test_postgres_is_15_with_a_pg_isready_healthcheck() -> None:
+    postgres = SERVICES["postgres"]
+    assert str(postgres["image"]).startswith("postgres:15")
+    test = postgres["healthcheck"]["test"]
+    assert "pg_isready" in (" ".join(test) if isinstance(test, list) else test)
+
+
+def test_migrate_runs_once_for_every_database_after_postgres_is_healthy() -> None:
+    migrate = SERVICES["migrate"]
+    script = " ".join(command_of(migrate))
+    for spec in stack.SERVICES:
+        if spec.database is not None:
+            assert f"services.common.migrate {spec.name} " in script, f"no migration of {spec.name}"
+            assert f"/{spec.database}" in script
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert str(migrate.get("restart", "no")) == "no", "a one-shot job must not be restarted"
+
+
+def test_launcher_table_has_unique_names_and_ports() -> None:
+    replicas = [replica for _spec, replica, _port in REPLICAS]
+    ports = [port for _spec, _replica, port in REPLICAS]
+    assert len(set(replicas)) == len(replicas)
+    assert len(set(ports)) == len(ports)
+    assert all(len(spec.ports) >= 2 or spec.name == "gateway" for spec in stack.SERVICES)
+    assert all(spec.env_prefix.isupper() and spec.env_prefix.endswith("_") for spec in stack.SERVICES)
+    flashsale = next(spec for spec in stack.SERVICES if spec.name == "flashsale")
+    assert flashsale.ports == (8102, 8112)
+
+
+def test_dockerfile_builds_one_slim_non_root_image_of_the_package() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip()]
+    instructions = [line for line in lines if not line.startswith("#")]
+    assert instructions[0] == "FROM python:3.11-slim"
+    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    text = "\n".join(instructions)
+    assert "pip install" in text and "COPY services" in text
