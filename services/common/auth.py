@@ -15,6 +15,7 @@ from services.common.errors import ProblemError
 
 ROLE_CUSTOMER = "customer"
 ROLE_ADMIN = "admin"
+MAX_SUBJECT_LENGTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +72,13 @@ class TokenVerifier:
             raise Unauthenticated("Token expired") from None
         except jwt.PyJWTError:
             raise Unauthenticated("Invalid token") from None
+        subject = str(claims["sub"])
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH:
+            raise Unauthenticated(f"Token subject must be 1-{MAX_SUBJECT_LENGTH} characters")
         roles = claims.get("roles") or []
         if isinstance(roles, str):
             roles = roles.split()
-        principal = Principal(str(claims["sub"]), frozenset(str(r) for r in roles), float(claims["exp"]))
+        principal = Principal(subject, frozenset(str(r) for r in roles), float(claims["exp"]))
         self.cache[token] = principal
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)

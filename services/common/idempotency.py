@@ -70,7 +70,7 @@ class IdempotencyStore:
         action: Callable[[], Awaitable[tuple[int, Any]]],
     ) -> tuple[int, Any]:
         """Run `action` once per (owner, key); later calls get the stored (status, body) back."""
-        rkey = f"idem:{self.namespace}:{owner}:{key}"
+        rkey = f"idem:{self.namespace}:{len(owner)}:{owner}:{key}"
         pending = orjson.dumps({"state": "pending", "fp": request_fingerprint})
         if not await self.redis.set(rkey, pending, nx=True, ex=IN_FLIGHT_TTL_SECONDS):
             stored = await self.redis.get(rkey)

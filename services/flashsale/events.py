@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import orjson
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from services.common.streams import StreamConsumer, decode_event
 from services.flashsale.service import WARM_STATES, FlashSaleService, utcnow
@@ -124,11 +123,13 @@ class AlertRelay:
     async def relay(self, sale_id: int, entry_id: str, fields: dict[str, Any]) -> None:
         """Publish one alert: global stream, metric, webhooks; pause the record if the script paused."""
         redis = self.service.redis
+        event = decode_event(fields)
+        event_type = str(event["type"])
+        if event_type == "stock.low" and event.get("paused"):
+            await self.service.sync_auto_pause(sale_id)  # safe to repeat; must not be skipped by a retry
         seen_key = f"fs:alert-relayed:{sale_id}:{entry_id}"
         if await redis.exists(seen_key):
             return  # delivered before a crash stopped the acknowledgement
-        event = decode_event(fields)
-        event_type = str(event["type"])
         payload = {"id": f"{sale_id}-{entry_id}", **event}
         await redis.xadd(
             self.service.settings.alerts_stream,
@@ -140,8 +141,6 @@ class AlertRelay:
         ALERTS.labels(event_type).inc()
         log.warning("stock alert %s for sale %s", event_type, sale_id, extra={"alert": payload})
         self.notifier.send(payload)
-        if event_type == "stock.low" and event.get("paused"):
-            await self.service.sync_auto_pause(sale_id)
 
     async def aclose(self) -> None:
         """Stop every consumer."""
@@ -182,8 +181,8 @@ async def listen_notifications(service: FlashSaleService) -> None:
                     await _on_notification(service, str(message["data"]))
         except asyncio.CancelledError:
             raise
-        except (RedisError, OSError):
-            log.warning("notification channel lost; reconnecting")
+        except Exception as exc:
+            log.warning("notification channel lost (%s); reconnecting", type(exc).__name__)
             await asyncio.sleep(1)
 
 

@@ -9,10 +9,13 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from redis.exceptions import RedisError
+from starlette.responses import Response
 
 from services.common.auth import TokenVerifier
 from services.common.defaults import add_service_defaults
+from services.common.errors import problem_response
 from services.common.resources import open_engine, open_redis, session_factory
 from services.common.streams import StreamConsumer
 from services.flashsale import admin, router
@@ -101,6 +104,19 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     add_service_defaults(app, settings)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> Response:
+        # Fail closed: without Redis no stock decision or state change is made.
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(
+            503,
+            "STOCK_UNAVAILABLE",
+            "Redis is not answering; retry shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
     app.include_router(router.router)
     app.include_router(admin.router)
     return app

@@ -6,9 +6,9 @@ import logging
 import math
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
@@ -22,7 +22,7 @@ from services.common.logs import request_id_var
 from services.flashsale import errors
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.models import AuditEntry, Sale, SaleState
-from services.flashsale.schemas import SaleCreate, SaleOut, SaleStats, SaleUpdate, SaleView
+from services.flashsale.schemas import MAX_QUANTITY, SaleCreate, SaleOut, SaleStats, SaleUpdate, SaleView
 from services.flashsale.store import NOTIFY_CHANNEL, StockStore
 
 log = logging.getLogger("flashsale.service")
@@ -96,40 +96,56 @@ class SoldOutFlags:
 class UserRateLimiter:
     """A token bucket per user on this replica: a cheap guard against hammering the buy button.
 
-    Retries of a recent Idempotency-Key are free: they are the same intent, answered from the stored reply.
+    A retry of a key that is in flight or was accepted is free (same intent, answered from the stored
+    reply); a retry of a refused key pays like a new attempt. Buckets live in an LRU with a hard cap.
     """
 
-    RECENT_KEYS = 8
+    RECENT_KEYS = 4
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, max_users: int = 100_000) -> None:
         self.rate = rate
         self.burst = float(burst)
-        self._buckets: dict[str, tuple[float, float, list[str]]] = {}
+        self.max_users = max_users
+        # user -> [tokens, last refill, accepted keys]
+        self._buckets: OrderedDict[str, tuple[float, float, list[str]]] = OrderedDict()
+        self._in_flight: dict[tuple[str, str], int] = {}
 
     def allow(self, user_id: str, key: str) -> bool:
-        """Take one token for a new key; False when the user has none left."""
+        """Take one token unless this is a retry of an accepted or in-flight key."""
         now = time.monotonic()
         bucket = self._buckets.get(user_id)
         if bucket is None:
-            if len(self._buckets) > 200_000:
-                self._prune(now)
-            self._buckets[user_id] = (self.burst - 1, now, [key])
+            self._buckets[user_id] = (self.burst - 1, now, [])
+            if len(self._buckets) > self.max_users:
+                self._buckets.popitem(last=False)
             return True
+        self._buckets.move_to_end(user_id)
         tokens, last, keys = bucket
-        if key in keys:
+        if key in keys or (user_id, key) in self._in_flight:
             return True
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1:
             self._buckets[user_id] = (tokens, now, keys)
             return False
-        keys.append(key)
-        del keys[: -self.RECENT_KEYS]
         self._buckets[user_id] = (tokens - 1, now, keys)
         return True
 
-    def _prune(self, now: float) -> None:
-        full_after = self.burst / self.rate
-        self._buckets = {u: b for u, b in self._buckets.items() if now - b[1] < full_after}
+    def begin(self, user_id: str, key: str) -> None:
+        """A request with this key is being decided."""
+        self._in_flight[(user_id, key)] = self._in_flight.get((user_id, key), 0) + 1
+
+    def end(self, user_id: str, key: str, *, accepted: bool) -> None:
+        """The request was decided; remember accepted keys so their replays stay free."""
+        ident = (user_id, key)
+        left = self._in_flight.get(ident, 1) - 1
+        if left <= 0:
+            self._in_flight.pop(ident, None)
+        else:
+            self._in_flight[ident] = left
+        bucket = self._buckets.get(user_id)
+        if accepted and bucket is not None and key not in bucket[2]:
+            bucket[2].append(key)
+            del bucket[2][: -self.RECENT_KEYS]
 
 
 @dataclass
@@ -162,6 +178,7 @@ class FlashSaleService:
         self.catalog: dict[int, CatalogEntry] = {}
         self._local_attempts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._status_cache: dict[int, tuple[float, dict[str, str]]] = {}
+        self._last_redis_log = 0.0
 
     # ---------------------------------------------------------------- the purchase
 
@@ -178,6 +195,8 @@ class FlashSaleService:
                 self._local_attempts[sale_id]["n_rate_limited"] += 1
             PURCHASES.labels("rate_limited").inc()
             raise errors.RateLimited("Slow down and retry", headers={"Retry-After": "1"})
+        self.limiter.begin(user_id, idempotency)
+        accepted = False
         try:
             outcome = await self.store.reserve_stock(
                 sale_id=sale_id,
@@ -189,13 +208,16 @@ class FlashSaleService:
                 idempotency_ttl=self.settings.idempotency_ttl_seconds,
                 reserved_at=utcnow().isoformat(),
             )
-        except RedisError:
+            accepted = outcome.kind in ("OK", "REPLAY")
+        except RedisError as exc:
             # Unknown outcome: the script may have run. A retry with the same key tells the truth.
             PURCHASES.labels("unavailable").inc()
-            log.warning("purchase script failed for sale %s", sale_id, exc_info=True)
+            self._log_redis_failure(sale_id, exc)
             raise errors.StockUnavailable(
                 "Stock service unavailable; retry with the same Idempotency-Key", headers={"Retry-After": "1"}
             ) from None
+        finally:
+            self.limiter.end(user_id, idempotency, accepted=accepted)
         kind = outcome.kind
         PURCHASES.labels(kind.lower()).inc()
         if kind == "OK":
@@ -230,6 +252,13 @@ class FlashSaleService:
             # Live in the record but not in Redis: Redis lost data. Fail closed until reconciled.
             raise errors.StockUnavailable("Sale stock is not loaded; purchases are refused until it is")
         raise errors.SaleNotLive(self._not_live_reason(sale_id, entry.state.value))
+
+    def _log_redis_failure(self, sale_id: int, exc: Exception) -> None:
+        # The rejection path stays cheap during an outage: one line every few seconds, not one per request.
+        now = time.monotonic()
+        if now - self._last_redis_log > 5:
+            self._last_redis_log = now
+            log.warning("purchase script failed for sale %s: %s: %s", sale_id, type(exc).__name__, exc)
 
     def _not_live_reason(self, sale_id: int, state: str) -> str:
         entry = self.catalog.get(sale_id)
@@ -276,7 +305,9 @@ class FlashSaleService:
     async def refresh_catalog(self) -> None:
         """Reload the sales this replica serves from PostgreSQL."""
         async with self.sessions() as session:
-            rows = (await session.scalars(select(Sale).order_by(Sale.starts_at))).all()
+            recent = utcnow() - timedelta(days=1)
+            query = select(Sale).where((Sale.state != SaleState.ENDED.value) | (Sale.ended_at > recent))
+            rows = (await session.scalars(query.order_by(Sale.starts_at))).all()
         self.catalog = {s.id: self._entry(s) for s in rows}
 
     @staticmethod
@@ -371,18 +402,18 @@ class FlashSaleService:
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
         note: str | None = None,
-    ) -> None:
-        session.add(
-            AuditEntry(
-                actor=actor,
-                action=action,
-                sale_id=sale_id,
-                before=before,
-                after=after,
-                request_id=request_id_var.get() or None,
-                note=note,
-            )
+    ) -> AuditEntry:
+        entry = AuditEntry(
+            actor=actor,
+            action=action,
+            sale_id=sale_id,
+            before=before,
+            after=after,
+            request_id=request_id_var.get() or None,
+            note=note,
         )
+        session.add(entry)
+        return entry
 
     async def audit_read(self, *, actor: str, action: str, sale_id: int | None = None) -> None:
         """Record an admin read (who looked at what, when)."""
@@ -496,7 +527,7 @@ class FlashSaleService:
                 sale.ended_at = now
             if action in ("schedule", "start"):
                 await self._warm(sale, reset=False)
-            else:
+            elif current != SaleState.DRAFT:  # a draft was never loaded into Redis
                 await self.store.set_state(sale.id, target.value)
             await session.flush()
             await session.refresh(sale)
@@ -507,25 +538,42 @@ class FlashSaleService:
         return after
 
     async def add_stock(self, *, actor: str, sale_id: int, units: int) -> dict[str, Any]:
-        """Add units to a sale (draft, scheduled, live or paused)."""
+        """Add units to a sale (draft, scheduled, live or paused).
+
+        The record is committed first, then Redis gets the units once (keyed by the audit entry): if
+        Redis fails in between, live stock is short of the record (undersell, repaired by reconciliation),
+        never ahead of it.
+        """
         async with self.sessions.begin() as session:
             sale = await self._locked(session, sale_id)
             if sale.state == SaleState.ENDED.value:
                 raise errors.InvalidTransition("Cannot add stock to an ended sale")
+            if sale.quantity + units > MAX_QUANTITY:
+                raise errors.InvalidSale(f"A sale holds at most {MAX_QUANTITY} units")
             before = snapshot(sale)
             sale.quantity += units
-            if sale.state in WARM_STATES:
-                res = await self.store.add_stock(
-                    sale_id=sale.id,
-                    units=units,
-                    threshold=threshold_units(sale.quantity, sale.low_stock_threshold_pct),
-                )
-                if res is None:
-                    raise errors.StockUnavailable("Sale stock is not loaded; reconcile before restocking")
             await session.flush()
             await session.refresh(sale)
             after = snapshot(sale)
-            await self._audit(session, actor=actor, action="add_stock", sale_id=sale_id, before=before, after=after)
+            entry = await self._audit(
+                session, actor=actor, action="add_stock", sale_id=sale_id, before=before, after=after
+            )
+            await session.flush()
+            operation = str(entry.id)
+        if sale.state in WARM_STATES:
+            threshold = threshold_units(sale.quantity, sale.low_stock_threshold_pct)
+            try:
+                outcome = await self.store.add_stock(
+                    sale_id=sale.id, units=units, threshold=threshold, operation=operation
+                )
+            except RedisError:
+                outcome = "UNAVAILABLE"
+            if outcome not in ("OK", "DONE"):
+                log.error("add_stock %s on sale %s recorded but not applied to Redis (%s)", operation, sale_id, outcome)
+                raise errors.StockUnavailable(
+                    f"The sale now records {sale.quantity} units, but live stock was not updated; "
+                    "do not repeat the call: reconciliation applies it"
+                )
         self.sold_out.clear(sale.id)
         self.catalog[sale.id] = self._entry(sale)
         await self._notify(f"buyable:{sale.id}")
@@ -603,11 +651,16 @@ class FlashSaleService:
                     sale.state = SaleState.ENDED.value
                     sale.ended_at = now
                     action = "auto_end"
+                    await self.store.set_state(sale.id, sale.state)
                 else:
-                    sale.state = SaleState.LIVE.value
+                    # Compare-and-set: the purchase script may already have paused it (alert_and_pause).
+                    held = await self.store.advance_state(
+                        sale.id, expected=SaleState.SCHEDULED.value, new=SaleState.LIVE.value
+                    )
+                    paused = held == SaleState.PAUSED.value
+                    sale.state = SaleState.PAUSED.value if paused else SaleState.LIVE.value
                     sale.went_live_at = sale.went_live_at or now
-                    action = "auto_start"
-                await self.store.set_state(sale.id, sale.state)
+                    action = "auto_start_paused" if paused else "auto_start"
                 await session.flush()
                 await session.refresh(sale)
                 await self._audit(
@@ -630,6 +683,8 @@ class FlashSaleService:
             sale = await self._locked(session, sale_id)
             if sale.state not in (SaleState.LIVE.value, SaleState.SCHEDULED.value):
                 return
+            if (await self.store.live_status(sale_id)).get("state") != SaleState.PAUSED.value:
+                return  # an admin resumed it before this caught up
             before = snapshot(sale)
             sale.state = SaleState.PAUSED.value
             sale.went_live_at = sale.went_live_at or utcnow()

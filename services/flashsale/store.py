@@ -37,8 +37,8 @@ def reservations_key(sale_id: int) -> str:
 
 
 def idempotency_key(sale_id: int, user_id: str, key: str) -> str:
-    """One purchase answer per user and Idempotency-Key."""
-    return f"{_tag(sale_id)}:idem:{user_id}:{key}"
+    """One purchase answer per user and Idempotency-Key (length-prefixed: no two pairs share a key)."""
+    return f"{_tag(sale_id)}:idem:{len(user_id)}:{user_id}:{key}"
 
 
 def events_stream(sale_id: int) -> str:
@@ -84,6 +84,7 @@ class StockStore:
         self._confirm = redis.register_script((LUA_DIR / "confirm.lua").read_text())
         self._warm = redis.register_script((LUA_DIR / "warm.lua").read_text())
         self._restock = redis.register_script((LUA_DIR / "restock.lua").read_text())
+        self._advance = redis.register_script((LUA_DIR / "advance_state.lua").read_text())
 
     async def reserve_stock(
         self,
@@ -156,12 +157,14 @@ class StockStore:
             await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
         return str(res[0])
 
-    async def add_stock(self, *, sale_id: int, units: int, threshold: int) -> tuple[int, int] | None:
-        """Add units; returns (remaining, quantity) or None when the sale is not in Redis."""
-        res = await self._restock(keys=[sale_key(sale_id)], args=[units, threshold])
-        if res[0] != "OK":
-            return None
-        return int(res[1]), int(res[2])
+    async def add_stock(self, *, sale_id: int, units: int, threshold: int, operation: str) -> str:
+        """Add units once per operation id; returns OK, DONE (applied before) or NOT_FOUND."""
+        res = await self._restock(keys=[sale_key(sale_id), f"{_tag(sale_id)}:op:{operation}"], args=[units, threshold])
+        return str(res[0])
+
+    async def advance_state(self, sale_id: int, *, expected: str, new: str) -> str:
+        """Set `new` only if Redis still says `expected`; returns the state Redis holds afterwards."""
+        return str(await self._advance(keys=[sale_key(sale_id)], args=[expected, new]))
 
     async def set_state(self, sale_id: int, state: str) -> None:
         """Mirror a state change; the purchase script reads it."""

@@ -16,7 +16,8 @@ end
 local m = redis.call('HMGET', KEYS[1], 'state', 'starts', 'ends', 'remaining', 'limit',
   'threshold', 'policy', 'low_alerted', 'quantity', 'price', 'sku')
 local state = m[1]
-if not state then return {'NOT_FOUND'} end
+-- A hash without its configuration or stock (Redis lost data) is not a sale to sell from.
+if not state or not m[2] or not m[3] or not m[4] or not m[5] then return {'NOT_FOUND'} end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

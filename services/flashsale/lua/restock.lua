@@ -1,7 +1,8 @@
 -- Add units to a sale's stock; re-arm the low-stock alert when back above the threshold.
--- KEYS: 1 sale hash
+-- KEYS: 1 sale hash, 2 operation marker (the same restock is applied once, however often it is retried)
 -- ARGV: 1 units to add, 2 new threshold (units)
 if redis.call('HEXISTS', KEYS[1], 'remaining') == 0 then return {'NOT_FOUND'} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) == false then return {'DONE'} end
 local add = tonumber(ARGV[1])
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', add)
 local quantity = redis.call('HINCRBY', KEYS[1], 'quantity', add)

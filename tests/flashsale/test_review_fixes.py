@@ -1,0 +1,115 @@
+"""Cases found in review: the scheduler vs an automatic pause, key collisions, the rate limit on
+refused retries, Redis down on admin calls, and restock bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.flashsale.config import FlashSaleSettings
+from services.flashsale.main import create_app
+from tests.conftest import admin_headers, create_sale, customer_headers, live_sale, sale_stats, wait_for
+
+
+async def _buy(client: httpx.AsyncClient, sale_id: int, user: str, key: str, qty: int = 1) -> httpx.Response:
+    return await client.post(f"/sales/{sale_id}/purchase", json={"quantity": qty}, headers=customer_headers(user, key))
+
+
+async def test_scheduler_does_not_undo_a_pause_the_script_made(client: httpx.AsyncClient) -> None:
+    now = datetime.now(UTC)
+    sale = await create_sale(
+        client,
+        quantity=4,
+        per_user_limit=4,
+        low_stock_threshold_pct=50,
+        low_stock_policy="alert_and_pause",
+        starts_at=(now + timedelta(seconds=1)).isoformat(),
+        ends_at=(now + timedelta(hours=1)).isoformat(),
+    )
+    sale_id = sale["id"]
+    assert (await client.post(f"/admin/sales/{sale_id}/schedule", headers=admin_headers())).status_code == 200
+    # Buy 2 of 4 the moment the window opens: the threshold (2 units) is crossed and the script pauses.
+    first = await wait_for(lambda: _ok(client, sale_id, "sch-1", "k", 2), timeout=10, interval=0.02)
+    assert first.status_code == 202
+
+    async def recorded(state: str) -> bool:
+        resp = await client.get(f"/admin/sales/{sale_id}", headers=admin_headers())
+        return bool(resp.json()["state"] == state)
+
+    await wait_for(lambda: recorded("paused"))
+    await asyncio.sleep(0.5)  # several scheduler ticks
+    refused = await _buy(client, sale_id, "sch-2", "k")
+    assert refused.status_code == 423
+    assert await recorded("paused")
+    assert (await sale_stats(client, sale_id))["remaining"] == 2
+    assert (await client.post(f"/admin/sales/{sale_id}/resume", headers=admin_headers())).status_code == 200
+    assert (await _buy(client, sale_id, "sch-2", "k2")).status_code == 202
+
+
+async def _ok(client: httpx.AsyncClient, sale_id: int, user: str, key: str, qty: int) -> httpx.Response | None:
+    resp = await _buy(client, sale_id, user, key, qty)
+    return resp if resp.status_code == 202 else None
+
+
+async def test_user_and_key_pairs_cannot_collide(client: httpx.AsyncClient) -> None:
+    sale = await live_sale(client, quantity=10)
+    victim = await _buy(client, sale["id"], "a", "b:c")
+    attacker = await _buy(client, sale["id"], "a:b", "c")
+    assert victim.status_code == attacker.status_code == 202
+    assert victim.json()["reservation_id"] != attacker.json()["reservation_id"]
+    assert (await sale_stats(client, sale["id"]))["reserved"] == 2
+
+
+async def test_retrying_a_refused_key_is_rate_limited(client: httpx.AsyncClient) -> None:
+    now = datetime.now(UTC)
+    sale = await create_sale(
+        client, starts_at=(now + timedelta(hours=1)).isoformat(), ends_at=(now + timedelta(hours=2)).isoformat()
+    )
+    await client.post(f"/admin/sales/{sale['id']}/schedule", headers=admin_headers())
+    codes = [(await _buy(client, sale["id"], "hammer", "same-key")).status_code for _ in range(40)]
+    assert codes.count(423) >= 1
+    assert codes.count(429) >= 10
+    limited = await _buy(client, sale["id"], "hammer", "same-key")
+    assert limited.headers.get("retry-after") == "1"
+
+
+async def test_restock_beyond_the_maximum_is_refused(client: httpx.AsyncClient) -> None:
+    sale = await live_sale(client, quantity=9_000_000)
+    resp = await client.post(f"/admin/sales/{sale['id']}/stock", json={"units": 2_000_000}, headers=admin_headers())
+    assert resp.status_code == 422
+    assert resp.json()["code"] == "VALIDATION_ERROR"
+    assert (await sale_stats(client, sale["id"]))["quantity"] == 9_000_000
+
+
+@pytest.fixture
+async def app_without_redis(settings: FlashSaleSettings) -> AsyncIterator[FastAPI]:
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "replica_id": "no-redis"})
+    application = create_app(broken)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_redis_down_fails_closed_with_503_and_changes_nothing(
+    client: httpx.AsyncClient, app_without_redis: FastAPI
+) -> None:
+    sale = await create_sale(client)
+    transport = httpx.ASGITransport(app=app_without_redis)
+    async with httpx.AsyncClient(transport=transport, base_url="http://no-redis") as broken:
+        start = await broken.post(f"/admin/sales/{sale['id']}/start", headers=admin_headers())
+        assert start.status_code == 503
+        assert start.json()["code"] == "STOCK_UNAVAILABLE"
+        buy = await broken.post(
+            f"/sales/{sale['id']}/purchase", json={"quantity": 1}, headers=customer_headers("u", "k")
+        )
+        assert buy.status_code == 503
+        assert buy.json()["code"] == "STOCK_UNAVAILABLE"
+        ready = await broken.get("/healthz/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"].startswith("error")
+    record = await client.get(f"/admin/sales/{sale['id']}", headers=admin_headers())
+    assert record.json()["state"] == "draft"
