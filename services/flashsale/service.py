@@ -7,6 +7,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,7 +103,10 @@ class UserRateLimiter:
 
     RECENT_KEYS = 4
 
-    def __init__(self, rate: float, burst: int, max_users: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, max_users: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.clock = clock
         self.rate = rate
         self.burst = float(burst)
         self.max_users = max_users
@@ -112,7 +116,7 @@ class UserRateLimiter:
 
     def allow(self, user_id: str, key: str) -> bool:
         """Take one token unless this is a retry of an accepted or in-flight key."""
-        now = time.monotonic()
+        now = self.clock()
         bucket = self._buckets.get(user_id)
         if bucket is None:
             self._buckets[user_id] = (self.burst - 1, now, [])
