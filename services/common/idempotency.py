@@ -35,7 +35,7 @@ class IdempotencyKeyInFlight(ProblemError):
     title = "A request with this Idempotency-Key is still being processed"
 
 
-def _idempotency_key(request: Request) -> str:
+async def _idempotency_key(request: Request) -> str:
     key = request.headers.get("idempotency-key")
     if key is None:
         raise IdempotencyKeyRequired("Send an Idempotency-Key header (a unique string per intended action)")

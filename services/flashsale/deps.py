@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from services.flashsale.service import FlashSaleService
 
 
-def _service(request: Request) -> FlashSaleService:
+async def _service(request: Request) -> FlashSaleService:
     service: FlashSaleService = request.app.state.service
     return service
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from services.common.auth import CurrentUser
 from services.common.idempotency import IdempotencyKey, fingerprint
 from services.flashsale.deps import ServiceDep
-from services.flashsale.schemas import PurchaseAccepted, PurchaseRequest, SaleView
+from services.flashsale.schemas import MAX_UNITS_PER_PURCHASE, PurchaseAccepted, PurchaseRequest, SaleView
 
 router = APIRouter(tags=["storefront"])
 
@@ -43,26 +46,62 @@ async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
     return await service.view(sale_id)
 
 
+@functools.cache
+def _purchase_fingerprint(quantity: int) -> str:
+    return fingerprint({"quantity": quantity})
+
+
+async def read_quantity(request: Request) -> int:
+    """The purchase body, parsed on a fast path; anything unusual goes through the full model."""
+    raw = await request.body()
+    try:
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
+        ) from None
+    if type(data) is dict and len(data) == 1:
+        quantity = data.get("quantity")
+        if type(quantity) is int and 1 <= quantity <= MAX_UNITS_PER_PURCHASE:
+            return quantity
+    try:
+        return PurchaseRequest.model_validate(data).quantity
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
 @router.post(
     "/sales/{sale_id}/purchase",
     status_code=202,
     response_model=PurchaseAccepted,
     responses=PROBLEM_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PurchaseRequest.model_json_schema()}},
+        }
+    },
 )
 async def purchase(
     sale_id: SaleId,
-    body: PurchaseRequest,
+    request: Request,
     user: CurrentUser,
     key: IdempotencyKey,
     service: ServiceDep,
 ) -> Response:
-    """Reserve units of a live sale; the order is created from the reservation."""
+    """Reserve units of a live sale; the order is created from the reservation.
+
+    Body: `{"quantity": n}` with 1 <= n <= 100 (and at most the sale's per-user limit).
+    """
+    quantity = await read_quantity(request)
     reservation_id, quantity = await service.purchase(
         sale_id=sale_id,
         user_id=user.user_id,
-        quantity=body.quantity,
+        quantity=quantity,
         idempotency=key,
-        request_fingerprint=fingerprint({"quantity": body.quantity}),
+        request_fingerprint=_purchase_fingerprint(quantity),
     )
     answer = {
         "reservation_id": reservation_id,

@@ -11,6 +11,7 @@ from services.flashsale.models import LowStockPolicy, SaleState
 
 MAX_MONEY = 10**12
 MAX_QUANTITY = 10_000_000
+MAX_UNITS_PER_PURCHASE = 100
 
 Money = Annotated[StrictInt, Field(ge=0, le=MAX_MONEY, description="Integer minor units (cents)")]
 Units = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
@@ -121,7 +122,7 @@ class AuditOut(BaseModel):
 class PurchaseRequest(_Strict):
     """How many units to buy."""
 
-    quantity: Annotated[StrictInt, Field(ge=1, le=100)]
+    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_UNITS_PER_PURCHASE)]
 
 
 class PurchaseAccepted(BaseModel):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,7 +208,7 @@ class FlashSaleService:
                 quantity=quantity,
                 request_fingerprint=request_fingerprint,
                 idempotency=idempotency,
-                reservation_id=uuid.uuid4().hex,
+                reservation_id=os.urandom(16).hex(),
                 idempotency_ttl=self.settings.idempotency_ttl_seconds,
                 reserved_at=utcnow().isoformat(),
             )
