@@ -102,6 +102,9 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Flash sales: storefront views, the atomic purchase, and the admin lifecycle.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry hooks check providers and the environment on every request;
+        # we export Prometheus metrics instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     add_service_defaults(app, settings)
 
