@@ -45,12 +45,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _reset_database() -> None:
-    parsed = make_url(TEST_DB_URL)
-    dsn = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+async def drop_database(name: str) -> None:
+    """Drop a test database (the next migration recreates it)."""
+    dsn = make_url(SERVER_URL).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute('DROP DATABASE IF EXISTS "flashsale_test" WITH (FORCE)')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -67,7 +67,7 @@ async def redis() -> AsyncIterator[Redis]:
 @pytest.fixture(scope="session")
 async def database(redis: Redis) -> str:
     """A freshly migrated flashsale_test database."""
-    await _reset_database()
+    await drop_database("flashsale_test")
     await asyncio.to_thread(upgrade, "flashsale", TEST_DB_URL)
     return TEST_DB_URL
 
@@ -207,41 +207,69 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         await asyncio.sleep(interval)
 
 
+class Processes:
+    """Real uvicorn processes started by a test, stopped at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, app: str, env: dict[str, str]) -> str:
+        """Start one uvicorn process of `app` and return its base URL once it answers /healthz/live."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "APP_ENV": "test", "LOG_LEVEL": "WARNING", **env})
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz/live", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{app} on {url} did not start")
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        """Terminate everything started, then wait for it."""
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="session")
 def replicas(database: str) -> Iterator[list[str]]:
     """Two real uvicorn replicas of flashsale sharing the test Redis and database."""
-    procs = []
-    urls = []
-    for n in (1, 2):
-        port = free_port()
-        env = {
-            **os.environ,
-            "APP_ENV": "test",
-            "REDIS_URL": TEST_REDIS_URL,
-            "FLASHSALE_DATABASE_URL": database,
-            "REPLICA_ID": f"test-replica-{n}",
-            "LOG_LEVEL": "WARNING",
-        }
-        cmd = [sys.executable, "-m", "uvicorn", "services.flashsale.main:app", "--port", str(port)]
-        cmd += ["--no-access-log", "--log-level", "warning"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
-        urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 30
-    for url in urls:
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replica {url} did not become ready")
-            time.sleep(0.1)
-    yield urls
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(timeout=10)
+    procs = Processes()
+    try:
+        urls = [
+            procs.start(
+                "services.flashsale.main:app",
+                {"REDIS_URL": TEST_REDIS_URL, "FLASHSALE_DATABASE_URL": database, "REPLICA_ID": f"test-replica-{n}"},
+            )
+            for n in (1, 2)
+        ]
+        for url in urls:
+            while httpx.get(f"{url}/healthz/ready", timeout=2).status_code != 200:
+                time.sleep(0.1)
+        yield urls
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def paysim() -> Iterator[dict[str, str]]:
+    """The payment simulator as a primary and a backup process."""
+    procs = Processes()
+    try:
+        yield {name: procs.start("services.paysim.main:app", {"PAYSIM_NAME": name}) for name in ("primary", "backup")}
+    finally:
+        procs.stop_all()
 
 
 async def sale_stats(client: httpx.AsyncClient, sale_id: int) -> dict[str, Any]:

@@ -33,13 +33,20 @@ def decode_event(fields: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+Entry = tuple[str, dict[str, Any]]
+BatchHandler = Callable[[list[Entry]], Awaitable[None]]
+
+
 @dataclass
 class StreamConsumer:
-    """Reads one stream in a consumer group and hands each entry to `handler` at least once.
+    """Reads one stream in a consumer group and hands each entry to its handler at least once.
 
-    An entry whose handler raises stays pending and is retried after `claim_idle_ms`; after
-    `max_deliveries` attempts it is copied to `<stream>:dead` and acknowledged. Entries left
-    pending by a crashed consumer are claimed the same way, so nothing acknowledged is lost.
+    With a `batch_handler`, a whole read is handed over at once (one transaction for many events);
+    if the batch fails, its entries are retried one by one through `handler`, so one bad entry does
+    not hold the others back. An entry whose handler raises stays pending and is retried after
+    `claim_idle_ms`; after `max_deliveries` attempts it is copied to `<stream>:dead` and acknowledged.
+    Entries left pending by a crashed consumer are claimed the same way, and a consumer restarted
+    under its old name first finishes its own pending entries, so nothing is lost.
     """
 
     redis: Redis
@@ -47,6 +54,7 @@ class StreamConsumer:
     group: str
     consumer: str
     handler: Handler
+    batch_handler: BatchHandler | None = None
     batch: int = 200
     block_ms: int = 1000
     claim_idle_ms: int = 15_000
@@ -75,10 +83,14 @@ class StreamConsumer:
         """Consume until stopped; survives Redis outages by backing off."""
         backoff = 0.2
         last_claim = 0.0
+        recovered = False
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             try:
                 await self.ensure_group()
+                if not recovered:
+                    await self.recover_own_pending()
+                    recovered = True
                 if loop.time() - last_claim > self.claim_idle_ms / 2000:
                     await self.claim_stale()
                     last_claim = loop.time()
@@ -99,18 +111,28 @@ class StreamConsumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def read_once(self) -> int:
-        """Read and handle one batch of new entries; returns how many were handled."""
+    async def _read(self, start: str, block: int | None) -> list[Entry]:
         resp: Any = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=self.block_ms
+            self.group, self.consumer, {self.stream: start}, count=self.batch, block=block
         )
-        handled = 0
         # RESP2 answers a list of [stream, entries]; RESP3 a mapping of stream -> entries.
         batches = resp.values() if isinstance(resp, dict) else [entries for _stream, entries in resp or []]
-        for entries in batches:
-            for entry_id, fields in entries:
-                handled += await self._handle(entry_id, fields)
-        return handled
+        return [(entry_id, fields) for entries in batches for entry_id, fields in entries if fields is not None]
+
+    async def read_once(self) -> int:
+        """Read and handle one batch of new entries; returns how many were handled."""
+        return await self._handle_all(await self._read(">", self.block_ms))
+
+    async def recover_own_pending(self) -> int:
+        """Handle entries this consumer name read before a crash but never acknowledged."""
+        handled = 0
+        cursor = "0"
+        while True:
+            entries = await self._read(cursor, None)
+            if not entries:
+                return handled
+            handled += await self._handle_all(entries)
+            cursor = entries[-1][0]
 
     async def claim_stale(self) -> int:
         """Take over entries another consumer left pending too long; retry or dead-letter them."""
@@ -122,23 +144,45 @@ class StreamConsumer:
             )
             cursor, entries = resp[0], resp[1]
             if entries:
-                counts = await self._delivery_counts([e[0] for e in entries if e and e[1] is not None])
+                live = [(e[0], e[1]) for e in entries if e and e[1] is not None]
                 for entry_id, fields in entries:
                     if fields is None:  # deleted from the stream while pending
                         await self.redis.xack(self.stream, self.group, entry_id)
-                        continue
+                counts = await self._delivery_counts([e[0] for e in live])
+                retry = []
+                for entry_id, fields in live:
                     if counts.get(entry_id, 0) > self.max_deliveries:
                         await self._dead_letter(entry_id, fields)
                     else:
-                        handled += await self._handle(entry_id, fields)
+                        retry.append((entry_id, fields))
+                handled += await self._handle_all(retry)
             if cursor in ("0-0", b"0-0") or not entries:
                 return handled
 
     async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
         if not ids:
             return {}
-        rows: Any = await self.redis.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids))
+        rows: Any = await self.redis.xpending_range(
+            self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
+        )
         return {r["message_id"]: int(r["times_delivered"]) for r in rows}
+
+    async def _handle_all(self, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        if self.batch_handler is not None and len(entries) > 1:
+            try:
+                await self.batch_handler(entries)
+            except Exception:
+                log.warning("batch of %d from %s failed; retrying one by one", len(entries), self.stream)
+            else:
+                await self.redis.xack(self.stream, self.group, *[e[0] for e in entries])
+                EVENTS_HANDLED.labels(self.stream, self.group, "ok").inc(len(entries))
+                return len(entries)
+        handled = 0
+        for entry_id, fields in entries:
+            handled += await self._handle(entry_id, fields)
+        return handled
 
     async def _handle(self, entry_id: str, fields: dict[str, Any]) -> int:
         try:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request
@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from services.common.auth import TokenVerifier
+from services.common.background import run_every
 from services.common.defaults import add_service_defaults
 from services.common.errors import problem_response
 from services.common.resources import open_engine, open_redis, session_factory
@@ -24,18 +25,6 @@ from services.flashsale.events import AlertRelay, WebhookNotifier, handle_order_
 from services.flashsale.service import FlashSaleService
 
 log = logging.getLogger("flashsale")
-
-
-async def _every(seconds: float, name: str, job: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
-    """Run a periodic job until `stop` is set; a failure is logged and retried next tick."""
-    while not stop.is_set():
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.warning("%s failed", name, exc_info=True)
-        await asyncio.sleep(seconds)
 
 
 def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
@@ -73,11 +62,11 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         )
         stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(_every(settings.catalog_refresh_seconds, "catalog refresh", refresh, stop)),
+            asyncio.create_task(run_every(settings.catalog_refresh_seconds, "catalog refresh", refresh, stop)),
             asyncio.create_task(
-                _every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick, stop)
+                run_every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick, stop)
             ),
-            asyncio.create_task(_every(1.0, "attempt flush", service.flush_local_attempts, stop)),
+            asyncio.create_task(run_every(1.0, "attempt flush", service.flush_local_attempts, stop)),
             asyncio.create_task(listen_notifications(service)),
             asyncio.create_task(order_events.run()),
         ]

@@ -458,6 +458,7 @@ class FlashSaleService:
             "threshold": threshold_units(sale.quantity, sale.low_stock_threshold_pct),
             "policy": sale.low_stock_policy,
             "price": sale.price,
+            "currency": sale.currency,
             "sku": sale.sku,
         }
 

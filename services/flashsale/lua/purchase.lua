@@ -14,7 +14,7 @@ if seen then
 end
 
 local m = redis.call('HMGET', KEYS[1], 'state', 'starts', 'ends', 'remaining', 'limit',
-  'threshold', 'policy', 'low_alerted', 'quantity', 'price', 'sku')
+  'threshold', 'policy', 'low_alerted', 'quantity', 'price', 'sku', 'currency')
 local state = m[1]
 -- A hash without its configuration or stock (Redis lost data) is not a sale to sell from.
 if not state or not m[2] or not m[3] or not m[4] or not m[5] then return {'NOT_FOUND'} end
@@ -53,7 +53,8 @@ redis.call('HSET', KEYS[3], rid, uid .. '|' .. qty .. '|reserved')
 redis.call('SET', KEYS[4], fp .. '|' .. rid .. '|' .. qty, 'EX', ARGV[5])
 redis.call('XADD', KEYS[5], '*', 'type', 'purchase.reserved', 'v', '1', 'data', cjson.encode({
   reservation_id = rid, sale_id = tonumber(ARGV[6]), user_id = uid, sku = m[11],
-  quantity = qty, unit_price = tonumber(m[10]), reserved_at = ARGV[7], reserved_at_ms = now}))
+  quantity = qty, unit_price = tonumber(m[10]), currency = m[12] or 'USD',
+  reserved_at = ARGV[7], reserved_at_ms = now}))
 
 local crossed, sold_out, paused = 0, 0, 0
 local threshold = tonumber(m[6])

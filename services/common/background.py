@@ -1,0 +1,37 @@
+"""Periodic jobs run by every replica (schedulers, sweepers, relays)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("service.background")
+
+
+async def run_every(
+    seconds: float,
+    name: str,
+    job: Callable[[], Awaitable[object]],
+    stop: asyncio.Event,
+    *,
+    again_now: Callable[[object], bool] | None = None,
+) -> None:
+    """Run `job` every `seconds` until `stop` is set; right away again when `again_now(result)` says so.
+
+    A failure is logged (with a traceback once per failure streak) and retried at the next tick.
+    """
+    failing = False
+    while not stop.is_set():
+        try:
+            result = await job()
+            failing = False
+            if again_now is not None and again_now(result):
+                await asyncio.sleep(0)
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s failed (%s)", name, type(exc).__name__, exc_info=not failing)
+            failing = True
+        await asyncio.sleep(seconds)

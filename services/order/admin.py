@@ -1,0 +1,64 @@
+"""/admin endpoints for orders: search, one order with its payments, force cancel, fulfil, refund, stats."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from services.common.auth import AdminUser
+from services.order.deps import ServiceDep
+from services.order.models import OrderState
+from services.order.router import OrderId
+from services.order.schemas import AdminOrderOut, OrderOut, OrderStats
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.get("/orders", response_model=list[OrderOut])
+async def search_orders(
+    user: AdminUser,
+    service: ServiceDep,
+    sale_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    state: OrderState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[OrderOut]:
+    """Orders by sale, user and state (refund_pending ones need a human)."""
+    await service.audit_read(actor=user.user_id, action="search")
+    return await service.admin_search(sale_id=sale_id, user_id=user_id, state=state, limit=limit, offset=offset)
+
+
+@router.get("/orders/stats", response_model=OrderStats)
+async def order_stats(
+    user: AdminUser, service: ServiceDep, sale_id: Annotated[int | None, Query(ge=1, le=2**62)] = None
+) -> OrderStats:
+    """Orders, paid, GMV, payment success rate, median time to pay."""
+    await service.audit_read(actor=user.user_id, action="stats")
+    return await service.stats(sale_id=sale_id)
+
+
+@router.get("/orders/{order_id}", response_model=AdminOrderOut)
+async def admin_order(order_id: OrderId, user: AdminUser, service: ServiceDep) -> AdminOrderOut:
+    """One order with every payment attempt."""
+    await service.audit_read(actor=user.user_id, action="get")
+    return await service.admin_get(order_id)
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderOut)
+async def force_cancel(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
+    """Cancel an unpaid order on the buyer's behalf."""
+    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="cancel")
+
+
+@router.post("/orders/{order_id}/fulfil", response_model=OrderOut)
+async def fulfil(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
+    """Mark a paid order shipped."""
+    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="fulfil")
+
+
+@router.post("/orders/{order_id}/refund", response_model=OrderOut)
+async def refund(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
+    """Refund a paid order, or one paid after it closed (refund_pending)."""
+    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="refund")

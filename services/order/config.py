@@ -1,0 +1,33 @@
+"""Order service settings, read from ORDER_* (and the shared) environment variables."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import BaseServiceSettings
+
+
+class OrderSettings(BaseServiceSettings):
+    """Everything the order service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "order"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orders"
+    db_pool_size: int = 20
+    payment_deadline_seconds: int = 15 * 60
+    paysim_primary_url: str = "http://127.0.0.1:8105"
+    paysim_backup_url: str = "http://127.0.0.1:8115"
+    payment_timeout_seconds: float = 2.0
+    breaker_failure_threshold: int = 5
+    breaker_reset_seconds: float = 10.0
+    # Where flashsale lists the purchase streams of its sales, and where order events go.
+    purchase_stream_registry: str = "fs:streams"
+    events_stream: str = "orders:events"
+    consumer_batch: int = 500
+    consumer_claim_idle_ms: int = 5_000
+    stream_discovery_seconds: float = 1.0
+    sweeper_interval_seconds: float = 1.0
+    relay_interval_seconds: float = 0.05
+    relay_batch: int = 1000
+    max_long_poll_seconds: float = 20.0

@@ -1,0 +1,35 @@
+"""The order service's domain errors, each with a stable code."""
+
+from __future__ import annotations
+
+from services.common.errors import ProblemError
+
+
+class OrderNotFound(ProblemError):
+    status = 404
+    code = "ORDER_NOT_FOUND"
+    title = "Order not found"
+
+
+class InvalidOrderState(ProblemError):
+    status = 409
+    code = "INVALID_ORDER_STATE"
+    title = "The order cannot do that in its current state"
+
+
+class OrderExpired(ProblemError):
+    status = 409
+    code = "ORDER_EXPIRED"
+    title = "The payment deadline has passed"
+
+
+class PaymentDeclined(ProblemError):
+    status = 402
+    code = "PAYMENT_DECLINED"
+    title = "The payment was declined"
+
+
+class PaymentUnavailable(ProblemError):
+    status = 503
+    code = "PAYMENT_UNAVAILABLE"
+    title = "No payment provider could take the payment; the order stays payable"

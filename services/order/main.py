@@ -1,0 +1,91 @@
+"""Order service: `uvicorn services.order.main:app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.auth import TokenVerifier
+from services.common.background import run_every
+from services.common.defaults import add_service_defaults
+from services.common.resources import open_engine, open_redis, session_factory
+from services.order import admin, router
+from services.order.config import OrderSettings
+from services.order.events import PurchaseIngest
+from services.order.payments import PaymentRouter
+from services.order.service import OrderService
+
+log = logging.getLogger("order")
+
+
+def create_app(settings: OrderSettings | None = None) -> FastAPI:
+    """Build the order app; resources and background jobs start in the lifespan."""
+    settings = settings or OrderSettings()
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = open_redis(settings)
+        engine = open_engine(settings)
+        sessions = session_factory(engine)
+        payments = PaymentRouter(
+            primary_url=settings.paysim_primary_url,
+            backup_url=settings.paysim_backup_url,
+            timeout_s=settings.payment_timeout_seconds,
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_timeout_s=settings.breaker_reset_seconds,
+        )
+        service = OrderService(settings=settings, redis=redis, sessions=sessions, payments=payments)
+        ingest = PurchaseIngest(service, replica)
+        app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
+        app.state.service, app.state.ingest, app.state.payments = service, ingest, payments
+        app.state.token_verifier = TokenVerifier(settings)
+        stop = asyncio.Event()
+        full = settings.relay_batch
+        tasks = [
+            asyncio.create_task(run_every(settings.stream_discovery_seconds, "stream discovery", ingest.sync, stop)),
+            asyncio.create_task(
+                run_every(settings.sweeper_interval_seconds, "expiry sweeper", service.expire_due, stop)
+            ),
+            asyncio.create_task(
+                run_every(
+                    settings.relay_interval_seconds,
+                    "outbox relay",
+                    service.relay_outbox,
+                    stop,
+                    again_now=lambda n: n == full,
+                )
+            ),
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5)
+            await ingest.aclose()
+            await payments.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="order",
+        version="0.1.0",
+        description="Orders from flash-sale reservations: payment with failover, timeouts, refunds, outbox events.",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    add_service_defaults(app, settings)
+    app.include_router(router.router)
+    app.include_router(admin.router)
+    return app
+
+
+app = create_app()

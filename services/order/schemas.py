@@ -1,0 +1,69 @@
+"""Response models of the order API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+
+class OrderLineOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    sku: str
+    sale_id: int | None
+    unit_price: int
+    quantity: int
+    amount: int
+
+
+class OrderOut(BaseModel):
+    """An order with its lines and price breakdown (integer minor units)."""
+
+    id: str
+    reservation_id: str
+    sale_id: int
+    user_id: str
+    state: str
+    currency: str
+    subtotal: int
+    discount: int
+    total: int
+    lines: list[OrderLineOut]
+    created_at: datetime
+    deadline_at: datetime
+    paid_at: datetime | None
+    closed_at: datetime | None
+    close_reason: str | None
+    payment_provider: str | None
+
+
+class PaymentAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    provider: str
+    outcome: str
+    latency_ms: int
+    provider_ref: str | None
+    error: str | None
+
+
+class AdminOrderOut(OrderOut):
+    """An order as ops see it, with every payment attempt."""
+
+    payment_ref: str | None
+    attempts: list[PaymentAttemptOut]
+
+
+class OrderStats(BaseModel):
+    """Numbers ops watch during a sale."""
+
+    sale_id: int | None
+    orders: int
+    by_state: dict[str, int]
+    paid: int
+    gmv: int
+    payment_attempts: int
+    payment_success_rate: float | None
+    median_seconds_to_pay: float | None

@@ -1,0 +1,555 @@
+"""Order business logic: orders from purchase events, the state machine, payment, timeouts, the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+from sqlalchemy import TextClause, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from services.common.streams import encode_event
+from services.order import errors
+from services.order.config import OrderSettings
+from services.order.models import AuditEntry, Order, OrderState, OutboxEvent, PaymentAttempt
+from services.order.payments import PaymentResult, PaymentRouter
+from services.order.schemas import AdminOrderOut, OrderLineOut, OrderOut, OrderStats, PaymentAttemptOut
+
+log = logging.getLogger("order.service")
+
+ORDERS_CREATED = Counter("order_orders_created_total", "Orders created from purchase events")
+TRANSITIONS_TOTAL = Counter("order_transitions_total", "Order state changes", ["to"])
+PAY_SUCCESS_RATIO = Gauge("order_payment_success_ratio", "Share of the last 1,000 pay calls that succeeded")
+
+# Which state may follow which.
+ALLOWED: dict[OrderState, set[OrderState]] = {
+    OrderState.PENDING_PAYMENT: {
+        OrderState.PAID,
+        OrderState.CANCELLED,
+        OrderState.EXPIRED,
+    },
+    OrderState.PAID: {OrderState.FULFILLED, OrderState.REFUNDED},
+    OrderState.EXPIRED: {OrderState.REFUND_PENDING},
+    OrderState.CANCELLED: {OrderState.REFUND_PENDING},
+    OrderState.REFUND_PENDING: {OrderState.REFUNDED},
+    OrderState.FULFILLED: set(),
+    OrderState.REFUNDED: set(),
+}
+EVENT_OF: dict[OrderState, str] = {
+    OrderState.PAID: "order.paid",
+    OrderState.CANCELLED: "order.cancelled",
+    OrderState.EXPIRED: "order.expired",
+    OrderState.REFUNDED: "order.refunded",
+    OrderState.REFUND_PENDING: "order.refund_pending",
+    OrderState.FULFILLED: "order.fulfilled",
+}
+ORDER_COLUMNS = {
+    "id": "text",
+    "reservation_id": "text",
+    "sale_id": "bigint",
+    "user_id": "text",
+    "state": "text",
+    "currency": "text",
+    "subtotal": "bigint",
+    "discount": "bigint",
+    "total": "bigint",
+    "reserved_at": "timestamptz",
+    "created_at": "timestamptz",
+    "deadline_at": "timestamptz",
+}
+LINE_COLUMNS = {
+    "order_id": "text",
+    "sku": "text",
+    "sale_id": "bigint",
+    "unit_price": "bigint",
+    "quantity": "int",
+    "amount": "bigint",
+}
+OUTBOX_COLUMNS = {"event_type": "text", "payload": "text"}
+
+
+def _unnest_insert(table: str, columns: dict[str, str], suffix: str = "") -> TextClause:
+    names = ", ".join(columns)
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+    return text(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){suffix}")
+
+
+INSERT_ORDERS = _unnest_insert(
+    "orders", ORDER_COLUMNS, " ON CONFLICT (reservation_id) DO NOTHING RETURNING id, reservation_id"
+)
+INSERT_LINES = _unnest_insert("order_lines", LINE_COLUMNS)
+INSERT_OUTBOX = text(
+    "INSERT INTO outbox (event_type, payload) SELECT e, CAST(p AS jsonb) "
+    "FROM unnest(CAST(:event_type AS text[]), CAST(:payload AS text[])) AS t(e, p)"
+)
+
+
+def _columns(rows: list[dict[str, Any]], columns: dict[str, str]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in columns}
+
+
+REQUIRED_EVENT_FIELDS = ("reservation_id", "sale_id", "user_id", "sku", "quantity", "unit_price")
+RELAY_LOCK = 727_102  # one outbox relay at a time keeps events in commit order
+
+
+def utcnow() -> datetime:
+    """Now, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_order_id() -> str:
+    """A random, unguessable order id."""
+    return os.urandom(12).hex()
+
+
+def _event_payload(order: Order, **extra: Any) -> dict[str, Any]:
+    return {
+        "order_id": order.id,
+        "reservation_id": order.reservation_id,
+        "sale_id": order.sale_id,
+        "user_id": order.user_id,
+        "state": order.state,
+        "total": order.total,
+        "currency": order.currency,
+        "at": utcnow().isoformat(),
+        **extra,
+    }
+
+
+def order_view(order: Order) -> OrderOut:
+    """The storefront's view of an order."""
+    return OrderOut(
+        id=order.id,
+        reservation_id=order.reservation_id,
+        sale_id=order.sale_id,
+        user_id=order.user_id,
+        state=order.state,
+        currency=order.currency,
+        subtotal=order.subtotal,
+        discount=order.discount,
+        total=order.total,
+        lines=[OrderLineOut.model_validate(line) for line in order.lines],
+        created_at=order.created_at,
+        deadline_at=order.deadline_at,
+        paid_at=order.paid_at,
+        closed_at=order.closed_at,
+        close_reason=order.close_reason,
+        payment_provider=order.payment_provider,
+    )
+
+
+def _snapshot(order: Order) -> dict[str, Any]:
+    return {"state": order.state, "total": order.total, "payment_ref": order.payment_ref}
+
+
+class ParsedPurchase:
+    """A purchase event checked for what an order needs."""
+
+    __slots__ = ("currency", "quantity", "reservation_id", "reserved_at", "sale_id", "sku", "unit_price", "user_id")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        missing = [f for f in REQUIRED_EVENT_FIELDS if event.get(f) in (None, "")]
+        if missing:
+            raise ValueError(f"purchase event without {', '.join(missing)}")
+        self.reservation_id = str(event["reservation_id"])[:64]
+        self.sale_id = int(event["sale_id"])
+        self.user_id = str(event["user_id"])[:128]
+        self.sku = str(event["sku"])[:64]
+        self.quantity = int(event["quantity"])
+        self.unit_price = int(event["unit_price"])
+        self.currency = str(event.get("currency") or "USD")[:3]
+        if self.quantity < 1 or self.unit_price < 0:
+            raise ValueError("purchase event with a bad quantity or price")
+        reserved = event.get("reserved_at")
+        self.reserved_at = datetime.fromisoformat(reserved) if isinstance(reserved, str) else None
+
+
+class OrderService:
+    """Everything the order service does, over one engine, one Redis pool and the payment router."""
+
+    def __init__(
+        self,
+        *,
+        settings: OrderSettings,
+        redis: Redis,
+        sessions: async_sessionmaker[AsyncSession],
+        payments: PaymentRouter,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.sessions = sessions
+        self.payments = payments
+        self._recent_pays: deque[bool] = deque(maxlen=1000)
+
+    # ---------------------------------------------------------------- orders from purchase events
+
+    async def create_orders(self, events: Sequence[dict[str, Any]]) -> int:
+        """Create one order per reservation, in one transaction; repeats are ignored. Returns new orders."""
+        parsed = [ParsedPurchase(e) for e in events]  # a bad event fails the batch; the consumer isolates it
+        if not parsed:
+            return 0
+        now = utcnow()
+        deadline = now + timedelta(seconds=self.settings.payment_deadline_seconds)
+        rows = []
+        by_rid: dict[str, ParsedPurchase] = {}
+        for p in parsed:
+            if p.reservation_id in by_rid:
+                continue
+            by_rid[p.reservation_id] = p
+            amount = p.unit_price * p.quantity
+            rows.append(
+                {
+                    "id": new_order_id(),
+                    "reservation_id": p.reservation_id,
+                    "sale_id": p.sale_id,
+                    "user_id": p.user_id,
+                    "state": OrderState.PENDING_PAYMENT.value,
+                    "currency": p.currency,
+                    "subtotal": amount,
+                    "discount": 0,
+                    "total": amount,
+                    "reserved_at": p.reserved_at,
+                    "created_at": now,
+                    "deadline_at": deadline,
+                }
+            )
+        async with self.sessions.begin() as session:
+            # unnest() over column arrays: one prepared statement per table, however large the batch.
+            created = (await session.execute(INSERT_ORDERS, _columns(rows, ORDER_COLUMNS))).all()
+            if not created:
+                return 0
+            lines = []
+            outbox = []
+            for order_id, rid in created:
+                p = by_rid[rid]
+                amount = p.unit_price * p.quantity
+                lines.append(
+                    {
+                        "order_id": order_id,
+                        "sku": p.sku,
+                        "sale_id": p.sale_id,
+                        "unit_price": p.unit_price,
+                        "quantity": p.quantity,
+                        "amount": amount,
+                    }
+                )
+                payload = {
+                    "order_id": order_id,
+                    "reservation_id": rid,
+                    "sale_id": p.sale_id,
+                    "user_id": p.user_id,
+                    "total": amount,
+                    "currency": p.currency,
+                    "deadline_at": deadline.isoformat(),
+                }
+                outbox.append({"event_type": "order.created", "payload": orjson.dumps(payload).decode()})
+            await session.execute(INSERT_LINES, _columns(lines, LINE_COLUMNS))
+            await session.execute(INSERT_OUTBOX, _columns(outbox, OUTBOX_COLUMNS))
+        ORDERS_CREATED.inc(len(created))
+        return len(created)
+
+    # ---------------------------------------------------------------- storefront reads
+
+    async def _load(self, session: AsyncSession, order_id: str, *, lock: bool = False) -> Order | None:
+        query = select(Order).where(Order.id == order_id).options(selectinload(Order.lines))
+        if lock:
+            query = query.with_for_update()
+        return (await session.scalars(query)).first()
+
+    async def get_order(self, *, order_id: str, user_id: str) -> OrderOut:
+        """One of the user's orders; another user's is not found."""
+        async with self.sessions() as session:
+            order = await self._load(session, order_id)
+        if order is None or order.user_id != user_id:
+            raise errors.OrderNotFound(f"No order {order_id}")
+        return order_view(order)
+
+    async def get_by_reservation(self, *, reservation_id: str, user_id: str, wait: float) -> OrderOut:
+        """The order of a reservation, waiting up to `wait` seconds for it to be created."""
+        deadline = time.monotonic() + min(wait, self.settings.max_long_poll_seconds)
+        delay = 0.05
+        while True:
+            async with self.sessions() as session:
+                order = (
+                    await session.scalars(
+                        select(Order).where(Order.reservation_id == reservation_id).options(selectinload(Order.lines))
+                    )
+                ).first()
+            if order is not None:
+                if order.user_id != user_id:
+                    raise errors.OrderNotFound(f"No order for reservation {reservation_id}")
+                return order_view(order)
+            if time.monotonic() + delay > deadline:
+                raise errors.OrderNotFound(
+                    f"No order for reservation {reservation_id} yet", extra={"retry_after_seconds": 1}
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def list_orders(self, *, user_id: str, limit: int, offset: int) -> list[OrderOut]:
+        """The user's orders, newest first."""
+        async with self.sessions() as session:
+            rows = await session.scalars(
+                select(Order)
+                .where(Order.user_id == user_id)
+                .options(selectinload(Order.lines))
+                .order_by(Order.created_at.desc(), Order.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [order_view(o) for o in rows]
+
+    # ---------------------------------------------------------------- the state machine
+
+    def _move(self, session: AsyncSession, order: Order, target: OrderState, **event_extra: Any) -> None:
+        current = OrderState(order.state)
+        if target not in ALLOWED[current]:
+            raise errors.InvalidOrderState(
+                f"An order that is {current.value} cannot become {target.value}",
+                extra={"state": current.value},
+            )
+        order.state = target.value
+        now = utcnow()
+        if target == OrderState.PAID:
+            order.paid_at = now
+        elif target in (OrderState.CANCELLED, OrderState.EXPIRED, OrderState.REFUNDED):
+            order.closed_at = now
+        session.add(OutboxEvent(event_type=EVENT_OF[target], payload=_event_payload(order, **event_extra)))
+        TRANSITIONS_TOTAL.labels(target.value).inc()
+
+    async def _owned_locked(self, session: AsyncSession, order_id: str, user_id: str | None) -> Order:
+        order = await self._load(session, order_id, lock=True)
+        if order is None or (user_id is not None and order.user_id != user_id):
+            raise errors.OrderNotFound(f"No order {order_id}")
+        return order
+
+    async def cancel(self, *, order_id: str, user_id: str) -> OrderOut:
+        """The buyer cancels an unpaid order; the reservation is released through the outbox event."""
+        async with self.sessions.begin() as session:
+            order = await self._owned_locked(session, order_id, user_id)
+            order.close_reason = "cancelled_by_buyer"
+            self._move(session, order, OrderState.CANCELLED, reason="cancelled_by_buyer")
+        return order_view(order)
+
+    async def pay(self, *, order_id: str, user_id: str) -> OrderOut:
+        """Charge the order through the payment providers and record every attempt."""
+        async with self.sessions() as session:
+            order = await self._load(session, order_id)
+        if order is None or order.user_id != user_id:
+            raise errors.OrderNotFound(f"No order {order_id}")
+        if order.state != OrderState.PENDING_PAYMENT.value:
+            raise errors.InvalidOrderState(f"The order is {order.state}", extra={"state": order.state})
+        if order.deadline_at <= utcnow():
+            raise errors.OrderExpired("The payment deadline has passed", extra={"state": order.state})
+        # One provider key per order: a buyer's second click can never become a second charge.
+        result = await self.payments.charge(
+            order_id=order.id, amount=order.total, currency=order.currency, idempotency_key=f"order:{order.id}"
+        )
+        self._recent_pays.append(result.outcome == "succeeded")
+        PAY_SUCCESS_RATIO.set(sum(self._recent_pays) / len(self._recent_pays))
+        async with self.sessions.begin() as session:
+            self._record_attempts(session, order.id, result)
+            order = await self._owned_locked(session, order_id, user_id)
+            if result.outcome == "succeeded":
+                self._confirm_payment(session, order, result)
+        if result.outcome == "declined":
+            raise errors.PaymentDeclined("The payment provider declined the payment")
+        if result.outcome != "succeeded":
+            raise errors.PaymentUnavailable(
+                "Payment providers are unavailable; the order stays payable until its deadline",
+                headers={"Retry-After": "2"},
+            )
+        if order.state == OrderState.REFUND_PENDING.value:
+            raise errors.OrderExpired(
+                "The payment arrived after the order closed; it will be refunded", extra={"state": order.state}
+            )
+        return order_view(order)
+
+    def _record_attempts(self, session: AsyncSession, order_id: str, result: PaymentResult) -> None:
+        for attempt in result.attempts:
+            session.add(
+                PaymentAttempt(
+                    order_id=order_id,
+                    provider=attempt.provider,
+                    outcome=attempt.outcome,
+                    latency_ms=attempt.latency_ms,
+                    provider_ref=attempt.provider_ref,
+                    error=(attempt.error or None) and attempt.error[:1000],
+                    idempotency_key=f"order:{order_id}",
+                )
+            )
+
+    def _confirm_payment(self, session: AsyncSession, order: Order, result: PaymentResult) -> None:
+        """A successful charge: paid, or refund_pending when the order closed meanwhile (never lost)."""
+        state = OrderState(order.state)
+        order.payment_provider = result.provider
+        order.payment_ref = result.provider_ref
+        if state == OrderState.PENDING_PAYMENT:
+            self._move(session, order, OrderState.PAID, provider=result.provider)
+        elif state in (OrderState.EXPIRED, OrderState.CANCELLED):
+            self._move(session, order, OrderState.REFUND_PENDING, provider=result.provider)
+            log.warning("payment for closed order %s recorded as refund_pending", order.id)
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """Expire unpaid orders past their deadline; safe with every replica running it (SKIP LOCKED)."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            due = (
+                await session.scalars(
+                    select(Order)
+                    .where(Order.state == OrderState.PENDING_PAYMENT.value, Order.deadline_at <= now)
+                    .order_by(Order.deadline_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for order in due:
+                order.close_reason = "payment_timeout"
+                self._move(session, order, OrderState.EXPIRED, reason="payment_timeout")
+        return len(due)
+
+    async def relay_outbox(self) -> int:
+        """Publish committed outbox events to the order events stream, oldest first; at least once."""
+        async with self.sessions.begin() as session:
+            if not await session.scalar(text(f"SELECT pg_try_advisory_xact_lock({RELAY_LOCK})")):
+                return 0  # another replica is relaying
+            rows = (
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.published_at.is_(None))
+                    .order_by(OutboxEvent.id)
+                    .limit(self.settings.relay_batch)
+                )
+            ).all()
+            if not rows:
+                return 0
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    pipe.xadd(
+                        self.settings.events_stream,
+                        encode_event(row.event_type, {**row.payload, "event_id": row.id}),  # type: ignore[arg-type]
+                    )
+                await pipe.execute()
+            await session.execute(
+                update(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])).values(published_at=utcnow())
+            )
+        return len(rows)
+
+    # ---------------------------------------------------------------- admin
+
+    async def _audit(
+        self,
+        session: AsyncSession,
+        *,
+        actor: str,
+        action: str,
+        order_id: str | None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> None:
+        session.add(AuditEntry(actor=actor, action=action, order_id=order_id, before=before, after=after, note=note))
+
+    async def audit_read(self, *, actor: str, action: str) -> None:
+        """Record an admin read."""
+        async with self.sessions.begin() as session:
+            await self._audit(session, actor=actor, action=action, order_id=None)
+
+    async def admin_search(
+        self, *, sale_id: int | None, user_id: str | None, state: OrderState | None, limit: int, offset: int
+    ) -> list[OrderOut]:
+        """Orders by sale, user and state, newest first."""
+        query = select(Order).options(selectinload(Order.lines)).order_by(Order.created_at.desc(), Order.id)
+        if sale_id is not None:
+            query = query.where(Order.sale_id == sale_id)
+        if user_id is not None:
+            query = query.where(Order.user_id == user_id)
+        if state is not None:
+            query = query.where(Order.state == state.value)
+        async with self.sessions() as session:
+            return [order_view(o) for o in await session.scalars(query.limit(limit).offset(offset))]
+
+    async def admin_get(self, order_id: str) -> AdminOrderOut:
+        """One order with its payment attempts."""
+        async with self.sessions() as session:
+            order = await self._load(session, order_id)
+            if order is None:
+                raise errors.OrderNotFound(f"No order {order_id}")
+            attempts = await session.scalars(
+                select(PaymentAttempt).where(PaymentAttempt.order_id == order_id).order_by(PaymentAttempt.id)
+            )
+            return AdminOrderOut(
+                **order_view(order).model_dump(),
+                payment_ref=order.payment_ref,
+                attempts=[PaymentAttemptOut.model_validate(a) for a in attempts],
+            )
+
+    async def admin_transition(self, *, actor: str, order_id: str, action: str) -> OrderOut:
+        """force_cancel (unpaid), fulfil (paid) or refund (paid or refund_pending)."""
+        async with self.sessions.begin() as session:
+            order = await self._owned_locked(session, order_id, None)
+            before = _snapshot(order)
+            if action == "cancel":
+                order.close_reason = "cancelled_by_ops"
+                self._move(session, order, OrderState.CANCELLED, reason="cancelled_by_ops")
+            elif action == "fulfil":
+                self._move(session, order, OrderState.FULFILLED)
+            else:
+                if OrderState.REFUNDED not in ALLOWED[OrderState(order.state)]:
+                    raise errors.InvalidOrderState(f"An order that is {order.state} cannot be refunded")
+                if order.payment_ref and order.payment_provider:
+                    refunded = await self.payments.refund(
+                        provider=order.payment_provider,
+                        provider_ref=order.payment_ref,
+                        idempotency_key=f"refund:{order.id}",
+                    )
+                    if not refunded:
+                        raise errors.PaymentUnavailable("The provider did not confirm the refund; try again")
+                order.close_reason = order.close_reason or "refunded_by_ops"
+                self._move(session, order, OrderState.REFUNDED)
+            await self._audit(
+                session, actor=actor, action=action, order_id=order_id, before=before, after=_snapshot(order)
+            )
+        return order_view(order)
+
+    async def stats(self, *, sale_id: int | None) -> OrderStats:
+        """Orders, paid, GMV, payment success rate and median time to pay."""
+        where = [Order.sale_id == sale_id] if sale_id is not None else []
+        paid_states = [OrderState.PAID.value, OrderState.FULFILLED.value]
+        async with self.sessions() as session:
+            by_state = dict(
+                (await session.execute(select(Order.state, func.count()).where(*where).group_by(Order.state))).all()
+            )
+            gmv = await session.scalar(
+                select(func.coalesce(func.sum(Order.total), 0)).where(*where, Order.state.in_(paid_states))
+            )
+            median = await session.scalar(
+                select(
+                    func.percentile_cont(0.5).within_group(
+                        func.extract("epoch", Order.paid_at - Order.created_at).asc()
+                    )
+                ).where(*where, Order.paid_at.is_not(None))
+            )
+            attempts_q = select(PaymentAttempt.outcome, func.count()).join(Order, Order.id == PaymentAttempt.order_id)
+            attempts = dict((await session.execute(attempts_q.where(*where).group_by(PaymentAttempt.outcome))).all())
+        tried = sum(n for outcome, n in attempts.items() if outcome != "circuit_open")
+        return OrderStats(
+            sale_id=sale_id,
+            orders=sum(by_state.values()),
+            by_state=by_state,
+            paid=sum(by_state.get(s, 0) for s in paid_states),
+            gmv=int(gmv or 0),
+            payment_attempts=tried,
+            payment_success_rate=(attempts.get("succeeded", 0) / tried) if tried else None,
+            median_seconds_to_pay=float(median) if median is not None else None,
+        )

@@ -1,0 +1,268 @@
+"""From reservation to paid order: the order service with real Redis, PostgreSQL and paysim processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from services.common.migrate import upgrade
+from services.order.config import OrderSettings
+from services.order.main import create_app
+from tests.conftest import (
+    SERVER_URL,
+    TEST_REDIS_URL,
+    admin_headers,
+    customer_headers,
+    drop_database,
+    live_sale,
+    sale_stats,
+    wait_for,
+)
+
+ORDER_DB_URL = make_url(SERVER_URL).set(database="orders_test").render_as_string(hide_password=False)
+DEADLINE_SECONDS = 4
+
+
+@pytest.fixture(scope="module")
+async def orders(redis: Redis, paysim: dict[str, str], app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The order service in-process, beside the in-process flashsale app (which consumes order events)."""
+    await drop_database("orders_test")
+    await asyncio.to_thread(upgrade, "order", ORDER_DB_URL)
+    settings = OrderSettings(
+        env="test",
+        database_url=ORDER_DB_URL,
+        redis_url=TEST_REDIS_URL,
+        paysim_primary_url=paysim["primary"],
+        paysim_backup_url=paysim["backup"],
+        payment_deadline_seconds=DEADLINE_SECONDS,
+        payment_timeout_seconds=1.0,
+        breaker_reset_seconds=0.5,
+        sweeper_interval_seconds=0.2,
+        stream_discovery_seconds=0.2,
+        replica_id="order-test",
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://order") as client:
+            yield client
+
+
+@pytest.fixture(autouse=True)
+async def healthy_providers(paysim: dict[str, str]) -> AsyncIterator[None]:
+    await _faults(paysim, "primary", None)
+    await _faults(paysim, "backup", None)
+    yield
+    await _faults(paysim, "primary", None)
+    await _faults(paysim, "backup", None)
+
+
+async def _faults(paysim: dict[str, str], name: str, faults: dict[str, Any] | None) -> None:
+    async with httpx.AsyncClient(base_url=paysim[name]) as c:
+        if faults is None:
+            resp = await c.delete("/admin/faults", headers=admin_headers())
+        else:
+            resp = await c.put("/admin/faults", json=faults, headers=admin_headers())
+        assert resp.status_code == 200, resp.text
+
+
+async def _buy(client: httpx.AsyncClient, sale_id: int, user: str, qty: int = 1) -> str:
+    resp = await client.post(
+        f"/sales/{sale_id}/purchase", json={"quantity": qty}, headers=customer_headers(user, f"{user}-{sale_id}")
+    )
+    assert resp.status_code == 202, resp.text
+    rid: str = resp.json()["reservation_id"]
+    return rid
+
+
+async def _order_of(orders: httpx.AsyncClient, user: str, rid: str) -> dict[str, Any]:
+    resp = await orders.get(f"/orders/by-reservation/{rid}", params={"wait": 10}, headers=customer_headers(user))
+    assert resp.status_code == 200, resp.text
+    order: dict[str, Any] = resp.json()
+    return order
+
+
+async def _pay(orders: httpx.AsyncClient, user: str, order_id: str, key: str = "pay-1") -> httpx.Response:
+    return await orders.post(f"/orders/{order_id}/pay", headers=customer_headers(user, key))
+
+
+async def test_purchase_becomes_an_order_and_payment_makes_it_paid(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient
+) -> None:
+    sale = await live_sale(client, quantity=5, per_user_limit=2, price=12_345, original_price=20_000)
+    rid = await _buy(client, sale["id"], "buyer-1", qty=2)
+    order = await _order_of(orders, "buyer-1", rid)
+    assert order["state"] == "pending_payment"
+    assert (order["subtotal"], order["discount"], order["total"]) == (24_690, 0, 24_690)
+    assert order["lines"] == [
+        {"sku": "SKU-TEST", "sale_id": sale["id"], "unit_price": 12_345, "quantity": 2, "amount": 24_690}
+    ]
+
+    paid = await _pay(orders, "buyer-1", order["id"])
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["state"] == "paid"
+    assert paid.json()["payment_provider"] == "primary"
+    again = await _pay(orders, "buyer-1", order["id"])
+    assert again.json() == paid.json()
+
+    async def confirmed() -> bool:
+        stats = await sale_stats(client, sale["id"])
+        return bool((stats["sold"], stats["reserved"]) == (2, 0))
+
+    await wait_for(confirmed)  # order.paid reached flashsale through the outbox and the stream
+    detail = (await orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
+    assert [(a["provider"], a["outcome"]) for a in detail["attempts"]] == [("primary", "succeeded")]
+
+
+async def test_unpaid_order_expires_and_its_units_come_back(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient
+) -> None:
+    sale = await live_sale(client, quantity=1, per_user_limit=1)
+    rid = await _buy(client, sale["id"], "sleeper")
+    order = await _order_of(orders, "sleeper", rid)
+    assert (
+        await client.post(
+            f"/sales/{sale['id']}/purchase", json={"quantity": 1}, headers=customer_headers("other", "o-1")
+        )
+    ).json()["code"] == "SOLD_OUT"
+
+    async def expired() -> bool:
+        resp = await orders.get(f"/orders/{order['id']}", headers=customer_headers("sleeper"))
+        return bool(resp.json()["state"] == "expired")
+
+    await wait_for(expired, timeout=DEADLINE_SECONDS + 10)
+    late = await _pay(orders, "sleeper", order["id"])
+    assert late.status_code == 409
+    assert late.json()["code"] == "INVALID_ORDER_STATE"
+
+    async def restocked() -> bool:
+        stats = await sale_stats(client, sale["id"])
+        return bool((stats["remaining"], stats["reserved"], stats["released"]) == (1, 0, 1))
+
+    await wait_for(restocked)
+    # Buyable again, by the same user too (their count was restored).
+    retry = await wait_for(lambda: _try_buy(client, sale["id"], "sleeper", "again"), timeout=5)
+    assert retry.status_code == 202
+
+
+async def _try_buy(client: httpx.AsyncClient, sale_id: int, user: str, key: str) -> httpx.Response | None:
+    resp = await client.post(f"/sales/{sale_id}/purchase", json={"quantity": 1}, headers=customer_headers(user, key))
+    return resp if resp.status_code == 202 else None
+
+
+async def test_buyer_cancel_releases_the_reservation(client: httpx.AsyncClient, orders: httpx.AsyncClient) -> None:
+    sale = await live_sale(client, quantity=3, per_user_limit=3)
+    rid = await _buy(client, sale["id"], "canceller", qty=3)
+    order = await _order_of(orders, "canceller", rid)
+    resp = await orders.post(f"/orders/{order['id']}/cancel", headers=customer_headers("canceller", "c-1"))
+    assert resp.status_code == 200
+    assert resp.json()["state"] == "cancelled"
+    pay = await _pay(orders, "canceller", order["id"])
+    assert pay.status_code == 409
+
+    async def released() -> bool:
+        return bool((await sale_stats(client, sale["id"]))["remaining"] == 3)
+
+    await wait_for(released)
+
+
+async def test_one_user_cannot_read_pay_or_cancel_another_users_order(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient
+) -> None:
+    sale = await live_sale(client, quantity=2)
+    rid = await _buy(client, sale["id"], "alice")
+    order = await _order_of(orders, "alice", rid)
+    mallory = customer_headers("mallory", "m-1")
+    for resp in (
+        await orders.get(f"/orders/{order['id']}", headers=mallory),
+        await orders.get(f"/orders/by-reservation/{rid}", headers=mallory),
+        await orders.post(f"/orders/{order['id']}/pay", headers=mallory),
+        await orders.post(f"/orders/{order['id']}/cancel", headers=mallory),
+    ):
+        assert resp.status_code == 404
+        assert resp.json()["code"] == "ORDER_NOT_FOUND"
+    assert all(o["id"] != order["id"] for o in (await orders.get("/orders", headers=mallory)).json())
+    assert (await orders.get(f"/orders/{order['id']}", headers=customer_headers("alice"))).json()["state"] == (
+        "pending_payment"
+    )
+    assert (await orders.get("/admin/orders", headers=customer_headers("alice"))).status_code == 403
+    assert (await orders.get(f"/orders/{order['id']}")).status_code == 401
+
+
+async def test_primary_down_pays_through_the_backup(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: dict[str, str]
+) -> None:
+    await _faults(paysim, "primary", {"down": True})
+    sale = await live_sale(client, quantity=2)
+    rid = await _buy(client, sale["id"], "fo-1")
+    order = await _order_of(orders, "fo-1", rid)
+    paid = await _pay(orders, "fo-1", order["id"])
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["payment_provider"] == "backup"
+    detail = (await orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
+    assert [a["provider"] for a in detail["attempts"]][-1] == "backup"
+    assert detail["attempts"][-1]["outcome"] == "succeeded"
+
+
+async def test_both_providers_down_fails_cleanly_and_a_later_retry_succeeds(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: dict[str, str]
+) -> None:
+    await _faults(paysim, "primary", {"down": True})
+    await _faults(paysim, "backup", {"down": True})
+    sale = await live_sale(client, quantity=2)
+    rid = await _buy(client, sale["id"], "fo-2")
+    order = await _order_of(orders, "fo-2", rid)
+    failed = await _pay(orders, "fo-2", order["id"], key="try-1")
+    assert failed.status_code == 503
+    assert failed.json()["code"] == "PAYMENT_UNAVAILABLE"
+    still = await orders.get(f"/orders/{order['id']}", headers=customer_headers("fo-2"))
+    assert still.json()["state"] == "pending_payment"
+
+    await _faults(paysim, "primary", None)
+    await _faults(paysim, "backup", None)
+    await asyncio.sleep(0.6)  # the breaker's half-open probe is due
+    paid = await _pay(orders, "fo-2", order["id"], key="try-2")
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["state"] == "paid"
+
+
+async def test_admin_stats_search_fulfil_and_refund(client: httpx.AsyncClient, orders: httpx.AsyncClient) -> None:
+    sale = await live_sale(client, quantity=10, per_user_limit=1, price=1_000, original_price=2_000)
+    ids = []
+    for n in range(3):
+        rid = await _buy(client, sale["id"], f"st-{n}")
+        ids.append((await _order_of(orders, f"st-{n}", rid))["id"])
+    for n in range(2):
+        assert (await _pay(orders, f"st-{n}", ids[n])).status_code == 200
+
+    stats = (await orders.get("/admin/orders/stats", params={"sale_id": sale["id"]}, headers=admin_headers())).json()
+    assert stats["orders"] == 3
+    assert stats["paid"] == 2
+    assert stats["gmv"] == 2_000
+    assert stats["by_state"] == {"paid": 2, "pending_payment": 1}
+    assert stats["payment_success_rate"] == 1.0
+    assert stats["median_seconds_to_pay"] is not None
+
+    found = (
+        await orders.get(
+            "/admin/orders", params={"sale_id": sale["id"], "state": "pending_payment"}, headers=admin_headers()
+        )
+    ).json()
+    assert [o["id"] for o in found] == [ids[2]]
+
+    fulfilled = await orders.post(f"/admin/orders/{ids[0]}/fulfil", headers=admin_headers())
+    assert fulfilled.json()["state"] == "fulfilled"
+    refunded = await orders.post(f"/admin/orders/{ids[1]}/refund", headers=admin_headers())
+    assert refunded.json()["state"] == "refunded"
+    bad = await orders.post(f"/admin/orders/{ids[0]}/refund", headers=admin_headers())
+    assert bad.status_code == 409
+    assert bad.json()["code"] == "INVALID_ORDER_STATE"
+    cancelled = await orders.post(f"/admin/orders/{ids[2]}/cancel", headers=admin_headers())
+    assert cancelled.json()["state"] == "cancelled"
