@@ -266,3 +266,52 @@ async def test_admin_stats_search_fulfil_and_refund(client: httpx.AsyncClient, o
     assert bad.json()["code"] == "INVALID_ORDER_STATE"
     cancelled = await orders.post(f"/admin/orders/{ids[2]}/cancel", headers=admin_headers())
     assert cancelled.json()["state"] == "cancelled"
+
+
+@pytest.fixture(scope="module")
+async def slow_payment_orders(orders: httpx.AsyncClient, paysim: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """A second order replica whose deadline (2 s) is shorter than a slow provider's answer."""
+    settings = OrderSettings(
+        env="test",
+        database_url=ORDER_DB_URL,
+        redis_url=TEST_REDIS_URL,
+        paysim_primary_url=paysim["primary"],
+        paysim_backup_url=paysim["backup"],
+        payment_deadline_seconds=2,
+        payment_timeout_seconds=6.0,
+        sweeper_interval_seconds=0.2,
+        stream_discovery_seconds=0.2,
+        replica_id="order-test-slow",
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://order-slow") as client:
+            yield client
+
+
+async def test_payment_confirmed_after_expiry_becomes_refund_pending_not_lost(
+    client: httpx.AsyncClient, slow_payment_orders: httpx.AsyncClient, paysim: dict[str, str]
+) -> None:
+    # Both replicas share the database and the consumer group: whichever creates the order gives it a
+    # deadline of 2 or 4 s; the provider answers after 5 s either way.
+    sale = await live_sale(client, quantity=5)
+    rid = await _buy(client, sale["id"], "late-payer")
+    order = await _order_of(slow_payment_orders, "late-payer", rid)
+    await _faults(paysim, "primary", {"latency_ms": 5000})  # the charge lands after the deadline
+    late = await _pay(slow_payment_orders, "late-payer", order["id"])
+    assert late.status_code == 409
+    assert late.json()["code"] == "ORDER_EXPIRED"
+    assert late.json()["state"] == "refund_pending"
+
+    detail = (await slow_payment_orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
+    assert detail["state"] == "refund_pending"
+    assert detail["payment_ref"]
+    pending = (
+        await slow_payment_orders.get("/admin/orders", params={"state": "refund_pending"}, headers=admin_headers())
+    ).json()
+    assert order["id"] in [o["id"] for o in pending]
+    await _faults(paysim, "primary", None)
+    refunded = await slow_payment_orders.post(f"/admin/orders/{order['id']}/refund", headers=admin_headers())
+    assert refunded.status_code == 200, refunded.text
+    assert refunded.json()["state"] == "refunded"
