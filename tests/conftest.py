@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -262,12 +263,25 @@ def replicas(database: str) -> Iterator[list[str]]:
         procs.stop_all()
 
 
+@dataclass(frozen=True)
+class PaySims:
+    """Base URLs of the running payment providers."""
+
+    primary: str
+    backup: str
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Provider name -> base URL."""
+        return {"primary": self.primary, "backup": self.backup}
+
+
 @pytest.fixture(scope="session")
-def paysim() -> Iterator[dict[str, str]]:
+def paysim() -> Iterator[PaySims]:
     """The payment simulator as a primary and a backup process."""
     procs = Processes()
     try:
-        yield {name: procs.start("services.paysim.main:app", {"PAYSIM_NAME": name}) for name in ("primary", "backup")}
+        yield PaySims(*(procs.start("services.paysim.main:app", {"PAYSIM_NAME": n}) for n in ("primary", "backup")))
     finally:
         procs.stop_all()
 

@@ -83,6 +83,33 @@ def test_replica_agrees_with_the_launcher_table(spec: Any, replica: str, port: i
     if spec.database is not None:
         url = env[f"{spec.env_prefix}DATABASE_URL"]
         assert url.startswith("postgresql+asyncpg://") and url.endswith(f"@postgres:5432/{spec.database}")
+    else:
+        assert f"{spec.env_prefix}DATABASE_URL" not in env, f"{replica} has no database"
+    for key, value in spec.env_of(replica).items():
+        assert str(env.get(key)) == value, f"{replica}: {key} differs from the launcher's per-replica env"
+
+
+@pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
+def test_replica_reaches_and_waits_for_the_replicas_it_links_to(spec: Any, replica: str, port: int) -> None:
+    service = SERVICES[replica]
+    env, depends = service["environment"], service["depends_on"]
+    for var, target in spec.links.items():
+        assert env[var] == f"http://{target}:{stack.replica_port(target)}", f"{replica}: {var} by service name"
+        assert depends[target]["condition"] == "service_healthy", f"{replica} must wait for a healthy {target}"
+    linked = set(spec.links.values())
+    app_deps = {name for name in depends if name in APP_SERVICES}
+    assert app_deps == linked, f"{replica} waits for {sorted(app_deps)}, links to {sorted(linked)}"
+
+
+def test_order_pays_through_both_paysim_providers() -> None:
+    for replica in ("order-1", "order-2"):
+        env = SERVICES[replica]["environment"]
+        assert env["ORDER_PAYSIM_PRIMARY_URL"] == "http://paysim-1:8105"
+        assert env["ORDER_PAYSIM_BACKUP_URL"] == "http://paysim-2:8115"
+        assert env["ORDER_DATABASE_URL"].endswith("@postgres:5432/orders")
+    names = {SERVICES[r]["environment"]["PAYSIM_NAME"] for r in ("paysim-1", "paysim-2")}
+    assert SERVICES["paysim-1"]["environment"]["PAYSIM_NAME"] == "primary"
+    assert names == {"primary", "backup"}
 
 
 @pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
@@ -153,8 +180,10 @@ def test_migrate_runs_once_for_every_database_after_postgres_is_healthy() -> Non
     script = " ".join(command_of(migrate))
     for spec in stack.SERVICES:
         if spec.database is not None:
-            assert f"services.common.migrate {spec.name} " in script, f"no migration of {spec.name}"
-            assert f"/{spec.database}" in script
+            line = f'python -m services.common.migrate {spec.name} "$${{PG_SERVER}}/{spec.database}"'
+            assert line in script, f"no migration of {spec.name} into database {spec.database}"
+        else:
+            assert f"services.common.migrate {spec.name} " not in script, f"{spec.name} has no database"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert str(migrate.get("restart", "no")) == "no", "a one-shot job must not be restarted"
 
@@ -166,8 +195,33 @@ def test_launcher_table_has_unique_names_and_ports() -> None:
     assert len(set(ports)) == len(ports)
     assert all(len(spec.ports) >= 2 or spec.name == "gateway" for spec in stack.SERVICES)
     assert all(spec.env_prefix.isupper() and spec.env_prefix.endswith("_") for spec in stack.SERVICES)
-    flashsale = next(spec for spec in stack.SERVICES if spec.name == "flashsale")
-    assert flashsale.ports == (8102, 8112)
+    assert stack.spec_named("flashsale").ports == (8102, 8112)
+    assert stack.spec_named("order").ports == (8104, 8114)
+    assert stack.spec_named("paysim").ports == (8105, 8115)
+
+
+def test_launcher_table_order_database_and_payment_providers() -> None:
+    order, paysim = stack.spec_named("order"), stack.spec_named("paysim")
+    assert (order.app, order.env_prefix, order.database) == ("services.order.main:app", "ORDER_", "orders")
+    assert (paysim.app, paysim.env_prefix, paysim.database) == ("services.paysim.main:app", "PAYSIM_", None)
+    assert [paysim.env_of(replica)["PAYSIM_NAME"] for replica, _port in paysim.replicas()] == ["primary", "backup"]
+    assert order.links == {"ORDER_PAYSIM_PRIMARY_URL": "paysim-1", "ORDER_PAYSIM_BACKUP_URL": "paysim-2"}
+
+
+def test_launcher_starts_a_service_after_those_it_links_to() -> None:
+    started: set[str] = set()
+    for spec in stack.SERVICES:
+        assert all(len(env) > 0 for env in spec.replica_env)
+        for target in spec.links.values():
+            assert target in started, f"{spec.name} links to {target}, which must start before it"
+        started |= {replica for replica, _port in spec.replicas()}
+
+
+def test_dockerfile_exposes_every_replica_port() -> None:
+    exposed = {
+        word for line in DOCKERFILE.read_text().splitlines() if line.startswith("EXPOSE ") for word in line.split()[1:]
+    }
+    assert {str(port) for _spec, _replica, port in REPLICAS} <= exposed
 
 
 def test_dockerfile_builds_one_slim_non_root_image_of_the_package() -> None:

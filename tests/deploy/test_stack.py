@@ -143,3 +143,160 @@ def test_private_postgres_trusts_the_postgres_user_and_down_stops_it(
         stack.stop_recorded(stack.load_state())
     assert not stack.is_running(record)
     assert not stack.postgres_answers(url)
+
+
+BACKENDS = ("redis://127.0.0.1:6390/0", "postgresql+asyncpg://postgres@127.0.0.1:5440/postgres", "", "")
+
+
+def test_order_replica_env_links_both_providers_respecting_the_port_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STACK_PORT_OFFSET", "1000")
+    spec = stack.spec_named("order")
+    env = stack.service_env(spec, "order-1", 9104, stack.Backends(*BACKENDS))
+    assert env["ORDER_DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5440/orders"
+    assert env["ORDER_PAYSIM_PRIMARY_URL"] == "http://127.0.0.1:9105"
+    assert env["ORDER_PAYSIM_BACKUP_URL"] == "http://127.0.0.1:9115"
+    assert env["REPLICA_ID"] == "order-1"
+
+
+def test_payment_deadline_is_the_service_default_unless_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORDER_PAYMENT_DEADLINE_SECONDS", raising=False)
+    spec = stack.spec_named("order")
+    plain = stack.service_env(spec, "order-2", 8114, stack.Backends(*BACKENDS))
+    assert "ORDER_PAYMENT_DEADLINE_SECONDS" not in plain, "`up` keeps the service's own default (900 s)"
+    demo = stack.service_env(spec, "order-2", 8114, stack.Backends(*BACKENDS), {"ORDER_PAYMENT_DEADLINE_SECONDS": "20"})
+    assert demo["ORDER_PAYMENT_DEADLINE_SECONDS"] == "20"
+
+
+def test_paysim_replicas_are_primary_and_backup_without_a_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAYSIM_DATABASE_URL", raising=False)
+    spec = stack.spec_named("paysim")
+    names = []
+    for replica, port in spec.replicas():
+        env = stack.service_env(spec, replica, port, stack.Backends(*BACKENDS))
+        assert "PAYSIM_DATABASE_URL" not in env
+        assert env["REPLICA_ID"] == replica
+        names.append(env["PAYSIM_NAME"])
+    assert names == ["primary", "backup"]
+
+
+def test_replica_env_needs_one_entry_per_port() -> None:
+    with pytest.raises(ValueError, match="one entry per port"):
+        stack.ServiceSpec("x", "x:app", (1, 2), "X_", None, replica_env=({"A": "1"},))
+
+
+def test_migrations_cover_every_database(monkeypatch: pytest.MonkeyPatch, stack_dir: Path) -> None:
+    commands: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(stack.subprocess, "run", fake_run)
+    stack.run_migrations(stack.Backends(*BACKENDS))
+    migrated = [(cmd[-2], cmd[-1]) for cmd in commands]
+    assert migrated == [
+        ("flashsale", "postgresql+asyncpg://postgres@127.0.0.1:5440/flashsale"),
+        ("order", "postgresql+asyncpg://postgres@127.0.0.1:5440/orders"),
+    ]
+    assert all(cmd[1:4] == ["-m", "services.common.migrate", cmd[-2]] for cmd in commands)
+
+
+def _fake_processes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """spawn / readiness / stop replaced by recorders; returns the log of what happened, in order."""
+    events: list[tuple[str, str]] = []
+
+    def spawn(name: str, cmd: list[str], *, env: dict[str, str], **_kw: object) -> dict[str, object]:
+        events.append(("spawn", name))
+        return {"pid": 10**7 + len(events), "start": "1", "cmd": cmd, "log": "", "env": env}
+
+    def wait_until(_check: object, _record: object, what: str, _timeout: float = 0) -> None:
+        events.append(("ready", what))
+
+    def stop_recorded(state: dict[str, object], names: set[str] | None = None) -> list[str]:
+        procs = state["processes"]
+        assert isinstance(procs, dict) and names is not None
+        for name in sorted(names):
+            events.append(("stop", name))
+            procs.pop(name)
+        return sorted(names)
+
+    monkeypatch.setattr(stack, "spawn", spawn)
+    monkeypatch.setattr(stack, "_wait_until", wait_until)
+    monkeypatch.setattr(stack, "stop_recorded", stop_recorded)
+    monkeypatch.setattr(stack, "port_is_free", lambda _port: True)
+    monkeypatch.setattr(stack, "save_state", lambda _state: None)
+    monkeypatch.delenv("STACK_PORT_OFFSET", raising=False)
+    return events
+
+
+def test_order_starts_once_both_payment_providers_are_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _fake_processes(monkeypatch)
+    state: dict[str, dict[str, dict[str, object]]] = {"processes": {}}
+    overrides = {"order": {"ORDER_PAYMENT_DEADLINE_SECONDS": "20"}}
+    started = stack.start_services(state, stack.Backends(*BACKENDS), overrides)
+    assert set(started) == {replica for spec in stack.SERVICES for replica, _port in spec.replicas()}
+    for provider in ("paysim-1", "paysim-2"):
+        for order in ("order-1", "order-2"):
+            assert events.index(("ready", provider)) < events.index(("spawn", order))
+    assert {name for kind, name in events if kind == "ready"} == set(started), "every replica is waited for"
+    procs = state["processes"]
+    assert procs["order-1"]["env_overrides"] == {"ORDER_PAYMENT_DEADLINE_SECONDS": "20"}
+    assert procs["paysim-1"]["env_overrides"] == {}
+    env = procs["order-2"]["env"]
+    assert isinstance(env, dict) and env["ORDER_PAYMENT_DEADLINE_SECONDS"] == "20"
+    assert env["ORDER_PAYSIM_BACKUP_URL"] == "http://127.0.0.1:8115"
+
+
+def _running_stack(deadline: str | None) -> dict[str, dict[str, dict[str, object]]]:
+    procs: dict[str, dict[str, object]] = {}
+    for spec in stack.SERVICES:
+        for replica, port in spec.replicas():
+            overrides = {"ORDER_PAYMENT_DEADLINE_SECONDS": deadline} if spec.name == "order" and deadline else {}
+            procs[replica] = {
+                "pid": 1,
+                "kind": "service",
+                "port": port,
+                "redis_url": BACKENDS[0],
+                "database_url": BACKENDS[1],
+                "env_overrides": overrides,
+            }
+    return {"processes": procs}
+
+
+def test_demo_keeps_a_running_stack_and_up_restores_the_default_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _fake_processes(monkeypatch)
+    monkeypatch.setattr(stack, "is_running", lambda _record: True)
+    demo = {"order": {"ORDER_PAYMENT_DEADLINE_SECONDS": "20"}}
+    # `make up` runs with the default deadline; a demo on top of it starts nothing and keeps it.
+    assert stack.start_services(_running_stack(None), stack.Backends(*BACKENDS), demo, restart_changed=False) == []
+    assert events == []
+    # `make up` after `demo --keep-running`: the order replicas go back to the default deadline.
+    state = _running_stack("20")
+    assert stack.start_services(state, stack.Backends(*BACKENDS)) == ["order-1", "order-2"]
+    assert ("stop", "order-1") in events and ("stop", "paysim-1") not in events
+    assert state["processes"]["order-1"]["env_overrides"] == {}
+
+
+def test_down_stops_order_before_the_providers_it_calls_and_backends_last(stack_dir: Path) -> None:
+    gone = {"pid": 2**22 + 12345, "start": "1", "log": ""}  # no such process: each stop is a no-op
+    names = ["flashsale-1", "order-1", "order-2", "paysim-1", "paysim-2", "redis"]
+    procs = {name: {**gone, "kind": "backend" if name == "redis" else "service"} for name in names}
+    assert stack.stop_recorded({"processes": procs}) == [
+        "order-2",
+        "order-1",
+        "paysim-2",
+        "paysim-1",
+        "flashsale-1",
+        "redis",
+    ]
+
+
+def test_command_line_deadline_and_fault_flags() -> None:
+    assert stack.parse_args(["up"]).payment_deadline is None
+    assert stack.parse_args(["up", "--payment-deadline", "60"]).payment_deadline == 60
+    demo = stack.parse_args(["demo"])
+    assert demo.payment_deadline == stack.DEMO_PAYMENT_DEADLINE == 20
+    assert demo.fail_primary is False and demo.pay_share == 0.7
+    assert stack.parse_args(["demo", "--fail-primary"]).fail_primary is True
+    with pytest.raises(SystemExit):
+        stack.parse_args(["up", "--payment-deadline", "0"])

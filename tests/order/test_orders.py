@@ -18,6 +18,7 @@ from services.order.main import create_app
 from tests.conftest import (
     SERVER_URL,
     TEST_REDIS_URL,
+    PaySims,
     admin_headers,
     customer_headers,
     drop_database,
@@ -31,7 +32,7 @@ DEADLINE_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
-async def orders(redis: Redis, paysim: dict[str, str], app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def orders(redis: Redis, paysim: PaySims, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """The order service in-process, beside the in-process flashsale app (which consumes order events)."""
     await drop_database("orders_test")
     await asyncio.to_thread(upgrade, "order", ORDER_DB_URL)
@@ -39,8 +40,8 @@ async def orders(redis: Redis, paysim: dict[str, str], app: FastAPI) -> AsyncIte
         env="test",
         database_url=ORDER_DB_URL,
         redis_url=TEST_REDIS_URL,
-        paysim_primary_url=paysim["primary"],
-        paysim_backup_url=paysim["backup"],
+        paysim_primary_url=paysim.primary,
+        paysim_backup_url=paysim.backup,
         payment_deadline_seconds=DEADLINE_SECONDS,
         payment_timeout_seconds=1.0,
         breaker_reset_seconds=0.5,
@@ -56,7 +57,7 @@ async def orders(redis: Redis, paysim: dict[str, str], app: FastAPI) -> AsyncIte
 
 
 @pytest.fixture(autouse=True)
-async def healthy_providers(paysim: dict[str, str]) -> AsyncIterator[None]:
+async def healthy_providers(paysim: PaySims) -> AsyncIterator[None]:
     await _faults(paysim, "primary", None)
     await _faults(paysim, "backup", None)
     yield
@@ -64,8 +65,8 @@ async def healthy_providers(paysim: dict[str, str]) -> AsyncIterator[None]:
     await _faults(paysim, "backup", None)
 
 
-async def _faults(paysim: dict[str, str], name: str, faults: dict[str, Any] | None) -> None:
-    async with httpx.AsyncClient(base_url=paysim[name]) as c:
+async def _faults(paysim: PaySims, name: str, faults: dict[str, Any] | None) -> None:
+    async with httpx.AsyncClient(base_url=paysim.urls[name]) as c:
         if faults is None:
             resp = await c.delete("/admin/faults", headers=admin_headers())
         else:
@@ -197,7 +198,7 @@ async def test_one_user_cannot_read_pay_or_cancel_another_users_order(
 
 
 async def test_primary_down_pays_through_the_backup(
-    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: dict[str, str]
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: PaySims
 ) -> None:
     await _faults(paysim, "primary", {"down": True})
     sale = await live_sale(client, quantity=2)
@@ -212,7 +213,7 @@ async def test_primary_down_pays_through_the_backup(
 
 
 async def test_both_providers_down_fails_cleanly_and_a_later_retry_succeeds(
-    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: dict[str, str]
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: PaySims
 ) -> None:
     await _faults(paysim, "primary", {"down": True})
     await _faults(paysim, "backup", {"down": True})
@@ -269,14 +270,14 @@ async def test_admin_stats_search_fulfil_and_refund(client: httpx.AsyncClient, o
 
 
 @pytest.fixture(scope="module")
-async def slow_payment_orders(orders: httpx.AsyncClient, paysim: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+async def slow_payment_orders(orders: httpx.AsyncClient, paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
     """A second order replica whose deadline (2 s) is shorter than a slow provider's answer."""
     settings = OrderSettings(
         env="test",
         database_url=ORDER_DB_URL,
         redis_url=TEST_REDIS_URL,
-        paysim_primary_url=paysim["primary"],
-        paysim_backup_url=paysim["backup"],
+        paysim_primary_url=paysim.primary,
+        paysim_backup_url=paysim.backup,
         payment_deadline_seconds=2,
         payment_timeout_seconds=6.0,
         sweeper_interval_seconds=0.2,
@@ -291,7 +292,7 @@ async def slow_payment_orders(orders: httpx.AsyncClient, paysim: dict[str, str])
 
 
 async def test_payment_confirmed_after_expiry_becomes_refund_pending_not_lost(
-    client: httpx.AsyncClient, slow_payment_orders: httpx.AsyncClient, paysim: dict[str, str]
+    client: httpx.AsyncClient, slow_payment_orders: httpx.AsyncClient, paysim: PaySims
 ) -> None:
     # Both replicas share the database and the consumer group: whichever creates the order gives it a
     # deadline of 2 or 4 s; the provider answers after 5 s either way.

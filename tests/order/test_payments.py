@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from services.order.payments import CircuitBreaker, PaymentResult, PaymentRouter
+from tests.conftest import PaySims, free_port
 from tests.paysim.procs import (
-    PaySims,
     charge_calls_seen,
-    free_port,
     payments_for,
     reset_faults,
-    running_paysims,
     set_faults,
 )
 
@@ -32,13 +30,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def paysim() -> Iterator[PaySims]:
-    """A primary and a backup provider, each its own uvicorn process."""
-    with running_paysims() as sims:
-        yield sims
 
 
 @pytest.fixture(scope="module")

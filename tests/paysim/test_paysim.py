@@ -5,28 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import PaySims, admin_headers, customer_headers
 from tests.paysim.procs import (
-    PaySims,
-    admin_headers,
-    customer_headers,
     payments_for,
     reset_faults,
-    running_paysims,
     set_faults,
 )
-
-
-@pytest.fixture(scope="module")
-def paysim() -> Iterator[PaySims]:
-    """A primary and a backup provider, each its own uvicorn process."""
-    with running_paysims() as sims:
-        yield sims
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +195,7 @@ async def test_faults_need_the_admin_role(http: httpx.AsyncClient, paysim: PaySi
     url = f"{paysim.primary}/admin/faults"
     body = {"down": True} if method == "PUT" else None
     assert_problem(await http.request(method, url, json=body), 401, "UNAUTHENTICATED")
-    assert_problem(await http.request(method, url, json=body, headers=customer_headers()), 403, "FORBIDDEN")
+    assert_problem(await http.request(method, url, json=body, headers=customer_headers("buyer-1")), 403, "FORBIDDEN")
     bad = {"Authorization": "Bearer not-a-token"}
     assert_problem(await http.request(method, url, json=body, headers=bad), 401, "UNAUTHENTICATED")
     state = (await http.get(url, headers=admin_headers())).json()
@@ -220,11 +210,11 @@ async def test_fault_changes_merge_are_validated_and_audited(http: httpx.AsyncCl
     await set_faults(http, paysim.backup, error_rate=0.25)
     state = (await http.get(url, headers=admin_headers("ops-bob"))).json()
     assert (state["provider"], state["latency_ms"], state["error_rate"], state["down"]) == ("backup", 5, 0.25, False)
-    assert state["updated_by"] == "sre-drill"
+    assert state["updated_by"] == "ops-alice"  # the default admin of tests.conftest.admin_headers
     audit = (await http.get(f"{paysim.backup}/admin/audit", headers=admin_headers())).json()
     assert audit[0]["action"] == "faults.set" and audit[0]["after"]["error_rate"] == 0.25
     assert audit[0]["before"]["latency_ms"] == 5
-    assert (await http.get(f"{paysim.backup}/admin/audit", headers=customer_headers())).status_code == 403
+    assert (await http.get(f"{paysim.backup}/admin/audit", headers=customer_headers("buyer-1"))).status_code == 403
 
 
 async def test_down_refuses_payments_and_fails_readiness_until_reset(http: httpx.AsyncClient, paysim: PaySims) -> None:
