@@ -92,7 +92,8 @@ def issue_token(settings: BaseServiceSettings, user_id: str, roles: list[str], t
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
-async def _principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
+    """Who is calling, from the bearer token (raises Unauthenticated)."""
     # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a costly hop per request.
     header = request.headers.get("authorization")
     if not header:
@@ -104,11 +105,11 @@ async def _principal(request: Request) -> Principal:
     return verifier.verify(token.strip())
 
 
-async def _admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+async def _admin(principal: Annotated[Principal, Depends(principal)]) -> Principal:
     if not principal.is_admin:
         raise Forbidden("The admin role is required")
     return principal
 
 
-CurrentUser = Annotated[Principal, Depends(_principal)]
+CurrentUser = Annotated[Principal, Depends(principal)]
 AdminUser = Annotated[Principal, Depends(_admin)]

@@ -35,7 +35,8 @@ class IdempotencyKeyInFlight(ProblemError):
     title = "A request with this Idempotency-Key is still being processed"
 
 
-async def _idempotency_key(request: Request) -> str:
+async def idempotency_key(request: Request) -> str:
+    """The request's Idempotency-Key header, checked (raises IdempotencyKeyRequired)."""
     key = request.headers.get("idempotency-key")
     if key is None:
         raise IdempotencyKeyRequired("Send an Idempotency-Key header (a unique string per intended action)")
@@ -45,7 +46,7 @@ async def _idempotency_key(request: Request) -> str:
     return key
 
 
-IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
+IdempotencyKey = Annotated[str, Depends(idempotency_key)]
 
 
 def fingerprint(payload: Any) -> str:

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI, Request
 from redis.exceptions import RedisError
 from starlette.responses import Response
+from starlette.routing import Route
 
 from services.common.auth import TokenVerifier
 from services.common.background import run_every
@@ -110,6 +111,10 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         )
 
     app.include_router(router.router)
+    # Numeric sale ids take the plain route first; the FastAPI route documents it and answers the rest.
+    app.router.routes.insert(
+        0, Route("/sales/{sale_id:int}/purchase", router.purchase_hot_path, methods=["POST"], name="purchase_hot")
+    )
     app.include_router(admin.router)
     return app
 
