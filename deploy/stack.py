@@ -3,15 +3,17 @@
 Run from the repo root with the project's virtualenv (the Makefile does):
 
     .venv/bin/python deploy/stack.py backends [--env-file PATH] [--private]
-    .venv/bin/python deploy/stack.py up [--private]
+    .venv/bin/python deploy/stack.py up [--private] [--payment-deadline N]
     .venv/bin/python deploy/stack.py status
-    .venv/bin/python deploy/stack.py demo [--private]
+    .venv/bin/python deploy/stack.py demo [--private] [--fail-primary] [--keep-running]
     .venv/bin/python deploy/stack.py down
 
 Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else from 127.0.0.1:6379 and
 127.0.0.1:5432, else private servers are started under .stack/ (binaries on PATH, or pip packages that ship
 them). Everything this launcher starts is recorded in .stack/state.json; `down` stops exactly that and
 nothing else. STACK_PORT_OFFSET=<n> shifts every service port by n, to run beside a stack on the usual ports.
+The demo runs a flash sale, then its orders: the buyers pay some, the rest expire (the order replicas the demo
+starts give 20 s to pay) and their units go back in stock.
 Only the standard library is imported at module level, so tests can read the service table.
 """
 
@@ -75,21 +77,67 @@ class ServiceSpec:
     ports: tuple[int, ...]  # one replica per port
     env_prefix: str  # its settings' env prefix: it reads <prefix>DATABASE_URL
     database: str | None  # its database on the shared server, migrated by `services.common.migrate <name>`
+    # Extra environment of each replica, in the order of `ports` (empty: none), e.g. a provider's name.
+    replica_env: tuple[dict[str, str], ...] = ()
+    # Env var -> replica it must reach: the var gets that replica's base URL, and that replica is ready
+    # before this service starts (in docker-compose.yml: http://<replica>:<port> and depends_on healthy).
+    links: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.replica_env and len(self.replica_env) != len(self.ports):
+            raise ValueError(f"{self.name}: replica_env needs one entry per port")
 
     def replicas(self, offset: int = 0) -> list[tuple[str, int]]:
         """(replica name, port + offset) of each replica."""
         return [(f"{self.name}-{i}", port + offset) for i, port in enumerate(self.ports, start=1)]
 
+    def env_of(self, replica: str) -> dict[str, str]:
+        """The extra environment of one replica (by name)."""
+        names = [name for name, _port in self.replicas()]
+        return dict(self.replica_env[names.index(replica)]) if self.replica_env else {}
 
-# The stack in start order. A service joins with one line here (and its replicas in docker-compose.yml):
+
+# The stack in start order (a service after those it links to). A service joins with one line here
+# (and its replicas in docker-compose.yml), e.g.:
 #   ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
 #   ServiceSpec("coupon", "services.coupon.main:app", (8103, 8113), "COUPON_", "coupon"),
-#   ServiceSpec("order", "services.order.main:app", (8104, 8114), "ORDER_", "order"),
-#   ServiceSpec("paysim", "services.paysim.main:app", (8105, 8115), "PAYSIM_", None),
 #   ServiceSpec("gateway", "services.gateway.main:app", (8000,), "GATEWAY_", None),
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("flashsale", "services.flashsale.main:app", (8102, 8112), "FLASHSALE_", "flashsale"),
+    # The mock payment provider, twice: two separate "companies", primary and backup. No database.
+    ServiceSpec(
+        "paysim",
+        "services.paysim.main:app",
+        (8105, 8115),
+        "PAYSIM_",
+        None,
+        replica_env=({"PAYSIM_NAME": "primary"}, {"PAYSIM_NAME": "backup"}),
+    ),
+    ServiceSpec(
+        "order",
+        "services.order.main:app",
+        (8104, 8114),
+        "ORDER_",
+        "orders",
+        links={"ORDER_PAYSIM_PRIMARY_URL": "paysim-1", "ORDER_PAYSIM_BACKUP_URL": "paysim-2"},
+    ),
 )
+PAYMENT_DEADLINE_VAR = "ORDER_PAYMENT_DEADLINE_SECONDS"  # the order service's time to pay (default 900 s)
+DEMO_PAYMENT_DEADLINE = 20  # seconds: short enough that unpaid demo orders expire within the demo
+
+
+def spec_named(name: str) -> ServiceSpec:
+    """The service of that name."""
+    return next(spec for spec in SERVICES if spec.name == name)
+
+
+def replica_port(replica: str, offset: int = 0) -> int:
+    """The port of a replica (by name), shifted by `offset`."""
+    for spec in SERVICES:
+        for name, port in spec.replicas(offset):
+            if name == replica:
+                return port
+    raise KeyError(replica)
 
 
 class StackError(Exception):
@@ -258,7 +306,10 @@ def stop_recorded(state: dict[str, Any], names: set[str] | None = None) -> list[
     """Stop what the state lists (or those of `names`): services first, then backends; returns the names."""
     procs: dict[str, dict[str, Any]] = state["processes"]
     chosen = [n for n in procs if names is None or n in names]
-    ordered = [n for n in chosen if procs[n].get("kind") == "service"][::-1]
+    # Services in reverse start order (order before the payment providers it calls), then backends.
+    rank = {replica: i for i, (replica, _port) in enumerate(r for spec in SERVICES for r in spec.replicas())}
+    services = sorted((n for n in chosen if procs[n].get("kind") == "service"), key=lambda n: rank.get(n, -1))
+    ordered = services[::-1]
     ordered += [n for n in chosen if procs[n].get("kind") != "service"][::-1]
     for name in ordered:
         record = procs[name]
@@ -639,8 +690,11 @@ def run_migrations(backends: Backends) -> None:
         say(f"  migrated {spec.name} -> database {spec.database}")
 
 
-def service_env(spec: ServiceSpec, replica: str, port: int, backends: Backends) -> dict[str, str]:
-    """The environment of one replica: the shared Redis, its own database, its replica id."""
+def service_env(
+    spec: ServiceSpec, replica: str, port: int, backends: Backends, overrides: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of one replica: the shared Redis, its own database, its replica id, its own extra
+    variables, the URLs of the replicas it links to, then `overrides` (e.g. a demo's payment deadline)."""
     env = dict(os.environ)
     env.update(
         {
@@ -653,6 +707,11 @@ def service_env(spec: ServiceSpec, replica: str, port: int, backends: Backends) 
     )
     if spec.database is not None:
         env[f"{spec.env_prefix}DATABASE_URL"] = database_url_for(backends.database_url, spec.database)
+    env.update(spec.env_of(replica))
+    offset = port_offset()
+    for var, target in spec.links.items():
+        env[var] = f"http://{HOST}:{replica_port(target, offset)}"
+    env.update(overrides or {})
     return env
 
 
@@ -679,17 +738,36 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start_services(state: dict[str, Any], backends: Backends) -> list[str]:
-    """Start every replica not already running against these backends; wait until all are ready."""
+def start_services(
+    state: dict[str, Any],
+    backends: Backends,
+    overrides: dict[str, dict[str, str]] | None = None,
+    *,
+    restart_changed: bool = True,
+) -> list[str]:
+    """Start every replica not already running against these backends; wait until all are ready.
+
+    `overrides` are extra env vars by service name. A running replica started with other overrides is
+    restarted when `restart_changed`, else kept as it is (the demo keeps a stack that `up` started).
+    A service starts once the replicas it links to are ready.
+    """
+    overrides = overrides or {}
     procs: dict[str, dict[str, Any]] = state["processes"]
     to_start: dict[str, tuple[ServiceSpec, int]] = {}
     for spec in SERVICES:
+        wanted = overrides.get(spec.name, {})
         for replica, port in spec.replicas(port_offset()):
             record = procs.get(replica)
             if record is not None:
                 recorded = (record.get("port"), record.get("redis_url"), record.get("database_url"))
-                if is_running(record) and recorded == (port, backends.redis_url, backends.database_url):
-                    say(f"  {replica} already running on :{port} (pid {record['pid']})")
+                had = record.get("env_overrides", {})
+                if (
+                    is_running(record)
+                    and recorded == (port, backends.redis_url, backends.database_url)
+                    and (had == wanted or not restart_changed)
+                ):
+                    keeps = f"; keeps {_env_text(had) or 'the default settings'}" if had != wanted else ""
+                    say(f"  {replica} already running on :{port} (pid {record['pid']}{keeps})")
                     continue
                 stop_recorded(state, {replica})
             to_start[replica] = (spec, port)
@@ -699,8 +777,22 @@ def start_services(state: dict[str, Any], backends: Backends) -> list[str]:
             f"in use by a process this launcher did not start: port {', '.join(taken)}; "
             "free it, or run this stack on other ports with STACK_PORT_OFFSET=<n> (e.g. 1000)"
         )
+    ready: set[str] = set()
+
+    def wait_ready(replicas: list[str]) -> None:
+        for replica in replicas:
+            if replica in ready or replica not in to_start:
+                continue
+            record = procs[replica]
+            ready_url = f"{record['url']}/healthz/ready"
+            _wait_until(functools.partial(http_ok, ready_url), record, replica, READY_TIMEOUT)
+            say(f"  {replica} ready")
+            ready.add(replica)
+
     for replica, (spec, port) in to_start.items():
-        record = spawn(replica, uvicorn_command(spec, port), env=service_env(spec, replica, port, backends))
+        wait_ready(list(spec.links.values()))
+        extra = overrides.get(spec.name, {})
+        record = spawn(replica, uvicorn_command(spec, port), env=service_env(spec, replica, port, backends, extra))
         record.update(
             kind="service",
             service=spec.name,
@@ -708,16 +800,17 @@ def start_services(state: dict[str, Any], backends: Backends) -> list[str]:
             url=f"http://{HOST}:{port}",
             redis_url=backends.redis_url,
             database_url=backends.database_url,
+            env_overrides=extra,
         )
         procs[replica] = record
         save_state(state)
-        say(f"  starting {replica} on :{port} (pid {record['pid']})")
-    for replica in to_start:
-        record = procs[replica]
-        ready_url = f"{record['url']}/healthz/ready"
-        _wait_until(functools.partial(http_ok, ready_url), record, replica, READY_TIMEOUT)
-        say(f"  {replica} ready")
+        say(f"  starting {replica} on :{port} (pid {record['pid']}{'; ' + _env_text(extra) if extra else ''})")
+    wait_ready(list(to_start))
     return list(to_start)
+
+
+def _env_text(env: dict[str, str]) -> str:
+    return " ".join(f"{key}={value}" for key, value in env.items())
 
 
 def print_services(state: dict[str, Any]) -> None:
@@ -732,10 +825,16 @@ def print_services(state: dict[str, Any]) -> None:
             alive = is_running(record)
             health = "ready" if alive and http_ok(f"{record['url']}/healthz/ready", 1.0) else "not ready"
             status = health if alive else "exited"
-            say(f"  {replica:<13} {record['url']}  pid {record['pid']:<7} {status:<9} log {rel(record['log'])}")
+            env = _env_text({**spec.env_of(replica), **record.get("env_overrides", {})})
+            say(
+                f"  {replica:<13} {record['url']}  pid {record['pid']:<7} {status:<9} log {rel(record['log'])}"
+                + (f"  {env}" if env else "")
+            )
 
 
-def bring_up(args: argparse.Namespace) -> tuple[dict[str, Any], Backends, list[str]]:
+def bring_up(
+    args: argparse.Namespace, overrides: dict[str, dict[str, str]] | None = None, *, restart_changed: bool = True
+) -> tuple[dict[str, Any], Backends, list[str]]:
     """Backends, migrations, replicas; returns the state, the backends and what this call started."""
     with stack_lock():
         state = load_state()
@@ -748,7 +847,7 @@ def bring_up(args: argparse.Namespace) -> tuple[dict[str, Any], Backends, list[s
             say("migrations:")
             run_migrations(backends)
             say("services:")
-            start_services(state, backends)
+            start_services(state, backends, overrides, restart_changed=restart_changed)
         except BaseException:
             started = set(state["processes"]) - before
             if started:
@@ -775,11 +874,15 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the stack and leave it running."""
-    state, _backends, _started = bring_up(args)
+    overrides = {}
+    if args.payment_deadline is not None:
+        overrides["order"] = {PAYMENT_DEADLINE_VAR: str(args.payment_deadline)}
+    state, _backends, _started = bring_up(args, overrides)
     say("the stack is up:")
     print_services(state)
-    first = SERVICES[0].replicas(port_offset())[0][1]
-    say(f"API docs: http://{HOST}:{first}/docs   logs: {rel(LOG_DIR)}/   stop it with `make down`")
+    docs = "  ".join(f"http://{HOST}:{spec.replicas(port_offset())[0][1]}/docs" for spec in SERVICES)
+    say(f"API docs: {docs}")
+    say(f"logs: {rel(LOG_DIR)}/   stop it with `make down`")
     return 0
 
 
@@ -836,7 +939,7 @@ class BurstResult:
     rejections: Counter[str] = field(default_factory=Counter)
     transport_errors: int = 0
     elapsed: float = 0.0
-    reservation_ids: set[str] = field(default_factory=set)
+    reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # reservation id -> (buyer, units)
 
 
 async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts: int, concurrency: int) -> BurstResult:
@@ -850,7 +953,7 @@ async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts:
     path = f"/sales/{sale_id}/purchase"
     timeout = httpx.Timeout(15.0)
 
-    async def buy(client: httpx.AsyncClient, token: str) -> str | None:
+    async def buy(client: httpx.AsyncClient, index: int, token: str) -> str | None:
         """One attempt; returns the rejection code, or None when accepted."""
         headers = {"authorization": f"Bearer {token}", "idempotency-key": uuid.uuid4().hex}
         result.requests += 1
@@ -866,7 +969,7 @@ async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts:
         if resp.status_code == 202:
             result.accepted += 1
             result.units += int(body["quantity"])
-            result.reservation_ids.add(str(body["reservation_id"]))
+            result.reservations[str(body["reservation_id"])] = (index, int(body["quantity"]))
             return None
         code = str(body.get("code", f"HTTP_{resp.status_code}"))
         result.rejections[code] += 1
@@ -882,7 +985,7 @@ async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts:
             while not queue.empty():
                 index, token = queue.get_nowait()
                 for attempt in range(attempts):
-                    if await buy(clients[(index + attempt) % len(clients)], token) == "SOLD_OUT":
+                    if await buy(clients[(index + attempt) % len(clients)], index, token) == "SOLD_OUT":
                         break
         finally:
             for client in clients:
@@ -913,16 +1016,154 @@ def _stale_sale_keys(redis_url: str, sale_id: int) -> list[str]:
         client.close()
 
 
+ORDER_CONCURRENCY = 20  # order calls in flight at once during the demo
+LONG_POLL_SECONDS = 10
+MAX_DEMO_WAIT = 60  # seconds: longer to pay than this and the buyers cancel their unpaid orders instead
+CLOSED_STATES = ("expired", "cancelled")  # an unpaid order's end: flashsale releases its units
+
+
+@dataclass(slots=True)
+class OrdersResult:
+    """What the buyers saw of their orders."""
+
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # reservation id -> the order
+    missing: Counter[str] = field(default_factory=Counter)  # reservations without an order, by answer
+    paid: dict[str, dict[str, Any]] = field(default_factory=dict)  # order id -> the answer of its payment
+    unpaid: list[dict[str, Any]] = field(default_factory=list)  # orders left unpaid on purpose
+    pay_failures: Counter[str] = field(default_factory=Counter)  # refused payments, by code
+    cancelled: int = 0  # unpaid orders the buyers cancelled (too long to wait for their deadline)
+    fetch_elapsed: float = 0.0
+    pay_elapsed: float = 0.0
+
+
+def _problem_code(resp: Any) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    return str(body.get("code", "")) if isinstance(body, dict) and body.get("code") else f"HTTP_{resp.status_code}"
+
+
+async def _orders_and_payments(
+    *, bases: list[str], reservations: dict[str, tuple[int, int]], tokens: list[str], pay_share: float
+) -> OrdersResult:
+    """Each buyer long-polls the order of each reservation, then pays `pay_share` of the orders.
+
+    Calls alternate between the order replicas, each with the buyer's own token, ORDER_CONCURRENCY at a time.
+    """
+    import httpx
+
+    result = OrdersResult()
+    limit = asyncio.Semaphore(ORDER_CONCURRENCY)
+    clients = [
+        httpx.AsyncClient(
+            base_url=base,
+            timeout=httpx.Timeout(LONG_POLL_SECONDS + 10.0),
+            limits=httpx.Limits(max_connections=ORDER_CONCURRENCY),
+        )
+        for base in bases
+    ]
+
+    def auth(buyer: int) -> dict[str, str]:
+        return {"authorization": f"Bearer {tokens[buyer]}"}
+
+    async def fetch(n: int, rid: str, buyer: int) -> None:
+        async with limit:
+            try:
+                resp = await clients[n % len(clients)].get(
+                    f"/orders/by-reservation/{rid}", params={"wait": LONG_POLL_SECONDS}, headers=auth(buyer)
+                )
+            except httpx.HTTPError as exc:
+                result.missing[type(exc).__name__] += 1
+                return
+        if resp.status_code == 200:
+            result.orders[rid] = resp.json()
+        else:
+            result.missing[_problem_code(resp)] += 1
+
+    async def pay(n: int, order: dict[str, Any]) -> None:
+        buyer = reservations[order["reservation_id"]][0]
+        headers = {**auth(buyer), "idempotency-key": uuid.uuid4().hex}
+        async with limit:
+            try:
+                resp = await clients[n % len(clients)].post(f"/orders/{order['id']}/pay", headers=headers)
+            except httpx.HTTPError as exc:
+                result.pay_failures[type(exc).__name__] += 1
+                return
+        if resp.status_code == 200:
+            result.paid[order["id"]] = resp.json()
+        else:
+            result.pay_failures[_problem_code(resp)] += 1
+
+    async def cancel(n: int, order: dict[str, Any]) -> None:
+        buyer = reservations[order["reservation_id"]][0]
+        headers = {**auth(buyer), "idempotency-key": uuid.uuid4().hex}
+        async with limit:
+            resp = await clients[n % len(clients)].post(f"/orders/{order['id']}/cancel", headers=headers)
+        if resp.status_code == 200:
+            result.cancelled += 1
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(
+            *(fetch(n, rid, buyer) for n, (rid, (buyer, _units)) in enumerate(sorted(reservations.items())))
+        )
+        result.fetch_elapsed = time.perf_counter() - start
+        orders = sorted(result.orders.values(), key=lambda o: str(o["id"]))  # random ids: a random choice
+        cut = round(len(orders) * pay_share)
+        to_pay, result.unpaid = orders[:cut], orders[cut:]
+        start = time.perf_counter()
+        await asyncio.gather(*(pay(n, order) for n, order in enumerate(to_pay)))
+        result.pay_elapsed = time.perf_counter() - start
+        latest = max((datetime.fromisoformat(o["deadline_at"]) for o in result.unpaid), default=None)
+        if latest is not None and (latest - datetime.now(UTC)).total_seconds() > MAX_DEMO_WAIT:
+            say(
+                "the running order replicas give more than a minute to pay (not started by this demo); "
+                f"the buyers cancel their {len(result.unpaid)} unpaid orders instead of waiting"
+            )
+            await asyncio.gather(*(cancel(n, order) for n, order in enumerate(result.unpaid)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    return result
+
+
+def _units(order: dict[str, Any]) -> int:
+    return sum(int(line["quantity"]) for line in order["lines"])
+
+
+def _orders_in_state(client: Any, base: str, admin: dict[str, str], sale_id: int, state: str) -> list[dict[str, Any]]:
+    """Every order of the sale in one state, through the admin search (pages of 500)."""
+    found: list[dict[str, Any]] = []
+    while True:
+        params: dict[str, Any] = {"sale_id": sale_id, "state": state, "limit": 500, "offset": len(found)}
+        resp = client.get(f"{base}/admin/orders", params=params, headers=admin)
+        if resp.status_code != 200:
+            raise StackError(f"GET /admin/orders answered {resp.status_code}: {resp.text}")
+        page: list[dict[str, Any]] = resp.json()
+        found += page
+        if len(page) < 500:
+            return found
+
+
+def _money(minor: int, currency: str = "USD") -> str:
+    symbol = "$" if currency == "USD" else f"{currency} "
+    return f"{symbol}{minor / 100:,.2f}"
+
+
 def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
-    """Seed a sale through the admin API, wait for it to go live, fire the crowd, print the summary."""
+    """Seed a sale through the admin API, wait for it to go live, fire the crowd, then follow the orders:
+    fetch them, pay some, let the rest expire, and check flashsale's stock agrees; print the summary."""
     import httpx
     import redis
 
     from services.common.auth import issue_token
     from services.common.config import BaseServiceSettings
 
-    spec = next(s for s in SERVICES if s.name == "flashsale")
-    bases = [f"http://{HOST}:{port}" for _name, port in spec.replicas(port_offset())]
+    offset = port_offset()
+    bases = [f"http://{HOST}:{port}" for _name, port in spec_named("flashsale").replicas(offset)]
+    order_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("order").replicas(offset)]
+    primary_url = f"http://{HOST}:{replica_port(spec_named('order').links['ORDER_PAYSIM_PRIMARY_URL'], offset)}"
     settings = BaseServiceSettings()
     admin = {"authorization": f"Bearer {issue_token(settings, 'demo-admin', ['admin'])}"}
     run = uuid.uuid4().hex[:6]
@@ -976,14 +1217,35 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             _burst(bases=bases, sale_id=sale_id, tokens=tokens, attempts=args.attempts, concurrency=args.concurrency)
         )
         stats = _check(client.get(f"{bases[1 % len(bases)]}/admin/sales/{sale_id}/stats", headers=admin), "stats")
-        client.post(f"{bases[0]}/admin/sales/{sale_id}/stop", headers=admin)  # end it; the demo is over
 
-    rclient = redis.Redis.from_url(backends.redis_url, socket_timeout=5)
-    try:
-        events = int(rclient.xlen(f"{{fs:{sale_id}}}:events"))
-        reservations = int(rclient.hlen(f"{{fs:{sale_id}}}:res"))
-    finally:
-        rclient.close()
+        rclient = redis.Redis.from_url(backends.redis_url, socket_timeout=5)
+        try:
+            events = int(rclient.xlen(f"{{fs:{sale_id}}}:events"))
+            reservations = int(rclient.hlen(f"{{fs:{sale_id}}}:res"))
+        finally:
+            rclient.close()
+
+        say(
+            f"{result.accepted:,} reservations; the buyers fetch their orders (long-poll) over "
+            f"{len(order_bases)} order replicas and pay {args.pay_share:.0%} of them"
+        )
+        if args.fail_primary:
+            _check(
+                client.put(f"{primary_url}/admin/faults", json={"down": True}, headers=admin),
+                "PUT /admin/faults on the primary payment provider",
+            )
+            say(f"payment provider primary ({primary_url}) is down (fault injection); payments fail over to backup")
+        try:
+            orders = asyncio.run(
+                _orders_and_payments(
+                    bases=order_bases, reservations=result.reservations, tokens=tokens, pay_share=args.pay_share
+                )
+            )
+        finally:
+            if args.fail_primary:
+                client.delete(f"{primary_url}/admin/faults", headers=admin)  # a healthy provider again
+        settled = _settle(client, order_bases[1 % len(order_bases)], bases[0], admin, sale_id, orders)
+        client.post(f"{bases[0]}/admin/sales/{sale_id}/stop", headers=admin)  # end it; the demo is over
 
     recorded = int(stats["reserved"]) + int(stats["sold"])
     oversold = result.units - args.quantity
@@ -1008,18 +1270,140 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
         problems.append(f"OVERSOLD: accepted {result.units}, recorded {recorded}, quantity {args.quantity}")
     if events != reservations:
         problems.append(f"the events stream ({events}) and the reservations ({reservations}) disagree")
-    if len(result.reservation_ids) != result.accepted:
-        problems.append(f"{result.accepted} accepted answers carry {len(result.reservation_ids)} reservation ids")
+    if len(result.reservations) != result.accepted:
+        problems.append(f"{result.accepted} accepted answers carry {len(result.reservations)} reservation ids")
     if not result.transport_errors and (recorded != result.units or reservations != result.accepted):
         problems.append(f"answers ({result.units} units) and records ({recorded} units) disagree")
+    problems += _orders_summary(args, result, orders, settled)
     for problem in problems:
         say(f"  FAILED: {problem}")
     return not problems
 
 
+@dataclass(slots=True)
+class Settled:
+    """Where the orders of the demo sale ended up, and flashsale's stock afterwards."""
+
+    order_stats: dict[str, Any]
+    sale_stats: dict[str, Any]
+    paid_units: int
+    closed: dict[str, int]  # expired / cancelled -> orders
+    closed_units: int
+    deadline_seconds: float
+    waited: float
+    timed_out: bool
+
+
+def _settle(
+    client: Any, order_base: str, flashsale_base: str, admin: dict[str, str], sale_id: int, orders: OrdersResult
+) -> Settled:
+    """Wait until no order of the sale awaits payment and flashsale has confirmed the paid units and released
+    the others (through the orders:events stream)."""
+    start = time.monotonic()
+    deadline_seconds = 0.0
+    wait_for = 0.0
+    if orders.orders:
+        sample = next(iter(orders.orders.values()))
+        created, due = (datetime.fromisoformat(sample[k]) for k in ("created_at", "deadline_at"))
+        deadline_seconds = (due - created).total_seconds()
+        latest = max(datetime.fromisoformat(o["deadline_at"]) for o in orders.orders.values())
+        wait_for = max(0.0, (latest - datetime.now(UTC)).total_seconds())
+        if not orders.cancelled and (orders.unpaid or orders.pay_failures):
+            say(f"waiting up to {wait_for:.0f}s for the unpaid orders to expire ({deadline_seconds:.0f}s to pay)")
+    give_up = time.monotonic() + wait_for + 20  # the sweeper runs every second; the relay every 50 ms
+    stats_url = f"{order_base}/admin/orders/stats"
+    sale_url = f"{flashsale_base}/admin/sales/{sale_id}/stats"
+    settled = False
+    while True:
+        order_stats = _check(client.get(stats_url, params={"sale_id": sale_id}, headers=admin), "order stats")
+        if not order_stats["by_state"].get("pending_payment") or time.monotonic() > give_up:
+            break
+        time.sleep(0.5)
+    closed_orders = {state: _orders_in_state(client, order_base, admin, sale_id, state) for state in CLOSED_STATES}
+    paid_units = sum(_units(o) for o in _orders_in_state(client, order_base, admin, sale_id, "paid"))
+    closed_units = sum(_units(o) for found in closed_orders.values() for o in found)
+    give_up = max(give_up, time.monotonic() + 10)
+    while True:
+        sale_stats = _check(client.get(sale_url, headers=admin), "flashsale stats")
+        settled = int(sale_stats["sold"]) == paid_units and int(sale_stats["released"]) == closed_units
+        if settled or time.monotonic() > give_up:
+            break
+        time.sleep(0.5)
+    order_stats = _check(client.get(stats_url, params={"sale_id": sale_id}, headers=admin), "order stats")
+    return Settled(
+        order_stats=order_stats,
+        sale_stats=sale_stats,
+        paid_units=paid_units,
+        closed={state: len(found) for state, found in closed_orders.items()},
+        closed_units=closed_units,
+        deadline_seconds=deadline_seconds,
+        waited=time.monotonic() - start,
+        timed_out=not settled or bool(order_stats["by_state"].get("pending_payment")),
+    )
+
+
+def _orders_summary(args: argparse.Namespace, burst: BurstResult, orders: OrdersResult, settled: Settled) -> list[str]:
+    """Print the order half of the summary; returns the problems found."""
+    stats, sale = settled.order_stats, settled.sale_stats
+    providers = Counter(str(o.get("payment_provider")) for o in orders.paid.values())
+    by_provider = ", ".join(f"{name} {n:,}" for name, n in sorted(providers.items())) or "none"
+    refused = ", ".join(f"{code} {n:,}" for code, n in orders.pay_failures.most_common())
+    missing = ", ".join(f"{code} {n:,}" for code, n in orders.missing.most_common())
+    rate = stats.get("payment_success_rate")
+    expired, cancelled = settled.closed.get("expired", 0), settled.closed.get("cancelled", 0)
+    say(
+        f"  orders            {len(orders.orders):,} created for {burst.accepted:,} accepted reservations "
+        f"(fetched over {len(spec_named('order').ports)} replicas in {orders.fetch_elapsed:.2f}s)"
+        + (f"; not found: {missing}" if missing else "")
+    )
+    say(
+        f"  paid              {len(orders.paid):,} (by provider: {by_provider}) in {orders.pay_elapsed:.2f}s; "
+        f"left unpaid {len(orders.unpaid):,}" + (f"; payments refused: {refused}" if refused else "")
+    )
+    say(
+        f"  expired           {expired:,} orders after {settled.deadline_seconds:.0f}s unpaid"
+        + (f", cancelled {cancelled:,}" if cancelled else "")
+        + f" = {settled.closed_units:,} units; flashsale released {sale['released']} back in stock "
+        f"(remaining {sale['remaining']}, waited {settled.waited:.1f}s)"
+    )
+    say(
+        f"  flashsale stock   sold {sale['sold']} (paid units {settled.paid_units:,}), "
+        f"reserved {sale['reserved']}, released {sale['released']}, remaining {sale['remaining']}"
+    )
+    say(f"  order stats       {', '.join(f'{k} {v}' for k, v in sorted(stats['by_state'].items())) or 'none'}")
+    say(f"  GMV               {_money(int(stats['gmv']))} from {stats['paid']} paid orders")
+    say(
+        "  payment success   "
+        + (f"{rate:.1%} of {stats['payment_attempts']} provider calls" if rate is not None else "no payments")
+        + (" (primary down: its failed calls count)" if args.fail_primary else "")
+    )
+
+    problems = []
+    if len(orders.orders) != burst.accepted or int(stats["orders"]) != burst.accepted:
+        problems.append(
+            f"{burst.accepted} accepted reservations but {len(orders.orders)} orders fetched "
+            f"({stats['orders']} in the order service)"
+        )
+    if int(sale["released"]) != settled.closed_units:
+        problems.append(
+            f"flashsale released {sale['released']} units; expired/cancelled orders hold {settled.closed_units}"
+        )
+    if int(sale["sold"]) != settled.paid_units:
+        problems.append(f"flashsale sold {sale['sold']} units; paid orders hold {settled.paid_units}")
+    if int(sale["sold"]) + int(sale["reserved"]) > args.quantity:
+        problems.append(f"OVERSOLD after payments: sold {sale['sold']} + reserved {sale['reserved']} > {args.quantity}")
+    if settled.timed_out:
+        problems.append("the orders did not settle in time (still awaiting payment, or flashsale behind)")
+    return problems
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Up, a demo flash sale against both replicas, a summary, then stop what the demo started."""
-    state, backends, started = bring_up(args)
+    """Up, a demo flash sale against both replicas, its orders and payments, a summary, then stop what the
+    demo started. Order replicas the demo starts give DEMO_PAYMENT_DEADLINE seconds to pay."""
+    if not 0 <= args.pay_share <= 1:
+        raise StackError("--pay-share must be between 0 and 1")
+    overrides = {"order": {PAYMENT_DEADLINE_VAR: str(args.payment_deadline)}}
+    state, backends, started = bring_up(args, overrides, restart_changed=False)
     ok = False
     try:
         say("the stack is up:")
@@ -1039,6 +1423,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if kept:
                     say(f"left running (started before the demo): {', '.join(sorted(kept))}")
     return 0 if ok else 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1061,6 +1452,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     p = sub.add_parser("up", help="backends, migrations, 2 replicas per service; leaves it running")
     backend_flags(p)
+    p.add_argument(
+        "--payment-deadline",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"seconds an order may stay unpaid ({PAYMENT_DEADLINE_VAR}; default: the service's own, 900)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what this launcher started")
@@ -1077,6 +1475,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attempts", type=int, default=3, help="purchase attempts per buyer (default 3: limit + 1)")
     p.add_argument("--concurrency", type=int, default=50, help="buyers in flight at once (default 50)")
     p.add_argument("--start-in", type=float, default=3.0, help="seconds until the sale starts (default 3)")
+    p.add_argument("--pay-share", type=float, default=0.7, help="share of the orders the buyers pay (default 0.7)")
+    p.add_argument(
+        "--payment-deadline",
+        type=_positive_int,
+        default=DEMO_PAYMENT_DEADLINE,
+        metavar="N",
+        help=f"seconds to pay, for order replicas the demo starts (default {DEMO_PAYMENT_DEADLINE})",
+    )
+    p.add_argument("--fail-primary", action="store_true", help="take the primary payment provider down before paying")
     p.add_argument("--keep-running", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=cmd_demo)
     return parser.parse_args(argv)

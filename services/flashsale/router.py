@@ -83,7 +83,16 @@ async def read_quantity(request: Request) -> int:
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": PurchaseRequest.model_json_schema()}},
-        }
+        },
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "description": "One key per intended purchase; a retry with the same key replays the answer",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            }
+        ],
     },
 )
 async def purchase(

@@ -150,3 +150,11 @@ async def test_sold_out_is_answered_from_memory_after_the_first_refusal(
 async def _buy_ok(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response | None:
     resp = await client.post(url, json={"quantity": 1}, headers=headers)
     return resp if resp.status_code == 202 else None
+
+
+async def test_the_purchase_is_documented_in_openapi(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    operation = spec["paths"]["/sales/{sale_id}/purchase"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["properties"]["quantity"]["maximum"] == 100
+    assert {"202", "409", "423", "429"} <= set(operation["responses"])
+    assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
