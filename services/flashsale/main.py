@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.common.auth import TokenVerifier
-from services.common.background import run_every
+from services.common.background import freeze_startup_objects, run_every
 from services.common.defaults import add_service_defaults
 from services.common.errors import problem_response
 from services.common.resources import open_engine, open_redis, session_factory
@@ -71,6 +71,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             asyncio.create_task(listen_notifications(service)),
             asyncio.create_task(order_events.run()),
         ]
+        freeze_startup_objects()
         try:
             yield
         finally:

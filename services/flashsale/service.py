@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,6 +31,13 @@ log = logging.getLogger("flashsale.service")
 
 PURCHASES = Counter("flashsale_purchase_attempts_total", "Purchase attempts by outcome", ["outcome"])
 SYSTEM_ACTOR = "system"
+
+
+@functools.cache
+def _purchase_counter(outcome: str) -> Any:
+    # A labels() lookup per purchase costs more than the increment; the outcomes are a handful.
+    return PURCHASES.labels(outcome.lower())
+
 
 # Where each admin action may start from.
 TRANSITIONS: dict[str, tuple[set[SaleState], SaleState]] = {
@@ -192,12 +200,12 @@ class FlashSaleService:
         """Reserve units for a user; returns (reservation id, quantity) or raises a domain error."""
         if self.sold_out.is_sold_out(sale_id):
             self._local_attempts[sale_id]["n_sold_out"] += 1
-            PURCHASES.labels("sold_out").inc()
+            _purchase_counter("sold_out").inc()
             raise errors.SoldOut("This sale is sold out")
         if not self.limiter.allow(user_id, idempotency):
             if sale_id in self.catalog:
                 self._local_attempts[sale_id]["n_rate_limited"] += 1
-            PURCHASES.labels("rate_limited").inc()
+            _purchase_counter("rate_limited").inc()
             raise errors.RateLimited("Slow down and retry", headers={"Retry-After": "1"})
         self.limiter.begin(user_id, idempotency)
         accepted = False
@@ -215,7 +223,7 @@ class FlashSaleService:
             accepted = outcome.kind in ("OK", "REPLAY")
         except RedisError as exc:
             # Unknown outcome: the script may have run. A retry with the same key tells the truth.
-            PURCHASES.labels("unavailable").inc()
+            _purchase_counter("unavailable").inc()
             self._log_redis_failure(sale_id, exc)
             raise errors.StockUnavailable(
                 "Stock service unavailable; retry with the same Idempotency-Key", headers={"Retry-After": "1"}
@@ -223,7 +231,7 @@ class FlashSaleService:
         finally:
             self.limiter.end(user_id, idempotency, accepted=accepted)
         kind = outcome.kind
-        PURCHASES.labels(kind.lower()).inc()
+        _purchase_counter(kind).inc()
         if kind == "OK":
             if outcome.sold_out:
                 self.sold_out.mark(sale_id)

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
-from services.common.background import run_every
+from services.common.background import freeze_startup_objects, run_every
 from services.common.defaults import add_service_defaults
 from services.common.resources import open_engine, open_redis, session_factory
 from services.order import admin, router
@@ -63,6 +63,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                 )
             ),
         ]
+        freeze_startup_objects()
         try:
             yield
         finally:
