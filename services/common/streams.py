@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ class StreamConsumer:
     claim_idle_ms: int = 15_000
     max_deliveries: int = 5
     start_id: str = "0"
+    last_active: float = field(default_factory=time.monotonic)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -170,6 +172,7 @@ class StreamConsumer:
     async def _handle_all(self, entries: list[Entry]) -> int:
         if not entries:
             return 0
+        self.last_active = time.monotonic()
         if self.batch_handler is not None and len(entries) > 1:
             try:
                 await self.batch_handler(entries)
@@ -201,3 +204,26 @@ class StreamConsumer:
         await self.redis.xack(self.stream, self.group, entry_id)
         EVENTS_HANDLED.labels(self.stream, self.group, "dead_letter").inc()
         log.error("dead-lettered %s %s after %d deliveries", self.stream, entry_id, self.max_deliveries)
+
+
+async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[str, bool]:
+    """For each stream: does `group` have anything left there (unread or unacknowledged entries)?
+
+    A stream without the group counts as having work (nobody has read it yet); a missing stream has none.
+    """
+    out: dict[str, bool] = {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        answers = await pipe.execute(raise_on_error=False)
+    for stream, answer in zip(streams, answers, strict=True):
+        if isinstance(answer, Exception):
+            out[stream] = False  # no such stream
+            continue
+        info = next((g for g in answer if g.get("name") == group), None)
+        if info is None:
+            out[stream] = True
+        else:
+            lag = info.get("lag")
+            out[stream] = bool(int(info.get("pending") or 0)) or lag is None or bool(int(lag))
+    return out

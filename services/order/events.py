@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-from services.common.streams import Entry, StreamConsumer, decode_event
+from services.common.streams import Entry, StreamConsumer, decode_event, group_backlog
 from services.order.service import OrderService
 
 log = logging.getLogger("order.events")
@@ -16,6 +17,8 @@ GROUP = "order"
 
 class PurchaseIngest:
     """Follows `fs:streams` and keeps one consumer per purchase stream; each event becomes one order."""
+
+    IDLE_SECONDS = 60.0
 
     def __init__(self, service: OrderService, consumer_name: str) -> None:
         self.service = service
@@ -44,14 +47,32 @@ class PurchaseIngest:
         )
 
     async def sync(self) -> None:
-        """Start a consumer for every registered purchase stream not followed yet."""
-        streams: set[str] = await self.service.redis.smembers(  # type: ignore[assignment]
+        """Follow the purchase streams that have work for the group; let go of drained, idle ones.
+
+        Every sale ever run stays listed in the registry; following each forever would hold one
+        blocking Redis connection per sale per replica.
+        """
+        registry: set[str] = await self.service.redis.smembers(  # type: ignore[assignment]
             self.service.settings.purchase_stream_registry
         )
-        for stream in streams:
-            if stream not in self._consumers:
+        now = time.monotonic()
+        idle = [s for s, (c, _t) in self._consumers.items() if now - c.last_active > self.IDLE_SECONDS]
+        waiting = [s for s in registry if s not in self._consumers]
+        backlog = await group_backlog(self.service.redis, idle + waiting, GROUP) if idle or waiting else {}
+        for stream in idle:
+            if not backlog.get(stream):
+                consumer, task = self._consumers.pop(stream)
+                consumer.stop()
+                task.cancel()
+        for stream in waiting:
+            if backlog.get(stream):
                 consumer = self.consumer_for(stream)
                 self._consumers[stream] = (consumer, asyncio.create_task(consumer.run()))
+
+    @property
+    def followed(self) -> set[str]:
+        """Streams with a running consumer."""
+        return set(self._consumers)
 
     async def aclose(self) -> None:
         """Stop every consumer and wait briefly for them."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.common.streams import StreamConsumer, decode_event, encode_event
+from services.common.streams import StreamConsumer, decode_event, encode_event, group_backlog
 
 
 def _consumer(redis: Redis, stream: str, name: str, handler: Any, **kw: Any) -> StreamConsumer:
@@ -59,3 +59,23 @@ async def test_failing_entry_is_retried_then_dead_lettered(redis: Redis) -> None
     assert len(dead) == 1
     assert decode_event(dead[0][1])["poison"] is True
     assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_group_backlog_tells_which_streams_still_have_work(redis: Redis) -> None:
+    fresh, drained, unread, missing = (f"test:{uuid.uuid4().hex}" for _ in range(4))
+    for stream in (fresh, drained, unread):
+        await redis.xadd(stream, encode_event("thing", {"n": 1}))
+    done: list[str] = []
+
+    async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+        done.append(entry_id)
+
+    drained_consumer = _consumer(redis, drained, "c", handle)
+    await drained_consumer.ensure_group()
+    assert await drained_consumer.read_once() == 1
+    unread_consumer = _consumer(redis, unread, "c", handle)
+    await unread_consumer.ensure_group()
+    await redis.xadd(unread, encode_event("thing", {"n": 2}))
+
+    backlog = await group_backlog(redis, [fresh, drained, unread, missing], "g")
+    assert backlog == {fresh: True, drained: False, unread: True, missing: False}

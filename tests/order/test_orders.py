@@ -316,3 +316,22 @@ async def test_payment_confirmed_after_expiry_becomes_refund_pending_not_lost(
     refunded = await slow_payment_orders.post(f"/admin/orders/{order['id']}/refund", headers=admin_headers())
     assert refunded.status_code == 200, refunded.text
     assert refunded.json()["state"] == "refunded"
+
+
+async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient
+) -> None:
+    ingest = orders._transport.app.state.ingest  # type: ignore[attr-defined]
+    sale = await live_sale(client, quantity=5)
+    stream = f"{{fs:{sale['id']}}}:events"
+    rid = await _buy(client, sale["id"], "idle-1")
+    await _order_of(orders, "idle-1", rid)
+    assert stream in ingest.followed
+    ingest.IDLE_SECONDS = 0.0
+    try:
+        await ingest.sync()
+        assert stream not in ingest.followed  # drained: no connection held for it
+        rid = await _buy(client, sale["id"], "idle-2")
+        assert (await _order_of(orders, "idle-2", rid))["state"] == "pending_payment"  # new work: followed again
+    finally:
+        ingest.IDLE_SECONDS = 60.0
