@@ -227,3 +227,61 @@ async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[st
             lag = info.get("lag")
             out[stream] = bool(int(info.get("pending") or 0)) or lag is None or bool(int(lag))
     return out
+
+
+class RegistryFollower:
+    """One consumer per stream listed in a registry set, kept only while its group has work there.
+
+    Every sale (or template) ever run stays listed; following each forever would hold one blocking
+    Redis connection per stream per replica. Drained streams idle for `idle_seconds` are let go and
+    picked up again as soon as new entries arrive.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        registry: str,
+        group: str,
+        make_consumer: Callable[[str], StreamConsumer],
+        idle_seconds: float = 60.0,
+    ) -> None:
+        self.redis = redis
+        self.registry = registry
+        self.group = group
+        self.make_consumer = make_consumer
+        self.idle_seconds = idle_seconds
+        self._consumers: dict[str, tuple[StreamConsumer, asyncio.Task[None]]] = {}
+
+    @property
+    def followed(self) -> set[str]:
+        """Streams with a running consumer."""
+        return set(self._consumers)
+
+    async def sync(self) -> None:
+        """Start consumers where there is work; stop idle ones that have none left."""
+        registry: set[str] = await self.redis.smembers(self.registry)  # type: ignore[assignment]
+        now = time.monotonic()
+        idle = [s for s, (c, _t) in self._consumers.items() if now - c.last_active > self.idle_seconds]
+        waiting = [s for s in registry if s not in self._consumers]
+        backlog = await group_backlog(self.redis, idle + waiting, self.group) if idle or waiting else {}
+        for stream in idle:
+            if not backlog.get(stream):
+                consumer, task = self._consumers.pop(stream)
+                consumer.stop()
+                task.cancel()
+        for stream in waiting:
+            if backlog.get(stream):
+                consumer = self.make_consumer(stream)
+                self._consumers[stream] = (consumer, asyncio.create_task(consumer.run()))
+
+    async def aclose(self) -> None:
+        """Stop every consumer and wait briefly for them."""
+        tasks = []
+        for consumer, task in self._consumers.values():
+            consumer.stop()
+            task.cancel()
+            tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self._consumers.clear()

@@ -327,11 +327,11 @@ async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
     rid = await _buy(client, sale["id"], "idle-1")
     await _order_of(orders, "idle-1", rid)
     assert stream in ingest.followed
-    ingest.IDLE_SECONDS = 0.0
+    ingest.follower.idle_seconds = 0.0
     try:
         await ingest.sync()
         assert stream not in ingest.followed  # drained: no connection held for it
         rid = await _buy(client, sale["id"], "idle-2")
         assert (await _order_of(orders, "idle-2", rid))["state"] == "pending_payment"  # new work: followed again
     finally:
-        ingest.IDLE_SECONDS = 60.0
+        ingest.follower.idle_seconds = 60.0
