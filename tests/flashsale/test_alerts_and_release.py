@@ -156,7 +156,8 @@ async def _buy_ok(client: httpx.AsyncClient, sale_id: int, user: str, key: str, 
 
 async def _group_drained(redis: Redis) -> bool:
     groups = await redis.xinfo_groups("orders:events")
-    return all(int(g["pending"]) == 0 and int(g.get("lag") or 0) == 0 for g in groups)
+    flashsale = [g for g in groups if g["name"] == "flashsale"]
+    return bool(flashsale) and all(int(g["pending"]) == 0 and int(g.get("lag") or 0) == 0 for g in flashsale)
 
 
 async def test_paid_order_confirms_the_reservation_and_a_later_cancel_does_not_release_it(

@@ -1,0 +1,79 @@
+"""/admin endpoints: templates, compensation coupons, stats, and the order service's lock call."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from services.common.auth import AdminUser
+from services.common.idempotency import fingerprint
+from services.coupon.deps import ServiceDep
+from services.coupon.router import TemplateId
+from services.coupon.schemas import (
+    ClaimedCoupon,
+    CompensationRequest,
+    LockRequest,
+    QuoteOut,
+    TemplateCreate,
+    TemplateOut,
+    TemplateStats,
+)
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.post("/templates", status_code=201, response_model=TemplateOut)
+async def create_template(body: TemplateCreate, user: AdminUser, service: ServiceDep) -> TemplateOut:
+    """Create a template; bad tiers, percentages or amounts are refused with 422."""
+    return await service.create_template(actor=user.user_id, data=body)
+
+
+@router.get("/templates", response_model=list[TemplateOut])
+async def list_templates(user: AdminUser, service: ServiceDep) -> list[TemplateOut]:
+    """Every template, newest first."""
+    return await service.list_templates(only_claimable=False)
+
+
+@router.post("/templates/{template_id}/pause", response_model=TemplateOut)
+async def pause(template_id: TemplateId, user: AdminUser, service: ServiceDep) -> TemplateOut:
+    """Stop claims."""
+    return await service.set_template_state(actor=user.user_id, template_id=template_id, state="paused")
+
+
+@router.post("/templates/{template_id}/resume", response_model=TemplateOut)
+async def resume(template_id: TemplateId, user: AdminUser, service: ServiceDep) -> TemplateOut:
+    """Open claims again."""
+    return await service.set_template_state(actor=user.user_id, template_id=template_id, state="active")
+
+
+@router.get("/templates/{template_id}/stats", response_model=TemplateStats)
+async def stats(template_id: TemplateId, user: AdminUser, service: ServiceDep) -> TemplateStats:
+    """Claimed, locked, used, and the discount given."""
+    return await service.stats(template_id)
+
+
+@router.post("/compensation", response_model=list[ClaimedCoupon])
+async def compensate(
+    body: CompensationRequest,
+    user: AdminUser,
+    service: ServiceDep,
+    key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> list[ClaimedCoupon]:
+    """Issue one coupon to each listed user; the same batch (Idempotency-Key) issues nothing twice."""
+    batch = key or fingerprint(body.model_dump())
+    return await service.issue_compensation(
+        actor=user.user_id, template_id=body.template_id, user_ids=body.user_ids, reason=body.reason, batch=batch
+    )
+
+
+@router.post("/locks", response_model=QuoteOut)
+async def lock_for_order(body: LockRequest, user: AdminUser, service: ServiceDep) -> QuoteOut:
+    """Price an order and lock its coupons (the order service calls this with a service token)."""
+    return await service.lock_for_order(
+        order_id=body.order_id,
+        user_id=body.user_id,
+        is_member=body.is_member,
+        lines=body.lines,
+        coupon_ids=body.coupon_ids,
+    )

@@ -1,0 +1,41 @@
+"""The coupon service's domain errors, each with a stable code."""
+
+from __future__ import annotations
+
+from services.common.errors import ProblemError
+
+
+class TemplateNotFound(ProblemError):
+    status = 404
+    code = "TEMPLATE_NOT_FOUND"
+    title = "Coupon template not found"
+
+
+class InvalidTemplate(ProblemError):
+    status = 422
+    code = "VALIDATION_ERROR"
+    title = "Invalid coupon template"
+
+
+class CouponsExhausted(ProblemError):
+    status = 409
+    code = "COUPONS_EXHAUSTED"
+    title = "No coupons of this template are left"
+
+
+class ClaimLimitReached(ProblemError):
+    status = 403
+    code = "CLAIM_LIMIT_REACHED"
+    title = "Per-user claim limit reached"
+
+
+class ClaimWindowClosed(ProblemError):
+    status = 423
+    code = "CLAIM_WINDOW_CLOSED"
+    title = "This coupon cannot be claimed now"
+
+
+class ClaimUnavailable(ProblemError):
+    status = 503
+    code = "COUPON_UNAVAILABLE"
+    title = "Coupon claims are unavailable; retry with the same Idempotency-Key"

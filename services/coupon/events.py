@@ -1,0 +1,57 @@
+"""Stream work of the coupon service: claims into wallets, and order events into coupon states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.common.streams import Entry, RegistryFollower, StreamConsumer, decode_event
+from services.coupon.service import CouponService
+from services.coupon.store import CLAIM_STREAM_REGISTRY
+
+WALLET_GROUP = "coupon-wallet"
+ORDER_GROUP = "coupon"
+
+
+class ClaimPersistence:
+    """Follows every template's claim stream: a claim whose wallet row was not written is written here."""
+
+    def __init__(self, service: CouponService, consumer_name: str) -> None:
+        self.service = service
+        self.consumer_name = consumer_name
+        self.follower = RegistryFollower(
+            service.redis, registry=CLAIM_STREAM_REGISTRY, group=WALLET_GROUP, make_consumer=self._consumer
+        )
+
+    async def _one(self, entry_id: str, fields: dict[str, Any]) -> None:
+        await self.service._persist_claims([decode_event(fields)])
+
+    async def _batch(self, entries: list[Entry]) -> None:
+        await self.service._persist_claims([decode_event(f) for _id, f in entries])
+
+    def _consumer(self, stream: str) -> StreamConsumer:
+        return StreamConsumer(
+            redis=self.service.redis,
+            stream=stream,
+            group=WALLET_GROUP,
+            consumer=self.consumer_name,
+            handler=self._one,
+            batch_handler=self._batch,
+            batch=500,
+            block_ms=500,
+        )
+
+
+def order_events_consumer(service: CouponService, consumer_name: str) -> StreamConsumer:
+    """Locked coupons become used when their order is paid, available again when it is cancelled or expires."""
+
+    async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+        await service.on_order_event(decode_event(fields))
+
+    return StreamConsumer(
+        redis=service.redis,
+        stream=service.settings.order_events_stream,
+        group=ORDER_GROUP,
+        consumer=consumer_name,
+        handler=handle,
+        claim_idle_ms=10_000,
+    )

@@ -1,0 +1,69 @@
+"""Coupon service: `uvicorn services.coupon.main:app`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.auth import TokenVerifier
+from services.common.background import freeze_startup_objects, run_every
+from services.common.defaults import add_service_defaults
+from services.common.resources import open_engine, open_redis, session_factory
+from services.coupon import admin, router
+from services.coupon.config import CouponSettings
+from services.coupon.events import ClaimPersistence, order_events_consumer
+from services.coupon.service import CouponService
+
+
+def create_app(settings: CouponSettings | None = None) -> FastAPI:
+    """Build the coupon app; resources and background consumers start in the lifespan."""
+    settings = settings or CouponSettings()
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = open_redis(settings)
+        engine = open_engine(settings)
+        sessions = session_factory(engine)
+        service = CouponService(settings=settings, redis=redis, sessions=sessions)
+        claims = ClaimPersistence(service, replica)
+        orders = order_events_consumer(service, replica)
+        app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
+        app.state.service, app.state.token_verifier = service, TokenVerifier(settings)
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(run_every(1.0, "claim stream discovery", claims.follower.sync, stop)),
+            asyncio.create_task(orders.run()),
+        ]
+        freeze_startup_objects()
+        try:
+            yield
+        finally:
+            stop.set()
+            orders.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5)
+            await claims.follower.aclose()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="coupon",
+        version="0.1.0",
+        description="Coupon templates, race-proof claims, wallets, quotes with stacking rules, order locks.",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    add_service_defaults(app, settings)
+    app.include_router(router.router)
+    app.include_router(admin.router)
+    return app
+
+
+app = create_app()

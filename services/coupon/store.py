@@ -1,0 +1,72 @@
+"""The coupon service's Redis: the claim gate per template (hash tag `{cp:<template id>}`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+LUA_DIR = Path(__file__).parent / "lua"
+CLAIM_STREAM_REGISTRY = "cp:streams"
+
+
+def _tag(template_id: int) -> str:
+    return f"{{cp:{template_id}}}"
+
+
+def template_key(template_id: int) -> str:
+    """Hash: state, total, claimed, per-user limit, claim window (ms)."""
+    return f"{_tag(template_id)}:t"
+
+
+def claims_key(template_id: int) -> str:
+    """Hash: user id -> coupons claimed."""
+    return f"{_tag(template_id)}:users"
+
+
+def claim_stream(template_id: int) -> str:
+    """Claims of one template, persisted into wallets by a consumer group."""
+    return f"{_tag(template_id)}:claims"
+
+
+def claim_idempotency_key(template_id: int, user_id: str, key: str) -> str:
+    """One claim per user and Idempotency-Key (length-prefixed)."""
+    return f"{_tag(template_id)}:idem:{len(user_id)}:{user_id}:{key}"
+
+
+class ClaimStore:
+    """Claims decided in Redis, one Lua call each."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script((LUA_DIR / "claim.lua").read_text())
+
+    async def load_template(self, *, template_id: int, config: dict[str, Any]) -> None:
+        """Write a template's claim configuration; the claimed counter is kept if it exists."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(template_key(template_id), mapping=config)  # type: ignore[arg-type]
+            pipe.hsetnx(template_key(template_id), "claimed", 0)
+            pipe.sadd(CLAIM_STREAM_REGISTRY, claim_stream(template_id))
+            await pipe.execute()
+
+    async def set_state(self, template_id: int, state: str) -> None:
+        """active or paused."""
+        await self.redis.hset(template_key(template_id), "state", state)
+
+    async def claim(self, *, template_id: int, user_id: str, coupon_id: str, key: str, ttl: int) -> list[Any]:
+        """Run the claim script."""
+        result: list[Any] = await self._claim(
+            keys=[
+                template_key(template_id),
+                claims_key(template_id),
+                claim_idempotency_key(template_id, user_id, key),
+                claim_stream(template_id),
+            ],
+            args=[user_id, coupon_id, ttl, template_id],
+        )
+        return result
+
+    async def claimed(self, template_id: int) -> int:
+        """How many coupons of a template were claimed."""
+        return int(await self.redis.hget(template_key(template_id), "claimed") or 0)
