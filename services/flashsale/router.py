@@ -20,6 +20,7 @@ from services.flashsale.service import FlashSaleService
 router = APIRouter(tags=["storefront"])
 
 MAX_SALE_ID = 2**62
+MEMBER_ROLE = "member"
 SaleId = Annotated[int, Path(ge=1, le=MAX_SALE_ID, description="Sale id")]
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, str]] = {
@@ -53,8 +54,8 @@ def _purchase_fingerprint(quantity: int) -> str:
     return fingerprint({"quantity": quantity})
 
 
-async def read_quantity(request: Request) -> int:
-    """The purchase body, parsed on a fast path; anything unusual goes through the full model."""
+async def read_purchase(request: Request) -> PurchaseRequest | int:
+    """The purchase body: a bare quantity on the fast path, else the validated model (with coupons)."""
     raw = await request.body()
     try:
         data: Any = orjson.loads(raw)
@@ -67,7 +68,7 @@ async def read_quantity(request: Request) -> int:
         if type(quantity) is int and 1 <= quantity <= MAX_UNITS_PER_PURCHASE:
             return quantity
     try:
-        return PurchaseRequest.model_validate(data).quantity
+        return PurchaseRequest.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -127,13 +128,22 @@ async def purchase_hot_path(request: Request) -> Response:
 
 
 async def _purchase(request: Request, sale_id: int, user: Principal, key: str, service: FlashSaleService) -> Response:
-    quantity = await read_quantity(request)
+    body = await read_purchase(request)
+    if isinstance(body, int):
+        quantity, extra, request_fingerprint = body, "", _purchase_fingerprint(body)
+    else:
+        quantity = body.quantity
+        # The order service prices the order with these coupons; members may get member-only offers.
+        fields = {"coupon_ids": body.coupon_ids, "member": MEMBER_ROLE in user.roles} if body.coupon_ids else {}
+        extra = orjson.dumps(fields).decode() if fields else ""
+        request_fingerprint = fingerprint(body.model_dump()) if body.coupon_ids else _purchase_fingerprint(quantity)
     reservation_id, quantity = await service.purchase(
         sale_id=sale_id,
         user_id=user.user_id,
         quantity=quantity,
         idempotency=key,
-        request_fingerprint=_purchase_fingerprint(quantity),
+        request_fingerprint=request_fingerprint,
+        event_extra=extra,
     )
     answer = {
         "reservation_id": reservation_id,

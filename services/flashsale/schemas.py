@@ -120,9 +120,12 @@ class AuditOut(BaseModel):
 
 
 class PurchaseRequest(_Strict):
-    """How many units to buy."""
+    """How many units to buy, and optionally which coupons to price the order with."""
 
     quantity: Annotated[StrictInt, Field(ge=1, le=MAX_UNITS_PER_PURCHASE)]
+    coupon_ids: list[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]] = Field(
+        default_factory=list, max_length=5
+    )
 
 
 class PurchaseAccepted(BaseModel):

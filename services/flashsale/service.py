@@ -195,7 +195,14 @@ class FlashSaleService:
     # ---------------------------------------------------------------- the purchase
 
     async def purchase(
-        self, *, sale_id: int, user_id: str, quantity: int, idempotency: str, request_fingerprint: str
+        self,
+        *,
+        sale_id: int,
+        user_id: str,
+        quantity: int,
+        idempotency: str,
+        request_fingerprint: str,
+        event_extra: str = "",
     ) -> tuple[str, int]:
         """Reserve units for a user; returns (reservation id, quantity) or raises a domain error."""
         if self.sold_out.is_sold_out(sale_id):
@@ -219,6 +226,7 @@ class FlashSaleService:
                 reservation_id=os.urandom(16).hex(),
                 idempotency_ttl=self.settings.idempotency_ttl_seconds,
                 reserved_at=utcnow().isoformat(),
+                event_extra=event_extra,
             )
             accepted = outcome.kind in ("OK", "REPLAY")
         except RedisError as exc:

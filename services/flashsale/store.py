@@ -168,6 +168,7 @@ class StockStore:
         reservation_id: str,
         idempotency_ttl: int,
         reserved_at: str,
+        event_extra: str = "",
     ) -> PurchaseOutcome:
         """Run the purchase script: one round trip, all-or-nothing."""
         res = await self._purchase(
@@ -187,6 +188,7 @@ class StockStore:
                 idempotency_ttl,
                 sale_id,
                 reserved_at,
+                event_extra,
             ],
         )
         kind = res[0]

@@ -31,3 +31,9 @@ class OrderSettings(BaseServiceSettings):
     relay_interval_seconds: float = 0.05
     relay_batch: int = 1000
     max_long_poll_seconds: float = 20.0
+    # Orders that name coupons are priced (and their coupons locked) by the coupon service.
+    coupon_url: str = "http://127.0.0.1:8103"
+    coupon_timeout_seconds: float = 2.0
+    reprice_interval_seconds: float = 1.0
+    # Bearer token with the admin role for service-to-service calls; minted from JWT_SECRET when empty.
+    service_token: str = ""

@@ -33,3 +33,9 @@ class PaymentUnavailable(ProblemError):
     status = 503
     code = "PAYMENT_UNAVAILABLE"
     title = "No payment provider could take the payment; the order stays payable"
+
+
+class PricingPending(ProblemError):
+    status = 409
+    code = "ORDER_PRICING_PENDING"
+    title = "The order is being priced with its coupons; retry shortly"

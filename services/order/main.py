@@ -17,6 +17,7 @@ from services.common.defaults import add_service_defaults
 from services.common.resources import open_engine, open_redis, session_factory
 from services.order import admin, router
 from services.order.config import OrderSettings
+from services.order.coupons import CouponClient
 from services.order.events import PurchaseIngest
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
@@ -41,7 +42,8 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
             failure_threshold=settings.breaker_failure_threshold,
             reset_timeout_s=settings.breaker_reset_seconds,
         )
-        service = OrderService(settings=settings, redis=redis, sessions=sessions, payments=payments)
+        coupons = CouponClient(settings)
+        service = OrderService(settings=settings, redis=redis, sessions=sessions, payments=payments, coupons=coupons)
         ingest = PurchaseIngest(service, replica)
         app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
         app.state.service, app.state.ingest, app.state.payments = service, ingest, payments
@@ -73,6 +75,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
             await asyncio.wait(tasks, timeout=5)
             await ingest.aclose()
             await payments.aclose()
+            await coupons.aclose()
             await redis.aclose()
             await engine.dispose()
 

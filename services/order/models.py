@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -36,6 +36,7 @@ class Order(Base):
             "deadline_at",
             postgresql_where="state = 'pending_payment'",
         ),
+        Index("ix_orders_pricing_pending", "created_at", postgresql_where="pricing = 'coupons_pending'"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -55,6 +56,12 @@ class Order(Base):
     payment_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
     payment_ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Coupons the buyer named, and how they priced the order: final, or coupons_pending while the
+    # coupon service has not answered yet (such an order cannot be paid until it is priced).
+    coupon_ids: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    coupons: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    member: Mapped[bool] = mapped_column(Boolean, default=False)
+    pricing: Mapped[str] = mapped_column(String(16), default="final")
 
     lines: Mapped[list[OrderLine]] = relationship(order_by="OrderLine.id", lazy="raise")
 

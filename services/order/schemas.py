@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +37,8 @@ class OrderOut(BaseModel):
     closed_at: datetime | None
     close_reason: str | None
     payment_provider: str | None
+    pricing: str = "final"
+    coupons: dict[str, Any] | None = None
 
 
 class PaymentAttemptOut(BaseModel):

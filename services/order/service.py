@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import orjson
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
@@ -21,6 +22,7 @@ from sqlalchemy.orm import selectinload
 from services.common.streams import encode_event
 from services.order import errors
 from services.order.config import OrderSettings
+from services.order.coupons import CouponClient
 from services.order.models import AuditEntry, Order, OrderState, OutboxEvent, PaymentAttempt
 from services.order.payments import PaymentResult, PaymentRouter
 from services.order.schemas import AdminOrderOut, OrderLineOut, OrderOut, OrderStats, PaymentAttemptOut
@@ -66,6 +68,9 @@ ORDER_COLUMNS = {
     "reserved_at": "timestamptz",
     "created_at": "timestamptz",
     "deadline_at": "timestamptz",
+    "coupon_ids": "jsonb",
+    "member": "boolean",
+    "pricing": "text",
 }
 LINE_COLUMNS = {
     "order_id": "text",
@@ -145,6 +150,8 @@ def order_view(order: Order) -> OrderOut:
         closed_at=order.closed_at,
         close_reason=order.close_reason,
         payment_provider=order.payment_provider,
+        pricing=order.pricing,
+        coupons=order.coupons,
     )
 
 
@@ -155,7 +162,18 @@ def _snapshot(order: Order) -> dict[str, Any]:
 class ParsedPurchase:
     """A purchase event checked for what an order needs."""
 
-    __slots__ = ("currency", "quantity", "reservation_id", "reserved_at", "sale_id", "sku", "unit_price", "user_id")
+    __slots__ = (
+        "coupon_ids",
+        "currency",
+        "member",
+        "quantity",
+        "reservation_id",
+        "reserved_at",
+        "sale_id",
+        "sku",
+        "unit_price",
+        "user_id",
+    )
 
     def __init__(self, event: dict[str, Any]) -> None:
         missing = [f for f in REQUIRED_EVENT_FIELDS if event.get(f) in (None, "")]
@@ -170,6 +188,11 @@ class ParsedPurchase:
         self.currency = str(event.get("currency") or "USD")[:3]
         if self.quantity < 1 or self.unit_price < 0:
             raise ValueError("purchase event with a bad quantity or price")
+        coupons = event.get("coupon_ids") or []
+        if not isinstance(coupons, list) or len(coupons) > 5 or not all(isinstance(c, str) for c in coupons):
+            raise ValueError("purchase event with malformed coupon_ids")
+        self.coupon_ids = [c[:32] for c in coupons]
+        self.member = bool(event.get("member"))
         reserved = event.get("reserved_at")
         self.reserved_at = datetime.fromisoformat(reserved) if isinstance(reserved, str) else None
 
@@ -184,11 +207,13 @@ class OrderService:
         redis: Redis,
         sessions: async_sessionmaker[AsyncSession],
         payments: PaymentRouter,
+        coupons: CouponClient | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.sessions = sessions
         self.payments = payments
+        self.coupons = coupons
         self._recent_pays: deque[bool] = deque(maxlen=1000)
 
     # ---------------------------------------------------------------- orders from purchase events
@@ -221,6 +246,9 @@ class OrderService:
                     "reserved_at": p.reserved_at,
                     "created_at": now,
                     "deadline_at": deadline,
+                    "coupon_ids": orjson.dumps(p.coupon_ids).decode(),
+                    "member": p.member,
+                    "pricing": "coupons_pending" if p.coupon_ids else "final",
                 }
             )
         async with self.sessions.begin() as session:
@@ -256,7 +284,68 @@ class OrderService:
             await session.execute(INSERT_LINES, _columns(lines, LINE_COLUMNS))
             await session.execute(INSERT_OUTBOX, _columns(outbox, OUTBOX_COLUMNS))
         ORDERS_CREATED.inc(len(created))
+        with_coupons = [order_id for order_id, rid in created if by_rid[rid].coupon_ids]
+        if with_coupons and self.coupons is not None:
+            await self.price_with_coupons(order_ids=with_coupons)
         return len(created)
+
+    async def price_with_coupons(self, *, order_ids: Sequence[str] | None = None, limit: int = 100) -> int:
+        """Price orders that name coupons through the coupon service (which locks the coupons).
+
+        Runs right after the orders are created and again from a background job for any the coupon
+        service could not answer yet; an order is payable only once priced. Returns orders priced.
+        """
+        if self.coupons is None:
+            return 0
+        query = (
+            select(Order)
+            .where(Order.pricing == "coupons_pending", Order.state == OrderState.PENDING_PAYMENT.value)
+            .options(selectinload(Order.lines))
+            .order_by(Order.created_at)
+            .limit(limit)
+        )
+        if order_ids is not None:
+            query = query.where(Order.id.in_(list(order_ids)))
+        async with self.sessions() as session:
+            pending = list((await session.scalars(query)).all())
+
+        async def price(order: Order) -> dict[str, Any] | None:
+            assert self.coupons is not None
+            lines = [
+                {"sku": li.sku, "sale_id": li.sale_id, "unit_price": li.unit_price, "quantity": li.quantity}
+                for li in order.lines
+            ]
+            try:
+                return await self.coupons.lock(
+                    order_id=order.id,
+                    user_id=order.user_id,
+                    member=order.member,
+                    lines=lines,
+                    coupon_ids=order.coupon_ids,
+                )
+            except httpx.HTTPError as exc:
+                log.warning("coupon pricing of order %s deferred: %s", order.id, type(exc).__name__)
+                return None
+
+        quotes = await asyncio.gather(*(price(o) for o in pending))
+        priced = 0
+        async with self.sessions.begin() as session:
+            for order, quote in zip(pending, quotes, strict=True):
+                if quote is None:
+                    continue
+                discount = max(0, min(int(quote["discount"]), order.subtotal))
+                result = await session.execute(
+                    update(Order)
+                    .where(Order.id == order.id, Order.pricing == "coupons_pending")
+                    .values(
+                        discount=discount,
+                        total=order.subtotal - discount,
+                        coupons={"discounts": quote["discounts"], "rejections": quote["rejections"]},
+                        pricing="final",
+                    )
+                )
+                priced += int(getattr(result, "rowcount", 0) or 0)
+        return priced
 
     # ---------------------------------------------------------------- storefront reads
 
@@ -349,6 +438,8 @@ class OrderService:
             raise errors.OrderNotFound(f"No order {order_id}")
         if order.state != OrderState.PENDING_PAYMENT.value:
             raise errors.InvalidOrderState(f"The order is {order.state}", extra={"state": order.state})
+        if order.pricing != "final":
+            raise errors.PricingPending("The order's coupons are still being applied", headers={"Retry-After": "1"})
         if order.deadline_at <= utcnow():
             raise errors.OrderExpired("The payment deadline has passed", extra={"state": order.state})
         # One provider key per order: a buyer's second click can never become a second charge.

@@ -112,6 +112,16 @@ def test_order_pays_through_both_paysim_providers() -> None:
     assert names == {"primary", "backup"}
 
 
+def test_coupon_replicas_keep_their_own_database() -> None:
+    for replica in ("coupon-1", "coupon-2"):
+        service = SERVICES[replica]
+        env = service["environment"]
+        assert env["COUPON_DATABASE_URL"].endswith("@postgres:5432/coupons")
+        assert not {name for name in service["depends_on"] if name in APP_SERVICES}, f"{replica} calls no service"
+    script = " ".join(command_of(SERVICES["migrate"]))
+    assert 'python -m services.common.migrate coupon "$${PG_SERVER}/coupons"' in script
+
+
 @pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
 def test_replica_runs_uvicorn_like_the_launcher(spec: Any, replica: str, port: int) -> None:
     _target, in_compose = uvicorn_options(command_of(SERVICES[replica]))
@@ -198,6 +208,7 @@ def test_launcher_table_has_unique_names_and_ports() -> None:
     assert stack.spec_named("flashsale").ports == (8102, 8112)
     assert stack.spec_named("order").ports == (8104, 8114)
     assert stack.spec_named("paysim").ports == (8105, 8115)
+    assert stack.spec_named("coupon").ports == (8103, 8113)
 
 
 def test_launcher_table_order_database_and_payment_providers() -> None:

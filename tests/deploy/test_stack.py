@@ -179,6 +179,24 @@ def test_paysim_replicas_are_primary_and_backup_without_a_database(monkeypatch: 
     assert names == ["primary", "backup"]
 
 
+def test_coupon_replicas_use_the_coupons_database_and_start_before_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STACK_PORT_OFFSET", "1000")
+    spec = stack.spec_named("coupon")
+    assert (spec.app, spec.env_prefix, spec.database, spec.ports) == (
+        "services.coupon.main:app",
+        "COUPON_",
+        "coupons",
+        (8103, 8113),
+    )
+    for replica, port in spec.replicas(1000):
+        env = stack.service_env(spec, replica, port, stack.Backends(*BACKENDS))
+        assert env["COUPON_DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5440/coupons"
+        assert env["REDIS_URL"] == BACKENDS[0]
+        assert env["COUPON_PORT"] == str(port) and env["REPLICA_ID"] == replica
+    names = [s.name for s in stack.SERVICES]
+    assert names.index("coupon") < names.index("order"), "order prices its orders through coupon"
+
+
 def test_replica_env_needs_one_entry_per_port() -> None:
     with pytest.raises(ValueError, match="one entry per port"):
         stack.ServiceSpec("x", "x:app", (1, 2), "X_", None, replica_env=({"A": "1"},))
@@ -196,6 +214,7 @@ def test_migrations_cover_every_database(monkeypatch: pytest.MonkeyPatch, stack_
     migrated = [(cmd[-2], cmd[-1]) for cmd in commands]
     assert migrated == [
         ("flashsale", "postgresql+asyncpg://postgres@127.0.0.1:5440/flashsale"),
+        ("coupon", "postgresql+asyncpg://postgres@127.0.0.1:5440/coupons"),
         ("order", "postgresql+asyncpg://postgres@127.0.0.1:5440/orders"),
     ]
     assert all(cmd[1:4] == ["-m", "services.common.migrate", cmd[-2]] for cmd in commands)
@@ -279,11 +298,13 @@ def test_demo_keeps_a_running_stack_and_up_restores_the_default_deadline(monkeyp
 
 def test_down_stops_order_before_the_providers_it_calls_and_backends_last(stack_dir: Path) -> None:
     gone = {"pid": 2**22 + 12345, "start": "1", "log": ""}  # no such process: each stop is a no-op
-    names = ["flashsale-1", "order-1", "order-2", "paysim-1", "paysim-2", "redis"]
+    names = ["flashsale-1", "order-1", "coupon-2", "order-2", "paysim-1", "coupon-1", "paysim-2", "redis"]
     procs = {name: {**gone, "kind": "backend" if name == "redis" else "service"} for name in names}
     assert stack.stop_recorded({"processes": procs}) == [
         "order-2",
         "order-1",
+        "coupon-2",
+        "coupon-1",
         "paysim-2",
         "paysim-1",
         "flashsale-1",

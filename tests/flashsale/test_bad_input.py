@@ -50,6 +50,9 @@ def _is_problem(resp: httpx.Response, status: int, code: str) -> None:
         ({}, 422, "VALIDATION_ERROR"),
         ({"quantity": 1, "price": 1}, 422, "VALIDATION_ERROR"),
         ([1], 422, "VALIDATION_ERROR"),
+        ({"quantity": 1, "coupon_ids": ["c"] * 6}, 422, "VALIDATION_ERROR"),
+        ({"quantity": 1, "coupon_ids": ["not a coupon id!"]}, 422, "VALIDATION_ERROR"),
+        ({"quantity": 1, "coupon_ids": "c1"}, 422, "VALIDATION_ERROR"),
     ],
 )
 async def test_bad_quantity_is_refused_and_changes_nothing(

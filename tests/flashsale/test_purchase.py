@@ -158,3 +158,16 @@ async def test_the_purchase_is_documented_in_openapi(client: httpx.AsyncClient) 
     assert operation["requestBody"]["content"]["application/json"]["schema"]["properties"]["quantity"]["maximum"] == 100
     assert {"202", "409", "423", "429"} <= set(operation["responses"])
     assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+
+
+async def test_same_key_with_other_coupons_is_another_request(client: httpx.AsyncClient) -> None:
+    sale = await live_sale(client, quantity=10)
+    url = f"/sales/{sale['id']}/purchase"
+    headers = customer_headers("coupon-key", key="k-1")
+    first = await client.post(url, json={"quantity": 1, "coupon_ids": ["c1"]}, headers=headers)
+    same = await client.post(url, json={"quantity": 1, "coupon_ids": ["c1"]}, headers=headers)
+    other = await client.post(url, json={"quantity": 1}, headers=headers)
+    assert first.status_code == same.status_code == 202
+    assert first.content == same.content
+    assert other.status_code == 422
+    assert other.json()["code"] == "IDEMPOTENCY_KEY_REUSED"

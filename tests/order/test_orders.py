@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ from tests.conftest import (
     SERVER_URL,
     TEST_REDIS_URL,
     PaySims,
+    Processes,
     admin_headers,
     customer_headers,
     drop_database,
@@ -32,7 +33,23 @@ DEADLINE_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
-async def orders(redis: Redis, paysim: PaySims, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+def coupon_url(database: str) -> Iterator[str]:
+    """The coupon service as a real process (the order service prices orders through it over HTTP)."""
+    url = make_url(SERVER_URL).set(database="coupons_order_test").render_as_string(hide_password=False)
+    asyncio.run(drop_database("coupons_order_test"))
+    upgrade("coupon", url)
+    procs = Processes()
+    try:
+        yield procs.start(
+            "services.coupon.main:app",
+            {"COUPON_DATABASE_URL": url, "REDIS_URL": TEST_REDIS_URL, "REPLICA_ID": "coupon-for-orders"},
+        )
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+async def orders(redis: Redis, paysim: PaySims, app: FastAPI, coupon_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The order service in-process, beside the in-process flashsale app (which consumes order events)."""
     await drop_database("orders_test")
     await asyncio.to_thread(upgrade, "order", ORDER_DB_URL)
@@ -48,6 +65,7 @@ async def orders(redis: Redis, paysim: PaySims, app: FastAPI) -> AsyncIterator[h
         sweeper_interval_seconds=0.2,
         stream_discovery_seconds=0.2,
         replica_id="order-test",
+        coupon_url=coupon_url,
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
@@ -338,3 +356,51 @@ async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
         assert (await _order_of(orders, "idle-2", rid))["state"] == "pending_payment"  # new work is picked up
     finally:
         ingest.follower.idle_seconds = 60.0
+
+
+async def test_purchase_naming_a_coupon_is_priced_with_it_and_payment_uses_it(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, coupon_url: str
+) -> None:
+    sale = await live_sale(client, quantity=10, per_user_limit=2, price=20_000, original_price=30_000)
+    async with httpx.AsyncClient(base_url=coupon_url) as coupons:
+        template = await coupons.post(
+            "/admin/templates",
+            json={
+                "name": "spend 300 save 50",
+                "kind": "tiered",
+                "tiers": [{"spend": 30_000, "off": 5_000}, {"spend": 50_000, "off": 10_000}],
+                "scope": "sales",
+                "scope_sales": [sale["id"]],
+                "total_quantity": 10,
+            },
+            headers=admin_headers(),
+        )
+        assert template.status_code == 201, template.text
+        claim = await coupons.post(
+            f"/templates/{template.json()['id']}/claim", headers=customer_headers("couponer", "c-1")
+        )
+        coupon_id = claim.json()["coupon_id"]
+        resp = await client.post(
+            f"/sales/{sale['id']}/purchase",
+            json={"quantity": 2, "coupon_ids": [coupon_id]},
+            headers=customer_headers("couponer", "buy-1"),
+        )
+        assert resp.status_code == 202, resp.text
+        rid = resp.json()["reservation_id"]
+
+        async def priced() -> dict[str, Any] | None:
+            order = await _order_of(orders, "couponer", rid)
+            return order if order["pricing"] == "final" else None
+
+        order = await wait_for(priced)
+        assert (order["subtotal"], order["discount"], order["total"]) == (40_000, 5_000, 35_000), order["coupons"]
+        assert [d["coupon_id"] for d in order["coupons"]["discounts"]] == [coupon_id]
+        assert "spend" in order["coupons"]["discounts"][0]["reason"]
+        paid = await _pay(orders, "couponer", order["id"])
+        assert paid.status_code == 200, paid.text
+
+        async def used() -> bool:
+            wallet = (await coupons.get("/wallet", headers=customer_headers("couponer"))).json()
+            return bool(wallet[0]["state"] == "used")
+
+        await wait_for(used)

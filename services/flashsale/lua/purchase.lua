@@ -2,7 +2,7 @@
 -- KEYS: 1 sale hash, 2 per-user bought hash, 3 reservations hash, 4 idempotency key,
 --       5 purchase event stream, 6 alert stream
 -- ARGV: 1 user id, 2 quantity, 3 request fingerprint, 4 new reservation id, 5 idempotency ttl (s),
---       6 sale id, 7 reserved_at (ISO 8601, informational)
+--       6 sale id, 7 reserved_at (ISO 8601, informational), 8 JSON object of extra event fields or ''
 local uid, qty, fp, rid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 
 -- Idempotent replay comes first: an accepted purchase keeps its answer whatever happened since.
@@ -51,10 +51,18 @@ redis.call('HINCRBY', KEYS[1], 'n_ok', 1)
 redis.call('HINCRBY', KEYS[2], uid, qty)
 redis.call('HSET', KEYS[3], rid, uid .. '|' .. qty .. '|reserved')
 redis.call('SET', KEYS[4], fp .. '|' .. rid .. '|' .. qty, 'EX', ARGV[5])
-redis.call('XADD', KEYS[5], '*', 'type', 'purchase.reserved', 'v', '1', 'data', cjson.encode({
-  reservation_id = rid, sale_id = tonumber(ARGV[6]), user_id = uid, sku = m[11],
-  quantity = qty, unit_price = tonumber(m[10]), currency = m[12] or 'USD',
-  reserved_at = ARGV[7], reserved_at_ms = now}))
+local event = {}
+if ARGV[8] and ARGV[8] ~= '' then event = cjson.decode(ARGV[8]) end
+event.reservation_id = rid
+event.sale_id = tonumber(ARGV[6])
+event.user_id = uid
+event.sku = m[11]
+event.quantity = qty
+event.unit_price = tonumber(m[10])
+event.currency = m[12] or 'USD'
+event.reserved_at = ARGV[7]
+event.reserved_at_ms = now
+redis.call('XADD', KEYS[5], '*', 'type', 'purchase.reserved', 'v', '1', 'data', cjson.encode(event))
 
 local crossed, sold_out, paused = 0, 0, 0
 local threshold = tonumber(m[6])
