@@ -15,6 +15,8 @@ from services.coupon.schemas import (
     CompensationRequest,
     LockRequest,
     QuoteOut,
+    RefundOut,
+    RefundRequest,
     TemplateCreate,
     TemplateOut,
     TemplateStats,
@@ -76,4 +78,19 @@ async def lock_for_order(body: LockRequest, user: AdminUser, service: ServiceDep
         is_member=body.is_member,
         lines=body.lines,
         coupon_ids=body.coupon_ids,
+    )
+
+
+@router.post("/refund-amount", response_model=RefundOut)
+async def refund_amount(body: RefundRequest, user: AdminUser, service: ServiceDep) -> RefundOut:
+    """How much to refund when some lines of a paid order that used coupons are returned.
+
+    Rule: **refund = what the customer paid - what the kept lines cost with the same coupons.** A coupon
+    keeps its effect only while the kept lines still earn it. With the tiers spend 300 save 50 / spend 500
+    save 100, an order of 600.00 paid 500.00; returning a 150.00 line leaves 450.00, which earns only 50.00
+    off, so the kept lines cost 400.00 and the refund is 100.00 (not 150.00). Returning everything refunds
+    exactly what was paid; a refund is never negative and never more than what was paid.
+    """
+    return await service.refund_amount(
+        order_id=body.order_id, user_id=body.user_id, lines=body.lines, refunded=body.refunded
     )

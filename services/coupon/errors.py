@@ -39,3 +39,9 @@ class ClaimUnavailable(ProblemError):
     status = 503
     code = "COUPON_UNAVAILABLE"
     title = "Coupon claims are unavailable; retry with the same Idempotency-Key"
+
+
+class InvalidRefund(ProblemError):
+    status = 422
+    code = "INVALID_REFUND"
+    title = "The refunded lines do not match the order"

@@ -154,3 +154,19 @@ class TemplateStats(BaseModel):
     locked: int
     used: int
     discount_given: int
+
+
+class RefundRequest(_Strict):
+    """A partial refund of a paid order that used coupons."""
+
+    order_id: str = Field(min_length=1, max_length=32)
+    user_id: str = Field(min_length=1, max_length=128)
+    lines: list[LineIn] = Field(min_length=1, max_length=100)
+    refunded: list[LineIn] = Field(min_length=1, max_length=100)
+
+
+class RefundOut(BaseModel):
+    order_id: str
+    paid: int
+    kept_total: int
+    refund: int

@@ -20,12 +20,13 @@ from services.common.idempotency import IdempotencyKeyReused
 from services.coupon import errors
 from services.coupon.config import CouponSettings
 from services.coupon.models import AuditEntry, Coupon, CouponState, PaidOrder, Template
-from services.coupon.pricing import CouponRule, Customer, Line, Quote, Tier, quote, validate_rule
+from services.coupon.pricing import CouponRule, Customer, Line, Quote, Tier, quote, refund_amount, validate_rule
 from services.coupon.schemas import (
     ClaimedCoupon,
     DiscountOut,
     LineIn,
     QuoteOut,
+    RefundOut,
     RejectionOut,
     TemplateCreate,
     TemplateOut,
@@ -363,6 +364,33 @@ class CouponService:
                     coupon.discount = applied[coupon.id]
                     coupon.locked_at = now
         return quote_view(result)
+
+    async def refund_amount(
+        self, *, order_id: str, user_id: str, lines: Sequence[LineIn], refunded: Sequence[LineIn]
+    ) -> RefundOut:
+        """What to give back for returned lines of an order that used coupons (see `pricing.refund_amount`)."""
+        async with self.sessions() as session:
+            held = (
+                await session.execute(
+                    select(Coupon, Template)
+                    .join(Template, Template.id == Coupon.template_id)
+                    .where(Coupon.order_id == order_id, Coupon.user_id == user_id)
+                    .order_by(Coupon.locked_at, Coupon.id)
+                )
+            ).all()
+            customer = await self._customer(session, user_id, False)
+        rules = [rule_of(t, c) for c, t in held]
+        now = utcnow()
+        try:
+            paid = quote(
+                _lines(lines), customer, rules, now=now, chosen=[r.coupon_id for r in rules], order_id=order_id
+            )
+            refund = refund_amount(
+                lines=_lines(lines), refunded=_lines(refunded), customer=customer, coupons=rules, now=now
+            )
+        except ValueError as exc:
+            raise errors.InvalidRefund(str(exc)) from None
+        return RefundOut(order_id=order_id, paid=paid.total, kept_total=paid.total - refund, refund=refund)
 
     async def on_order_event(self, event: dict[str, Any]) -> None:
         """Use coupons of paid orders, free those of cancelled or expired ones; repeats change nothing."""

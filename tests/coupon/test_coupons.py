@@ -261,3 +261,28 @@ async def test_compensation_coupons_reach_every_listed_user_once(coupons: httpx.
     assert sorted(c["coupon_id"] for c in first.json()) == sorted(c["coupon_id"] for c in again.json())
     assert (await _stats(coupons, template["id"]))["claimed"] == 3
     assert template["id"] not in [t["id"] for t in (await coupons.get("/templates")).json()]  # not claimable
+
+
+async def test_partial_refund_below_the_tier_gives_back_less(coupons: httpx.AsyncClient) -> None:
+    template = await _template(coupons, kind="tiered", amount_off=0, tiers=TIERS)
+    cid = (await _claim(coupons, template["id"], "refunder")).json()["coupon_id"]
+    await wait_for(lambda: _wallet_size(coupons, "refunder", 1))
+    lines = [_line(45_000, sku="SKU-A"), _line(15_000, sku="SKU-B")]
+    body = {"order_id": "refund-order", "user_id": "refunder", "lines": lines, "coupon_ids": [cid]}
+    locked = (await coupons.post("/admin/locks", json=body, headers=admin_headers())).json()
+    assert (locked["subtotal"], locked["total"]) == (60_000, 50_000)
+
+    async def refund(refunded: list[dict[str, Any]]) -> httpx.Response:
+        return await coupons.post(
+            "/admin/refund-amount",
+            json={"order_id": "refund-order", "user_id": "refunder", "lines": lines, "refunded": refunded},
+            headers=admin_headers(),
+        )
+
+    partial = (await refund([_line(15_000, sku="SKU-B")])).json()
+    assert (partial["paid"], partial["kept_total"], partial["refund"]) == (50_000, 40_000, 10_000)
+    whole = (await refund(lines)).json()
+    assert whole["refund"] == 50_000
+    bad = await refund([_line(99_000, sku="SKU-Z")])
+    assert bad.status_code == 422
+    assert bad.json()["code"] == "INVALID_REFUND"

@@ -101,11 +101,13 @@ def test_replica_reaches_and_waits_for_the_replicas_it_links_to(spec: Any, repli
     assert app_deps == linked, f"{replica} waits for {sorted(app_deps)}, links to {sorted(linked)}"
 
 
-def test_order_pays_through_both_paysim_providers() -> None:
+def test_order_pays_through_both_providers_and_prices_through_coupon_1() -> None:
     for replica in ("order-1", "order-2"):
         env = SERVICES[replica]["environment"]
         assert env["ORDER_PAYSIM_PRIMARY_URL"] == "http://paysim-1:8105"
         assert env["ORDER_PAYSIM_BACKUP_URL"] == "http://paysim-2:8115"
+        assert env["ORDER_COUPON_URL"] == "http://coupon-1:8103"
+        assert SERVICES[replica]["depends_on"]["coupon-1"]["condition"] == "service_healthy"
         assert env["ORDER_DATABASE_URL"].endswith("@postgres:5432/orders")
     names = {SERVICES[r]["environment"]["PAYSIM_NAME"] for r in ("paysim-1", "paysim-2")}
     assert SERVICES["paysim-1"]["environment"]["PAYSIM_NAME"] == "primary"
@@ -216,7 +218,11 @@ def test_launcher_table_order_database_and_payment_providers() -> None:
     assert (order.app, order.env_prefix, order.database) == ("services.order.main:app", "ORDER_", "orders")
     assert (paysim.app, paysim.env_prefix, paysim.database) == ("services.paysim.main:app", "PAYSIM_", None)
     assert [paysim.env_of(replica)["PAYSIM_NAME"] for replica, _port in paysim.replicas()] == ["primary", "backup"]
-    assert order.links == {"ORDER_PAYSIM_PRIMARY_URL": "paysim-1", "ORDER_PAYSIM_BACKUP_URL": "paysim-2"}
+    assert order.links == {
+        "ORDER_PAYSIM_PRIMARY_URL": "paysim-1",
+        "ORDER_PAYSIM_BACKUP_URL": "paysim-2",
+        "ORDER_COUPON_URL": "coupon-1",
+    }
 
 
 def test_launcher_starts_a_service_after_those_it_links_to() -> None:

@@ -148,13 +148,16 @@ def test_private_postgres_trusts_the_postgres_user_and_down_stops_it(
 BACKENDS = ("redis://127.0.0.1:6390/0", "postgresql+asyncpg://postgres@127.0.0.1:5440/postgres", "", "")
 
 
-def test_order_replica_env_links_both_providers_respecting_the_port_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_order_replica_env_links_providers_and_coupon_respecting_the_port_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("STACK_PORT_OFFSET", "1000")
     spec = stack.spec_named("order")
     env = stack.service_env(spec, "order-1", 9104, stack.Backends(*BACKENDS))
     assert env["ORDER_DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5440/orders"
     assert env["ORDER_PAYSIM_PRIMARY_URL"] == "http://127.0.0.1:9105"
     assert env["ORDER_PAYSIM_BACKUP_URL"] == "http://127.0.0.1:9115"
+    assert env["ORDER_COUPON_URL"] == "http://127.0.0.1:9103"
     assert env["REPLICA_ID"] == "order-1"
 
 
@@ -248,13 +251,13 @@ def _fake_processes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return events
 
 
-def test_order_starts_once_both_payment_providers_are_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_order_starts_once_the_providers_and_coupon_are_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     events = _fake_processes(monkeypatch)
     state: dict[str, dict[str, dict[str, object]]] = {"processes": {}}
     overrides = {"order": {"ORDER_PAYMENT_DEADLINE_SECONDS": "20"}}
     started = stack.start_services(state, stack.Backends(*BACKENDS), overrides)
     assert set(started) == {replica for spec in stack.SERVICES for replica, _port in spec.replicas()}
-    for provider in ("paysim-1", "paysim-2"):
+    for provider in ("paysim-1", "paysim-2", "coupon-1"):
         for order in ("order-1", "order-2"):
             assert events.index(("ready", provider)) < events.index(("spawn", order))
     assert {name for kind, name in events if kind == "ready"} == set(started), "every replica is waited for"
@@ -264,6 +267,7 @@ def test_order_starts_once_both_payment_providers_are_ready(monkeypatch: pytest.
     env = procs["order-2"]["env"]
     assert isinstance(env, dict) and env["ORDER_PAYMENT_DEADLINE_SECONDS"] == "20"
     assert env["ORDER_PAYSIM_BACKUP_URL"] == "http://127.0.0.1:8115"
+    assert env["ORDER_COUPON_URL"] == "http://127.0.0.1:8103"
 
 
 def _running_stack(deadline: str | None) -> dict[str, dict[str, dict[str, object]]]:
