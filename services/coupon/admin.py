@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Header
 
 from services.common.auth import AdminUser
 from services.common.idempotency import fingerprint
 from services.coupon.deps import ServiceDep
+from services.coupon.errors import OrdersUnavailable
+from services.coupon.orders import buyers_hit_by_system_failure
 from services.coupon.router import TemplateId
 from services.coupon.schemas import (
     ClaimedCoupon,
@@ -62,10 +65,18 @@ async def compensate(
     service: ServiceDep,
     key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> list[ClaimedCoupon]:
-    """Issue one coupon to each listed user; the same batch (Idempotency-Key) issues nothing twice."""
+    """Issue one coupon to each listed user, or to every buyer of `sale_id` whose order a system failure
+    cancelled (asked of the order service); the same batch (Idempotency-Key) issues nothing twice."""
     batch = key or fingerprint(body.model_dump())
+    user_ids = body.user_ids
+    if user_ids is None:
+        assert body.sale_id is not None
+        try:
+            user_ids = await buyers_hit_by_system_failure(service.settings, body.sale_id)
+        except httpx.HTTPError:
+            raise OrdersUnavailable("The order service did not answer; nothing was issued") from None
     return await service.issue_compensation(
-        actor=user.user_id, template_id=body.template_id, user_ids=body.user_ids, reason=body.reason, batch=batch
+        actor=user.user_id, template_id=body.template_id, user_ids=user_ids, reason=body.reason, batch=batch
     )
 
 

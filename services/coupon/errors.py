@@ -45,3 +45,9 @@ class InvalidRefund(ProblemError):
     status = 422
     code = "INVALID_REFUND"
     title = "The refunded lines do not match the order"
+
+
+class OrdersUnavailable(ProblemError):
+    status = 503
+    code = "ORDERS_UNAVAILABLE"
+    title = "The order service did not answer"

@@ -139,11 +139,21 @@ class QuoteOut(BaseModel):
 
 
 class CompensationRequest(_Strict):
-    """Issue one coupon of a (compensation) template to each listed user."""
+    """Issue one coupon of a template to each listed user, or to every buyer of a sale whose order was
+    cancelled by a system failure (give exactly one of `user_ids` and `sale_id`)."""
 
     template_id: Annotated[StrictInt, Field(ge=1)]
-    user_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1, max_length=10_000)
+    user_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, min_length=1, max_length=10_000
+    )
+    sale_id: Annotated[StrictInt, Field(ge=1)] | None = None
     reason: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CompensationRequest:
+        if (self.user_ids is None) == (self.sale_id is None):
+            raise ValueError("give exactly one of user_ids and sale_id")
+        return self
 
 
 class TemplateStats(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -22,12 +22,15 @@ async def search_orders(
     sale_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     state: OrderState | None = None,
+    close_reason: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[OrderOut]:
-    """Orders by sale, user and state (refund_pending ones need a human)."""
+    """Orders by sale, user, state and close reason (refund_pending ones need a human)."""
     await service.audit_read(actor=user.user_id, action="search")
-    return await service.admin_search(sale_id=sale_id, user_id=user_id, state=state, limit=limit, offset=offset)
+    return await service.admin_search(
+        sale_id=sale_id, user_id=user_id, state=state, limit=limit, offset=offset, close_reason=close_reason
+    )
 
 
 @router.get("/orders/stats", response_model=OrderStats)
@@ -46,10 +49,16 @@ async def admin_order(order_id: OrderId, user: AdminUser, service: ServiceDep) -
     return await service.admin_get(order_id)
 
 
+CancelReason = Literal["cancelled_by_ops", "system_failure"]
+
+
 @router.post("/orders/{order_id}/cancel", response_model=OrderOut)
-async def force_cancel(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
-    """Cancel an unpaid order on the buyer's behalf."""
-    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="cancel")
+async def force_cancel(
+    order_id: OrderId, user: AdminUser, service: ServiceDep, reason: CancelReason = "cancelled_by_ops"
+) -> OrderOut:
+    """Cancel an unpaid order on the buyer's behalf; `system_failure` marks orders our outage broke
+    (the coupon service can compensate all of them in one call)."""
+    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="cancel", reason=reason)
 
 
 @router.post("/orders/{order_id}/fulfil", response_model=OrderOut)

@@ -557,10 +557,19 @@ class OrderService:
             await self._audit(session, actor=actor, action=action, order_id=None)
 
     async def admin_search(
-        self, *, sale_id: int | None, user_id: str | None, state: OrderState | None, limit: int, offset: int
+        self,
+        *,
+        sale_id: int | None,
+        user_id: str | None,
+        state: OrderState | None,
+        limit: int,
+        offset: int,
+        close_reason: str | None = None,
     ) -> list[OrderOut]:
-        """Orders by sale, user and state, newest first."""
+        """Orders by sale, user, state and close reason, newest first."""
         query = select(Order).options(selectinload(Order.lines)).order_by(Order.created_at.desc(), Order.id)
+        if close_reason is not None:
+            query = query.where(Order.close_reason == close_reason)
         if sale_id is not None:
             query = query.where(Order.sale_id == sale_id)
         if user_id is not None:
@@ -585,14 +594,16 @@ class OrderService:
                 attempts=[PaymentAttemptOut.model_validate(a) for a in attempts],
             )
 
-    async def admin_transition(self, *, actor: str, order_id: str, action: str) -> OrderOut:
+    async def admin_transition(
+        self, *, actor: str, order_id: str, action: str, reason: str = "cancelled_by_ops"
+    ) -> OrderOut:
         """force_cancel (unpaid), fulfil (paid) or refund (paid or refund_pending)."""
         async with self.sessions.begin() as session:
             order = await self._owned_locked(session, order_id, None)
             before = _snapshot(order)
             if action == "cancel":
-                order.close_reason = "cancelled_by_ops"
-                self._move(session, order, OrderState.CANCELLED, reason="cancelled_by_ops")
+                order.close_reason = reason
+                self._move(session, order, OrderState.CANCELLED, reason=reason)
             elif action == "fulfil":
                 self._move(session, order, OrderState.FULFILLED)
             else:

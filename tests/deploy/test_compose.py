@@ -96,9 +96,21 @@ def test_replica_reaches_and_waits_for_the_replicas_it_links_to(spec: Any, repli
     for var, target in spec.links.items():
         assert env[var] == f"http://{target}:{stack.replica_port(target)}", f"{replica}: {var} by service name"
         assert depends[target]["condition"] == "service_healthy", f"{replica} must wait for a healthy {target}"
+    for var, target in spec.calls.items():
+        assert env[var] == f"http://{target}:{stack.replica_port(target)}", f"{replica}: {var} by service name"
     linked = set(spec.links.values())
     app_deps = {name for name in depends if name in APP_SERVICES}
     assert app_deps == linked, f"{replica} waits for {sorted(app_deps)}, links to {sorted(linked)}"
+
+
+def test_no_replica_waits_for_itself_through_others() -> None:
+    def waits_for(name: str, seen: tuple[str, ...] = ()) -> None:
+        assert name not in seen, f"depends_on cycle: {' -> '.join((*seen, name))}"
+        for dep in SERVICES[name].get("depends_on", {}):
+            waits_for(dep, (*seen, name))
+
+    for name in SERVICES:
+        waits_for(name)
 
 
 def test_order_pays_through_both_providers_and_prices_through_coupon_1() -> None:
@@ -119,7 +131,8 @@ def test_coupon_replicas_keep_their_own_database() -> None:
         service = SERVICES[replica]
         env = service["environment"]
         assert env["COUPON_DATABASE_URL"].endswith("@postgres:5432/coupons")
-        assert not {name for name in service["depends_on"] if name in APP_SERVICES}, f"{replica} calls no service"
+        assert env["COUPON_ORDER_URL"] == "http://order-1:8104"
+        assert not {name for name in service["depends_on"] if name in APP_SERVICES}, f"{replica} waits for no service"
     script = " ".join(command_of(SERVICES["migrate"]))
     assert 'python -m services.common.migrate coupon "$${PG_SERVER}/coupons"' in script
 

@@ -196,6 +196,7 @@ def test_coupon_replicas_use_the_coupons_database_and_start_before_order(monkeyp
         assert env["COUPON_DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5440/coupons"
         assert env["REDIS_URL"] == BACKENDS[0]
         assert env["COUPON_PORT"] == str(port) and env["REPLICA_ID"] == replica
+        assert env["COUPON_ORDER_URL"] == "http://127.0.0.1:9104", "compensation asks order-1"
     names = [s.name for s in stack.SERVICES]
     assert names.index("coupon") < names.index("order"), "order prices its orders through coupon"
 
@@ -325,3 +326,32 @@ def test_command_line_deadline_and_fault_flags() -> None:
     assert stack.parse_args(["demo", "--fail-primary"]).fail_primary is True
     with pytest.raises(SystemExit):
         stack.parse_args(["up", "--payment-deadline", "0"])
+
+
+def test_demo_coupon_template_is_valid_and_scoped_to_the_demo_sale() -> None:
+    from services.coupon.pricing import validate_rule
+    from services.coupon.schemas import TemplateCreate
+    from services.coupon.service import rule_of
+
+    body = stack.coupon_template_body(42, 250)
+    template = TemplateCreate.model_validate(body)  # what POST /admin/templates accepts
+    assert validate_rule(rule_of(template)) == []
+    assert (template.scope, template.scope_sales, template.total_quantity, template.per_user_limit) == (
+        "sales",
+        [42],
+        250,
+        1,
+    )
+    # One demo unit earns the first tier, two units the second; less earns nothing.
+    assert stack._tier_discount(stack.DEMO_PRICE - 1) == 0
+    assert 0 < stack._tier_discount(stack.DEMO_PRICE) < stack._tier_discount(2 * stack.DEMO_PRICE) < stack.DEMO_PRICE
+
+
+def test_demo_coupon_claimers_are_spread_over_the_crowd() -> None:
+    claimers = stack._spread(1000, 300)
+    assert len(set(claimers)) == 300 and claimers[0] == 0 and max(claimers) < 1000
+    assert sum(1 for i in claimers if i < 100) in range(29, 32), "some of the first buyers (who get stock) hold one"
+    assert stack._spread(10, 300) == list(range(10))
+    demo = stack.parse_args(["demo"])
+    assert (demo.coupon_users, demo.coupons) == (300, 250)
+    assert stack.parse_args(["demo", "--coupon-users", "0"]).coupon_users == 0

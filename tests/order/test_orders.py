@@ -33,7 +33,30 @@ DEADLINE_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
-def coupon_url(database: str) -> Iterator[str]:
+def order_url(database: str) -> Iterator[str]:
+    """A real order process on the test database, answering the admin API for the coupon service.
+
+    It follows no purchase streams (an empty registry): the in-process replica creates the orders.
+    """
+    asyncio.run(drop_database("orders_test"))
+    upgrade("order", ORDER_DB_URL)
+    procs = Processes()
+    try:
+        yield procs.start(
+            "services.order.main:app",
+            {
+                "ORDER_DATABASE_URL": ORDER_DB_URL,
+                "REDIS_URL": TEST_REDIS_URL,
+                "REPLICA_ID": "order-admin-only",
+                "ORDER_PURCHASE_STREAM_REGISTRY": "test:no-streams",
+            },
+        )
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def coupon_url(order_url: str) -> Iterator[str]:
     """The coupon service as a real process (the order service prices orders through it over HTTP)."""
     url = make_url(SERVER_URL).set(database="coupons_order_test").render_as_string(hide_password=False)
     asyncio.run(drop_database("coupons_order_test"))
@@ -42,7 +65,12 @@ def coupon_url(database: str) -> Iterator[str]:
     try:
         yield procs.start(
             "services.coupon.main:app",
-            {"COUPON_DATABASE_URL": url, "REDIS_URL": TEST_REDIS_URL, "REPLICA_ID": "coupon-for-orders"},
+            {
+                "COUPON_DATABASE_URL": url,
+                "REDIS_URL": TEST_REDIS_URL,
+                "REPLICA_ID": "coupon-for-orders",
+                "COUPON_ORDER_URL": order_url,
+            },
         )
     finally:
         procs.stop_all()
@@ -51,8 +79,6 @@ def coupon_url(database: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 async def orders(redis: Redis, paysim: PaySims, app: FastAPI, coupon_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The order service in-process, beside the in-process flashsale app (which consumes order events)."""
-    await drop_database("orders_test")
-    await asyncio.to_thread(upgrade, "order", ORDER_DB_URL)
     settings = OrderSettings(
         env="test",
         database_url=ORDER_DB_URL,
@@ -287,9 +313,11 @@ async def test_admin_stats_search_fulfil_and_refund(client: httpx.AsyncClient, o
     assert cancelled.json()["state"] == "cancelled"
 
 
-@pytest.fixture(scope="module")
-async def slow_payment_orders(orders: httpx.AsyncClient, paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
-    """A second order replica whose deadline (2 s) is shorter than a slow provider's answer."""
+@pytest.fixture
+async def slow_payment_orders(
+    orders: httpx.AsyncClient, paysim: PaySims, coupon_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A second order replica, for one test, whose deadline (2 s) is shorter than a slow provider's answer."""
     settings = OrderSettings(
         env="test",
         database_url=ORDER_DB_URL,
@@ -301,6 +329,7 @@ async def slow_payment_orders(orders: httpx.AsyncClient, paysim: PaySims) -> Asy
         sweeper_interval_seconds=0.2,
         stream_discovery_seconds=0.2,
         replica_id="order-test-slow",
+        coupon_url=coupon_url,
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
@@ -404,3 +433,35 @@ async def test_purchase_naming_a_coupon_is_priced_with_it_and_payment_uses_it(
             return bool(wallet[0]["state"] == "used")
 
         await wait_for(used)
+
+
+async def test_compensation_reaches_every_buyer_whose_order_a_system_failure_cancelled(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, coupon_url: str
+) -> None:
+    sale = await live_sale(client, quantity=10, per_user_limit=1)
+    ids = {}
+    for user in ("hit-1", "hit-2", "spared", "hit-3"):
+        rid = await _buy(client, sale["id"], user)
+        ids[user] = (await _order_of(orders, user, rid))["id"]
+    for user in ("hit-1", "hit-2", "hit-3"):
+        resp = await orders.post(
+            f"/admin/orders/{ids[user]}/cancel", params={"reason": "system_failure"}, headers=admin_headers()
+        )
+        assert resp.json()["close_reason"] == "system_failure"
+    await orders.post(f"/admin/orders/{ids['spared']}/cancel", headers=admin_headers())  # ops, not an outage
+    async with httpx.AsyncClient(base_url=coupon_url) as coupons:
+        template = await coupons.post(
+            "/admin/templates",
+            json={"name": "sorry", "kind": "compensation", "amount_off": 1_000, "total_quantity": 100},
+            headers=admin_headers(),
+        )
+        issued = await coupons.post(
+            "/admin/compensation",
+            json={"template_id": template.json()["id"], "sale_id": sale["id"], "reason": "checkout outage"},
+            headers=admin_headers(),
+        )
+        assert issued.status_code == 200, issued.text
+        assert len(issued.json()) == 3
+        for user, expected in (("hit-1", 1), ("hit-2", 1), ("hit-3", 1), ("spared", 0)):
+            wallet = (await coupons.get("/wallet", headers=customer_headers(user))).json()
+            assert len([c for c in wallet if c["template"]["kind"] == "compensation"]) == expected
