@@ -112,6 +112,7 @@ class CouponService:
 
     def _claim_config(self, t: Template) -> dict[str, Any]:
         return {
+            "incarnation": _ms(t.created_at),
             "state": t.state,
             "total": t.total_quantity,
             "limit": t.per_user_limit,
@@ -411,7 +412,7 @@ class CouponService:
                         .values(order_id=order_id, user_id=str(event["user_id"]))
                         .on_conflict_do_nothing(index_elements=["order_id"])
                     )
-            elif event_type in ("order.cancelled", "order.expired"):
+            elif event_type in ("order.cancelled", "order.expired", "order.coupons_released"):
                 await session.execute(
                     update(Coupon)
                     .where(Coupon.order_id == order_id, Coupon.state == CouponState.LOCKED.value)

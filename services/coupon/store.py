@@ -41,14 +41,19 @@ class ClaimStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script((LUA_DIR / "claim.lua").read_text())
+        self._load = redis.register_script((LUA_DIR / "load_template.lua").read_text())
 
     async def load_template(self, *, template_id: int, config: dict[str, Any]) -> None:
-        """Write a template's claim configuration; the claimed counter is kept if it exists."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(template_key(template_id), mapping=config)  # type: ignore[arg-type]
-            pipe.hsetnx(template_key(template_id), "claimed", 0)
-            pipe.sadd(CLAIM_STREAM_REGISTRY, claim_stream(template_id))
-            await pipe.execute()
+        """Write a template's claim configuration; its claim counters start at zero only the first time.
+
+        Counters left by another template with the same id (the database was recreated while Redis kept
+        its data) belong to coupons that no longer exist, and are cleared.
+        """
+        args: list[Any] = [config["incarnation"]]
+        for field, value in config.items():
+            args += [field, value]
+        await self._load(keys=[template_key(template_id), claims_key(template_id)], args=args)
+        await self.redis.sadd(CLAIM_STREAM_REGISTRY, claim_stream(template_id))
 
     async def set_state(self, template_id: int, state: str) -> None:
         """active or paused."""

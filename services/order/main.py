@@ -56,6 +56,9 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                 run_every(settings.sweeper_interval_seconds, "expiry sweeper", service.expire_due, stop)
             ),
             asyncio.create_task(
+                run_every(settings.reprice_interval_seconds, "coupon pricing", service.price_with_coupons, stop)
+            ),
+            asyncio.create_task(
                 run_every(
                     settings.relay_interval_seconds,
                     "outbox relay",

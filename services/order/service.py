@@ -336,7 +336,11 @@ class OrderService:
                 discount = max(0, min(int(quote["discount"]), order.subtotal))
                 result = await session.execute(
                     update(Order)
-                    .where(Order.id == order.id, Order.pricing == "coupons_pending")
+                    .where(
+                        Order.id == order.id,
+                        Order.pricing == "coupons_pending",
+                        Order.state == OrderState.PENDING_PAYMENT.value,
+                    )
                     .values(
                         discount=discount,
                         total=order.subtotal - discount,
@@ -344,7 +348,17 @@ class OrderService:
                         pricing="final",
                     )
                 )
-                priced += int(getattr(result, "rowcount", 0) or 0)
+                if getattr(result, "rowcount", 0):
+                    priced += 1
+                else:
+                    # Closed while the coupon service answered; its close event may have been handled
+                    # before the lock landed, so tell the coupon service again that the coupons are free.
+                    session.add(
+                        OutboxEvent(
+                            event_type="order.coupons_released",
+                            payload={"order_id": order.id, "user_id": order.user_id, "at": utcnow().isoformat()},
+                        )
+                    )
         return priced
 
     # ---------------------------------------------------------------- storefront reads

@@ -286,3 +286,20 @@ async def test_partial_refund_below_the_tier_gives_back_less(coupons: httpx.Asyn
     bad = await refund([_line(99_000, sku="SKU-Z")])
     assert bad.status_code == 422
     assert bad.json()["code"] == "INVALID_REFUND"
+
+
+async def test_counters_left_by_an_earlier_template_with_the_same_id_are_not_inherited(
+    coupons: httpx.AsyncClient, redis: Redis
+) -> None:
+    latest = await _template(coupons)
+    next_id = latest["id"] + 1
+    # What a recreated database meets: Redis still holds the claims of an older template with this id.
+    await redis.hset(f"{{cp:{next_id}}}:t", mapping={"claimed": 5, "total": 5, "incarnation": "1"})
+    await redis.hset(f"{{cp:{next_id}}}:users", "heir", 1)
+    await redis.set(f"{{cp:{next_id}}}:idem:4:heir:k", "old-coupon|1")
+    fresh = await _template(coupons, total_quantity=5)
+    assert fresh["id"] == next_id
+    claim = await _claim(coupons, next_id, "heir")
+    assert claim.status_code == 201, claim.text
+    assert claim.json()["coupon_id"] != "old-coupon"
+    assert (await _stats(coupons, next_id))["claimed"] == 1

@@ -355,3 +355,62 @@ def test_demo_coupon_claimers_are_spread_over_the_crowd() -> None:
     demo = stack.parse_args(["demo"])
     assert (demo.coupon_users, demo.coupons) == (300, 250)
     assert stack.parse_args(["demo", "--coupon-users", "0"]).coupon_users == 0
+
+
+class _Answer:
+    def __init__(self, body: object) -> None:
+        self.status_code, self.body, self.text = 200, body, str(body)
+
+    def json(self) -> object:
+        return self.body
+
+
+def _coupon_outcome(stats: dict[str, int], wallet: list[str]) -> tuple[list[str], list[str]]:
+    """coupon_summary over a paid and an expired order that used coupons c1 / c2, against a fake coupon service."""
+
+    class Client:
+        def get(self, url: str, **_kw: object) -> _Answer:
+            if url.endswith("/stats"):
+                return _Answer({"total_quantity": 2, "claimed": 2, "in_wallets": 2, **stats})
+            return _Answer([{"coupon_id": c} for c in wallet])
+
+    def order(rid: str, state: str, coupon: str) -> dict[str, object]:
+        discount = stack._tier_discount(stack.DEMO_PRICE)
+        applied = {"coupon_id": coupon, "amount": discount}
+        return {
+            "id": f"o-{rid}",
+            "reservation_id": rid,
+            "state": state,
+            "subtotal": stack.DEMO_PRICE,
+            "discount": discount,
+            "total": stack.DEMO_PRICE - discount,
+            "coupons": {"discounts": [applied], "rejections": []},
+        }
+
+    claims = stack.Claims(template={"id": 1, "total_quantity": 2}, claimers=2, coupons={0: "c1", 1: "c2"})
+    claims.replayed_same = 2
+    claims.second["CLAIM_LIMIT_REACHED"] = 2
+    burst = stack.BurstResult(reservations={"r1": (0, 1), "r2": (1, 1)}, coupon_of={"r1": "c1", "r2": "c2"})
+    paid, expired = order("r1", "paid", "c1"), order("r2", "expired", "c2")
+    gmv = stack.DEMO_PRICE - stack._tier_discount(stack.DEMO_PRICE)
+    settled = stack.Settled(
+        {"gmv": gmv}, {}, 1, {"expired": 1}, 1, 20, 0, False, {"paid": [paid], "expired": [expired]}
+    )
+    return stack.coupon_summary(
+        Client(), bases=["http://c"], admin={}, tokens=["t0", "t1"], claims=claims, burst=burst, settled=settled
+    )
+
+
+def test_demo_checks_used_coupons_against_paid_orders_and_freed_ones_in_wallets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stack, "COUPON_SETTLE_SECONDS", 0)
+    monkeypatch.setattr(stack.time, "sleep", lambda _s: None)
+    discount = stack._tier_discount(stack.DEMO_PRICE)
+    good = {"locked": 0, "used": 1, "discount_given": discount}
+    lines, problems = _coupon_outcome(good, ["c2"])
+    assert problems == [] and any("1 of 1 coupons of unpaid orders" in line for line in lines)
+    _lines, problems = _coupon_outcome({**good, "locked": 1, "used": 0, "discount_given": 0}, [])
+    assert any("still locked" in p for p in problems)
+    assert any("0 coupons used; 1 paid orders carry one" in p for p in problems)
+    assert any("only 0 of the 1 coupons of unpaid orders" in p for p in problems)
