@@ -13,7 +13,9 @@ Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else f
 them). Everything this launcher starts is recorded in .stack/state.json; `down` stops exactly that and
 nothing else. STACK_PORT_OFFSET=<n> shifts every service port by n, to run beside a stack on the usual ports.
 The demo runs a flash sale, then its orders: the buyers pay some, the rest expire (the order replicas the demo
-starts give 20 s to pay) and their units go back in stock.
+starts give 20 s to pay) and their units go back in stock. Before the sale, some buyers claim a coupon of a
+template scoped to the sale and name it in their purchase; coupons of paid orders get used, those of expired
+orders return to their wallets.
 Only the standard library is imported at module level, so tests can read the service table.
 """
 
@@ -82,6 +84,10 @@ class ServiceSpec:
     # Env var -> replica it must reach: the var gets that replica's base URL, and that replica is ready
     # before this service starts (in docker-compose.yml: http://<replica>:<port> and depends_on healthy).
     links: dict[str, str] = field(default_factory=dict)
+    # Env var -> replica it calls only while serving a request (never to start): the var gets that replica's
+    # base URL, but this service does not wait for it, so two services may call each other (no start cycle).
+    # In docker-compose.yml: http://<replica>:<port>, and no depends_on.
+    calls: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.replica_env and len(self.replica_env) != len(self.ports):
@@ -100,7 +106,6 @@ class ServiceSpec:
 # The stack in start order (a service after those it links to). A service joins with one line here
 # (and its replicas in docker-compose.yml), e.g.:
 #   ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
-#   ServiceSpec("coupon", "services.coupon.main:app", (8103, 8113), "COUPON_", "coupon"),
 #   ServiceSpec("gateway", "services.gateway.main:app", (8000,), "GATEWAY_", None),
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("flashsale", "services.flashsale.main:app", (8102, 8112), "FLASHSALE_", "flashsale"),
@@ -113,13 +118,27 @@ SERVICES: tuple[ServiceSpec, ...] = (
         None,
         replica_env=({"PAYSIM_NAME": "primary"}, {"PAYSIM_NAME": "backup"}),
     ),
+    # Coupon templates, claims and wallets; it prices and locks the coupons of orders. Its own database.
+    # Compensation asks the order service whose orders a system failure cancelled (order starts after coupon).
+    ServiceSpec(
+        "coupon",
+        "services.coupon.main:app",
+        (8103, 8113),
+        "COUPON_",
+        "coupons",
+        calls={"COUPON_ORDER_URL": "order-1"},
+    ),
     ServiceSpec(
         "order",
         "services.order.main:app",
         (8104, 8114),
         "ORDER_",
         "orders",
-        links={"ORDER_PAYSIM_PRIMARY_URL": "paysim-1", "ORDER_PAYSIM_BACKUP_URL": "paysim-2"},
+        links={
+            "ORDER_PAYSIM_PRIMARY_URL": "paysim-1",
+            "ORDER_PAYSIM_BACKUP_URL": "paysim-2",
+            "ORDER_COUPON_URL": "coupon-1",  # prices orders that name coupons, and locks those coupons
+        },
     ),
 )
 PAYMENT_DEADLINE_VAR = "ORDER_PAYMENT_DEADLINE_SECONDS"  # the order service's time to pay (default 900 s)
@@ -694,7 +713,7 @@ def service_env(
     spec: ServiceSpec, replica: str, port: int, backends: Backends, overrides: dict[str, str] | None = None
 ) -> dict[str, str]:
     """The environment of one replica: the shared Redis, its own database, its replica id, its own extra
-    variables, the URLs of the replicas it links to, then `overrides` (e.g. a demo's payment deadline)."""
+    variables, the URLs of the replicas it links to or calls, then `overrides` (e.g. a demo's payment deadline)."""
     env = dict(os.environ)
     env.update(
         {
@@ -709,7 +728,7 @@ def service_env(
         env[f"{spec.env_prefix}DATABASE_URL"] = database_url_for(backends.database_url, spec.database)
     env.update(spec.env_of(replica))
     offset = port_offset()
-    for var, target in spec.links.items():
+    for var, target in {**spec.links, **spec.calls}.items():
         env[var] = f"http://{HOST}:{replica_port(target, offset)}"
     env.update(overrides or {})
     return env
@@ -940,13 +959,26 @@ class BurstResult:
     transport_errors: int = 0
     elapsed: float = 0.0
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # reservation id -> (buyer, units)
+    coupon_of: dict[str, str] = field(default_factory=dict)  # reservation id -> the coupon its purchase named
 
 
-async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts: int, concurrency: int) -> BurstResult:
-    """Every user tries to buy one unit up to `attempts` times, alternating replicas; sold out stops them."""
+async def _burst(
+    *,
+    bases: list[str],
+    sale_id: int,
+    tokens: list[str],
+    attempts: int,
+    concurrency: int,
+    coupons: dict[int, str] | None = None,
+) -> BurstResult:
+    """Every user tries to buy one unit up to `attempts` times, alternating replicas; sold out stops them.
+
+    A buyer holding a coupon (`coupons`: buyer -> coupon id) names it in each purchase until one is accepted.
+    """
     import httpx
 
     result = BurstResult()
+    unspent = dict(coupons or {})
     queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
     for item in enumerate(tokens):
         queue.put_nowait(item)
@@ -956,22 +988,26 @@ async def _burst(*, bases: list[str], sale_id: int, tokens: list[str], attempts:
     async def buy(client: httpx.AsyncClient, index: int, token: str) -> str | None:
         """One attempt; returns the rejection code, or None when accepted."""
         headers = {"authorization": f"Bearer {token}", "idempotency-key": uuid.uuid4().hex}
+        coupon = unspent.get(index)
+        body: dict[str, Any] = {"quantity": 1} if coupon is None else {"quantity": 1, "coupon_ids": [coupon]}
         result.requests += 1
         try:
-            resp = await client.post(path, json={"quantity": 1}, headers=headers)
+            resp = await client.post(path, json=body, headers=headers)
         except httpx.HTTPError:
             result.transport_errors += 1
             return "TRANSPORT_ERROR"
         try:
-            body = resp.json()
+            answer = resp.json()
         except ValueError:
-            body = {}
+            answer = {}
         if resp.status_code == 202:
             result.accepted += 1
-            result.units += int(body["quantity"])
-            result.reservations[str(body["reservation_id"])] = (index, int(body["quantity"]))
+            result.units += int(answer["quantity"])
+            result.reservations[str(answer["reservation_id"])] = (index, int(answer["quantity"]))
+            if coupon is not None:
+                result.coupon_of[str(answer["reservation_id"])] = unspent.pop(index)
             return None
-        code = str(body.get("code", f"HTTP_{resp.status_code}"))
+        code = str(answer.get("code", f"HTTP_{resp.status_code}"))
         result.rejections[code] += 1
         return code
 
@@ -1020,6 +1056,7 @@ ORDER_CONCURRENCY = 20  # order calls in flight at once during the demo
 LONG_POLL_SECONDS = 10
 MAX_DEMO_WAIT = 60  # seconds: longer to pay than this and the buyers cancel their unpaid orders instead
 CLOSED_STATES = ("expired", "cancelled")  # an unpaid order's end: flashsale releases its units
+PRICING_RETRIES = 20  # a payment of an order still being priced with its coupons is retried every 0.5 s
 
 
 @dataclass(slots=True)
@@ -1032,6 +1069,7 @@ class OrdersResult:
     unpaid: list[dict[str, Any]] = field(default_factory=list)  # orders left unpaid on purpose
     pay_failures: Counter[str] = field(default_factory=Counter)  # refused payments, by code
     cancelled: int = 0  # unpaid orders the buyers cancelled (too long to wait for their deadline)
+    pricing_waits: int = 0  # payments answered ORDER_PRICING_PENDING (coupons not applied yet) and retried
     fetch_elapsed: float = 0.0
     pay_elapsed: float = 0.0
 
@@ -1084,12 +1122,17 @@ async def _orders_and_payments(
     async def pay(n: int, order: dict[str, Any]) -> None:
         buyer = reservations[order["reservation_id"]][0]
         headers = {**auth(buyer), "idempotency-key": uuid.uuid4().hex}
-        async with limit:
-            try:
-                resp = await clients[n % len(clients)].post(f"/orders/{order['id']}/pay", headers=headers)
-            except httpx.HTTPError as exc:
-                result.pay_failures[type(exc).__name__] += 1
-                return
+        for _attempt in range(PRICING_RETRIES):
+            async with limit:
+                try:
+                    resp = await clients[n % len(clients)].post(f"/orders/{order['id']}/pay", headers=headers)
+                except httpx.HTTPError as exc:
+                    result.pay_failures[type(exc).__name__] += 1
+                    return
+            if resp.status_code != 409 or _problem_code(resp) != "ORDER_PRICING_PENDING":
+                break
+            result.pricing_waits += 1  # its coupons are still being applied: pay once it is priced
+            await asyncio.sleep(0.5)
         if resp.status_code == 200:
             result.paid[order["id"]] = resp.json()
         else:
@@ -1151,6 +1194,308 @@ def _money(minor: int, currency: str = "USD") -> str:
     return f"{symbol}{minor / 100:,.2f}"
 
 
+# ---------------------------------------------------------------- demo coupons
+
+DEMO_PRICE = 1999  # the demo sale's unit price, minor units
+# The demo's coupon, for the demo sale only: buy one unit ($19.99) save $3.00, two units ($39.98) save $8.00.
+DEMO_COUPON_TIERS = ((DEMO_PRICE, 300), (2 * DEMO_PRICE, 800))
+COUPON_CONCURRENCY = 50  # claims in flight at once
+COUPON_SETTLE_SECONDS = 15.0  # how long the coupon service may take to use / free the coupons of settled orders
+
+
+def _tier_discount(amount: int) -> int:
+    """What the demo coupon takes off an in-scope amount."""
+    return max((off for spend, off in DEMO_COUPON_TIERS if spend <= amount), default=0)
+
+
+def _spread(users: int, n: int) -> list[int]:
+    """n buyers spread evenly over the crowd (so that some of them get to buy before the stock runs out)."""
+    n = min(n, users)
+    return [i * users // n for i in range(n)]
+
+
+def coupon_template_body(sale_id: int, total: int) -> dict[str, Any]:
+    """The demo's tiered coupon template, scoped to the demo sale, one per buyer."""
+    tiers = ", ".join(f"spend {_money(spend)} save {_money(off)}" for spend, off in DEMO_COUPON_TIERS)
+    return {
+        "name": f"Sale {sale_id}: {tiers}",
+        "kind": "tiered",
+        "tiers": [{"spend": spend, "off": off} for spend, off in DEMO_COUPON_TIERS],
+        "scope": "sales",
+        "scope_sales": [sale_id],
+        "total_quantity": total,
+        "per_user_limit": 1,
+        "valid_days": 1,
+    }
+
+
+@dataclass(slots=True)
+class Claims:
+    """The demo's coupon template and what its claimers got."""
+
+    template: dict[str, Any]
+    claimers: int = 0
+    coupons: dict[int, str] = field(default_factory=dict)  # buyer -> the coupon claimed
+    refused: Counter[str] = field(default_factory=Counter)  # first claims refused, by code
+    replayed_same: int = 0  # a claim repeated with the same Idempotency-Key answered with the same coupon
+    replayed_other: Counter[str] = field(default_factory=Counter)  # ... answered otherwise, by answer
+    second: Counter[str] = field(default_factory=Counter)  # a second claim (new key) by a holder, by answer
+    requests: int = 0
+    elapsed: float = 0.0
+    quotes: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (units, a holder's best quote)
+
+
+async def _claim_coupons(*, bases: list[str], claims: Claims, tokens: list[str], claimers: list[int]) -> None:
+    """Each claimer claims one coupon, alternating replicas; a holder then repeats the claim with the same
+    Idempotency-Key (must return the same coupon) and tries a second one with a new key (must be refused)."""
+    import httpx
+
+    template_id = int(claims.template["id"])
+    path = f"/templates/{template_id}/claim"
+    clients = [
+        httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(15.0), limits=httpx.Limits(max_connections=50))
+        for base in bases
+    ]
+    limit = asyncio.Semaphore(COUPON_CONCURRENCY)
+    claims.claimers = len(claimers)
+
+    async def claim(n: int, buyer: int, key: str) -> tuple[str, str | None]:
+        """(outcome, coupon id): outcome CLAIMED or the refusal's code."""
+        headers = {"authorization": f"Bearer {tokens[buyer]}", "idempotency-key": key}
+        claims.requests += 1
+        try:
+            resp = await clients[n % len(clients)].post(path, headers=headers)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, None
+        if resp.status_code == 201:
+            return "CLAIMED", str(resp.json()["coupon_id"])
+        return _problem_code(resp), None
+
+    async def claimer(n: int, buyer: int) -> None:
+        async with limit:
+            key = uuid.uuid4().hex
+            outcome, coupon = await claim(n, buyer, key)
+            if coupon is None:
+                claims.refused[outcome] += 1
+                return
+            claims.coupons[buyer] = coupon
+            outcome, again = await claim(n + 1, buyer, key)  # a retry, on the other replica
+            if again == coupon:
+                claims.replayed_same += 1
+            else:
+                claims.replayed_other[outcome if again is None else "ANOTHER_COUPON"] += 1
+            outcome, _second = await claim(n, buyer, uuid.uuid4().hex)
+            claims.second[outcome] += 1
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(claimer(n, buyer) for n, buyer in enumerate(claimers)))
+        claims.elapsed = time.perf_counter() - start
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def _stale_template_keys(redis_url: str, template_id: int) -> list[str]:
+    """Claim state Redis should not have for a template just created."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True)
+    try:
+        stale = [key for key in (f"{{cp:{template_id}}}:users", f"{{cp:{template_id}}}:claims") if client.exists(key)]
+        if int(client.hget(f"{{cp:{template_id}}}:t", "claimed") or 0):
+            stale.append(f"{{cp:{template_id}}}:t claimed")
+        return stale
+    finally:
+        client.close()
+
+
+def seed_coupons(
+    client: Any,
+    *,
+    bases: list[str],
+    admin: dict[str, str],
+    tokens: list[str],
+    sale: dict[str, Any],
+    args: argparse.Namespace,
+    redis_url: str,
+) -> Claims:
+    """Create the demo's coupon template, have `args.coupon_users` buyers claim one each, and quote a holder's
+    order of one and two units with the best coupons of the wallet (`coupon_ids: null`)."""
+    body = coupon_template_body(int(sale["id"]), args.coupons)
+    template = _check(client.post(f"{bases[0]}/admin/templates", json=body, headers=admin), "POST /admin/templates")
+    stale = _stale_template_keys(redis_url, int(template["id"]))
+    if stale:
+        raise StackError(
+            f"Redis at {redis_url} already holds claims of a coupon template {template['id']} ({', '.join(stale)}) "
+            "that the coupons database no longer has (was the database recreated and Redis kept?). Flush that Redis "
+            "database, or start from empty private backends (`make clean`, then `stack.py demo --private`)"
+        )
+    claims = Claims(template=template)
+    claimers = _spread(len(tokens), args.coupon_users)
+    asyncio.run(_claim_coupons(bases=bases, claims=claims, tokens=tokens, claimers=claimers))
+    if claims.coupons:
+        buyer = min(claims.coupons)
+        auth = {"authorization": f"Bearer {tokens[buyer]}"}
+        for units in (1, 2):
+            line = {"sku": sale["sku"], "sale_id": int(sale["id"]), "unit_price": int(sale["price"]), "quantity": units}
+            quote = _check(
+                client.post(
+                    f"{bases[units % len(bases)]}/quote", json={"lines": [line], "coupon_ids": None}, headers=auth
+                ),
+                "POST /quote",
+            )
+            claims.quotes.append((units, quote))
+    refused = ", ".join(f"{code} {n:,}" for code, n in claims.refused.most_common()) or "none"
+    say(
+        f"coupon template {template['id']} ({template['name']}, sale {sale['id']} only): "
+        f"{len(claims.coupons):,} of {template['total_quantity']:,} claimed by {claims.claimers:,} buyers "
+        f"in {claims.elapsed:.2f}s (refused: {refused})"
+    )
+    for units, quote in claims.quotes:
+        reasons = "; ".join(d["reason"] for d in quote["discounts"]) or "no coupon applies"
+        say(
+            f"  quote, {units} unit{'s' if units > 1 else ''}: {_money(quote['subtotal'])} - "
+            f"{_money(quote['discount'])} = {_money(quote['total'])} ({reasons})"
+        )
+    return claims
+
+
+def _claims_problems(claims: Claims, stats: dict[str, Any]) -> list[str]:
+    """What is wrong with the claims: more coupons than the template has, lost claims, broken limits."""
+    total = int(claims.template["total_quantity"])
+    claimed = int(stats["claimed"])
+    problems = []
+    if claimed > total or len(claims.coupons) > total:
+        problems.append(f"COUPONS OVER-CLAIMED: {claimed} claimed ({len(claims.coupons)} answers) of {total}")
+    unanswered = sum(
+        n for code, n in claims.refused.items() if code not in ("COUPONS_EXHAUSTED", "CLAIM_LIMIT_REACHED")
+    )
+    if not unanswered and claimed != len(claims.coupons):
+        problems.append(f"the template counts {claimed} claims; the claimers got {len(claims.coupons)} coupons")
+    if not unanswered and len(claims.coupons) != min(total, claims.claimers):
+        problems.append(f"{claims.claimers} claimers for {total} coupons got {len(claims.coupons)}")
+    if claims.replayed_other:
+        problems.append(
+            f"claims repeated with the same Idempotency-Key answered otherwise: {dict(claims.replayed_other)}"
+        )
+    if claims.second.get("CLAIMED"):
+        problems.append(f"{claims.second['CLAIMED']} buyers claimed a second coupon (limit 1 per buyer)")
+    if int(stats["in_wallets"]) != claimed:
+        problems.append(f"{claimed} coupons claimed but {stats['in_wallets']} in wallets")
+    for units, quote in claims.quotes:
+        if int(quote["discount"]) != _tier_discount(units * DEMO_PRICE):
+            problems.append(f"a holder's quote of {units} units takes off {quote['discount']}")
+    return problems
+
+
+def coupon_summary(
+    client: Any,
+    *,
+    bases: list[str],
+    admin: dict[str, str],
+    tokens: list[str],
+    claims: Claims,
+    burst: BurstResult,
+    settled: Settled,
+) -> tuple[list[str], list[str]]:
+    """What became of the coupons (the orders that named one, used, freed again): summary lines and problems.
+
+    Used coupons must be those of the paid orders that applied one; those of expired or cancelled orders must be
+    back in their buyers' wallets as available (nothing left locked), and the discount given must add up.
+    """
+    template_id = int(claims.template["id"])
+    stats_url = f"{bases[0]}/admin/templates/{template_id}/stats"
+    applied = {state: [o for o in found if _discounts(o)] for state, found in settled.orders.items()}
+    used_expected = len(applied.get("paid", []))
+    freed = [o for state in CLOSED_STATES for o in applied.get(state, [])]
+    give_up = time.monotonic() + COUPON_SETTLE_SECONDS
+    while True:  # the coupon service follows the order events stream
+        stats = _check(client.get(stats_url, headers=admin), "coupon stats")
+        done = int(stats["locked"]) == 0 and int(stats["used"]) == used_expected
+        if (done and int(stats["in_wallets"]) == int(stats["claimed"])) or time.monotonic() > give_up:
+            break
+        time.sleep(0.5)
+
+    named: dict[str, dict[str, Any]] = {}  # orders whose purchase named a coupon, by reservation id
+    problems = _claims_problems(claims, stats)
+    for state, found in settled.orders.items():
+        for order in found:
+            coupon = burst.coupon_of.get(order["reservation_id"])
+            discounts = _discounts(order)
+            expected = _tier_discount(int(order["subtotal"])) if coupon else 0
+            if coupon:
+                named[order["reservation_id"]] = order
+            if int(order["discount"]) != expected or [d["coupon_id"] for d in discounts] != (
+                [coupon] if coupon else []
+            ):
+                problems.append(
+                    f"{state} order {order['id']} (coupon {coupon or 'none'}) has discount {order['discount']}, "
+                    f"expected {expected}; coupons {order.get('coupons')}"
+                )
+            if int(order["total"]) != int(order["subtotal"]) - int(order["discount"]):
+                problems.append(f"order {order['id']}: total {order['total']} != subtotal - discount")
+    rejected = Counter(r["code"] for o in named.values() for r in (o.get("coupons") or {}).get("rejections", []))
+    given = sum(int(o["discount"]) for o in applied.get("paid", []))
+
+    # Coupons of unpaid orders: available again, in their buyers' wallets.
+    back = 0
+    for order in freed:
+        buyer = burst.reservations[order["reservation_id"]][0]
+        resp = client.get(
+            f"{bases[1 % len(bases)]}/wallet",
+            params={"state": "available"},
+            headers={"authorization": f"Bearer {tokens[buyer]}"},
+        )
+        if resp.status_code != 200:
+            raise StackError(f"GET /wallet answered {resp.status_code}: {resp.text}")
+        held = {str(c["coupon_id"]) for c in resp.json()}
+        back += all(d["coupon_id"] in held for d in _discounts(order))
+
+    lines = []
+    second = ", ".join(f"{code} {n:,}" for code, n in claims.second.most_common()) or "none"
+    lines.append(
+        f"  coupon claims     {stats['claimed']} of {stats['total_quantity']} claimed by {claims.claimers:,} buyers, "
+        f"{stats['in_wallets']} in wallets; same-key retries gave the same coupon {claims.replayed_same:,} times; "
+        f"second claims: {second}"
+    )
+    closed = sum(len(applied.get(state, [])) for state in CLOSED_STATES)
+    priced = sum(len(found) for found in applied.values())
+    lines.append(
+        f"  coupon orders     {len(burst.coupon_of):,} purchases named a coupon -> {len(named):,} orders, "
+        f"{priced:,} priced with it (paid {used_expected:,}, expired/cancelled {closed:,})"
+        + (f"; rejected: {', '.join(f'{c} {n}' for c, n in rejected.most_common())}" if rejected else "")
+    )
+    lines.append(
+        f"  coupon stats      claimed {stats['claimed']}, used {stats['used']} (paid orders with a coupon "
+        f"{used_expected}), locked {stats['locked']}, discount given {_money(int(stats['discount_given']))} "
+        f"(paid orders' discounts {_money(given)})"
+    )
+    lines.append(
+        f"  coupons freed     {back:,} of {len(freed):,} coupons of unpaid orders are available again in their wallets"
+    )
+    gmv = sum(int(o["total"]) for o in settled.orders.get("paid", []))
+    if int(stats["used"]) != used_expected:
+        problems.append(f"{stats['used']} coupons used; {used_expected} paid orders carry one")
+    if int(stats["locked"]):
+        problems.append(f"{stats['locked']} coupons still locked after every order settled")
+    if int(stats["discount_given"]) != given:
+        problems.append(f"discount given {stats['discount_given']} != the paid orders' discounts {given}")
+    if back != len(freed):
+        problems.append(f"only {back} of the {len(freed)} coupons of unpaid orders are available again")
+    if int(settled.order_stats["gmv"]) != gmv:
+        problems.append(f"GMV {settled.order_stats['gmv']} != the paid orders' totals {gmv}")
+    if len(named) != len(burst.coupon_of):
+        problems.append(f"{len(burst.coupon_of)} purchases named a coupon; {len(named)} of their orders were found")
+    return lines, problems
+
+
+def _discounts(order: dict[str, Any]) -> list[dict[str, Any]]:
+    """The coupon discounts an order was priced with."""
+    discounts: list[dict[str, Any]] = (order.get("coupons") or {}).get("discounts", [])
+    return discounts
+
+
 def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     """Seed a sale through the admin API, wait for it to go live, fire the crowd, then follow the orders:
     fetch them, pay some, let the rest expire, and check flashsale's stock agrees; print the summary."""
@@ -1163,6 +1508,7 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     offset = port_offset()
     bases = [f"http://{HOST}:{port}" for _name, port in spec_named("flashsale").replicas(offset)]
     order_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("order").replicas(offset)]
+    coupon_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("coupon").replicas(offset)]
     primary_url = f"http://{HOST}:{replica_port(spec_named('order').links['ORDER_PAYSIM_PRIMARY_URL'], offset)}"
     settings = BaseServiceSettings()
     admin = {"authorization": f"Bearer {issue_token(settings, 'demo-admin', ['admin'])}"}
@@ -1173,7 +1519,7 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     sale_body = {
         "sku": f"DEMO-{run}",
         "title": "Demo flash sale",
-        "price": 1999,
+        "price": DEMO_PRICE,
         "original_price": 4999,
         "currency": "USD",
         "quantity": args.quantity,
@@ -1198,9 +1544,20 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             )
         _check(client.post(f"{bases[0]}/admin/sales/{sale_id}/schedule", headers=admin), "schedule")
         say(
-            f"demo sale {sale_id}: {args.quantity} units at $19.99, limit {args.limit} per user, "
+            f"demo sale {sale_id}: {args.quantity} units at {_money(DEMO_PRICE)}, limit {args.limit} per user, "
             f"scheduled to start at {starts_at.isoformat(timespec='seconds')}"
         )
+        claims = None
+        if args.coupon_users:
+            claims = seed_coupons(
+                client,
+                bases=coupon_bases,
+                admin=admin,
+                tokens=tokens,
+                sale=sale,
+                args=args,
+                redis_url=backends.redis_url,
+            )
         deadline = time.monotonic() + args.start_in + 30
         while True:
             resp = client.get(f"{bases[0]}/sales/{sale_id}")
@@ -1209,12 +1566,21 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             if time.monotonic() > deadline:
                 raise StackError(f"sale {sale_id} did not go live: {resp.status_code} {resp.text}")
             time.sleep(0.1)
+        holders = claims.coupons if claims else {}
         say(
             f"sale {sale_id} is live; {args.users:,} buyers x up to {args.attempts} attempts over {len(bases)} replicas"
+            + (f"; the {len(holders):,} coupon holders name their coupon in their purchase" if holders else "")
         )
 
         result = asyncio.run(
-            _burst(bases=bases, sale_id=sale_id, tokens=tokens, attempts=args.attempts, concurrency=args.concurrency)
+            _burst(
+                bases=bases,
+                sale_id=sale_id,
+                tokens=tokens,
+                attempts=args.attempts,
+                concurrency=args.concurrency,
+                coupons=holders,
+            )
         )
         stats = _check(client.get(f"{bases[1 % len(bases)]}/admin/sales/{sale_id}/stats", headers=admin), "stats")
 
@@ -1246,6 +1612,19 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
                 client.delete(f"{primary_url}/admin/faults", headers=admin)  # a healthy provider again
         settled = _settle(client, order_bases[1 % len(order_bases)], bases[0], admin, sale_id, orders)
         client.post(f"{bases[0]}/admin/sales/{sale_id}/stop", headers=admin)  # end it; the demo is over
+        coupon_lines, coupon_problems = (
+            coupon_summary(
+                client,
+                bases=coupon_bases,
+                admin=admin,
+                tokens=tokens,
+                claims=claims,
+                burst=result,
+                settled=settled,
+            )
+            if claims
+            else ([], [])
+        )
 
     recorded = int(stats["reserved"]) + int(stats["sold"])
     oversold = result.units - args.quantity
@@ -1275,6 +1654,9 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     if not result.transport_errors and (recorded != result.units or reservations != result.accepted):
         problems.append(f"answers ({result.units} units) and records ({recorded} units) disagree")
     problems += _orders_summary(args, result, orders, settled)
+    for line in coupon_lines:
+        say(line)
+    problems += coupon_problems
     for problem in problems:
         say(f"  FAILED: {problem}")
     return not problems
@@ -1292,6 +1674,7 @@ class Settled:
     deadline_seconds: float
     waited: float
     timed_out: bool
+    orders: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # paid / expired / cancelled -> orders
 
 
 def _settle(
@@ -1320,7 +1703,8 @@ def _settle(
             break
         time.sleep(0.5)
     closed_orders = {state: _orders_in_state(client, order_base, admin, sale_id, state) for state in CLOSED_STATES}
-    paid_units = sum(_units(o) for o in _orders_in_state(client, order_base, admin, sale_id, "paid"))
+    paid_orders = _orders_in_state(client, order_base, admin, sale_id, "paid")
+    paid_units = sum(_units(o) for o in paid_orders)
     closed_units = sum(_units(o) for found in closed_orders.values() for o in found)
     give_up = max(give_up, time.monotonic() + 10)
     while True:
@@ -1339,6 +1723,7 @@ def _settle(
         deadline_seconds=deadline_seconds,
         waited=time.monotonic() - start,
         timed_out=not settled or bool(order_stats["by_state"].get("pending_payment")),
+        orders={"paid": paid_orders, **closed_orders},
     )
 
 
@@ -1358,7 +1743,9 @@ def _orders_summary(args: argparse.Namespace, burst: BurstResult, orders: Orders
     )
     say(
         f"  paid              {len(orders.paid):,} (by provider: {by_provider}) in {orders.pay_elapsed:.2f}s; "
-        f"left unpaid {len(orders.unpaid):,}" + (f"; payments refused: {refused}" if refused else "")
+        f"left unpaid {len(orders.unpaid):,}"
+        + (f"; payments refused: {refused}" if refused else "")
+        + (f"; {orders.pricing_waits:,} payments retried while coupons applied" if orders.pricing_waits else "")
     )
     say(
         f"  expired           {expired:,} orders after {settled.deadline_seconds:.0f}s unpaid"
@@ -1402,6 +1789,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     demo started. Order replicas the demo starts give DEMO_PAYMENT_DEADLINE seconds to pay."""
     if not 0 <= args.pay_share <= 1:
         raise StackError("--pay-share must be between 0 and 1")
+    if args.coupon_users < 0 or args.coupons < 1:
+        raise StackError("--coupon-users must be >= 0 and --coupons >= 1")
     overrides = {"order": {PAYMENT_DEADLINE_VAR: str(args.payment_deadline)}}
     state, backends, started = bring_up(args, overrides, restart_changed=False)
     ok = False
@@ -1476,6 +1865,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50, help="buyers in flight at once (default 50)")
     p.add_argument("--start-in", type=float, default=3.0, help="seconds until the sale starts (default 3)")
     p.add_argument("--pay-share", type=float, default=0.7, help="share of the orders the buyers pay (default 0.7)")
+    p.add_argument(
+        "--coupon-users", type=int, default=300, help="buyers who claim a coupon before the sale (default 300; 0: none)"
+    )
+    p.add_argument("--coupons", type=int, default=250, help="coupons the demo's template offers (default 250)")
     p.add_argument(
         "--payment-deadline",
         type=_positive_int,
