@@ -350,9 +350,12 @@ class OrderService:
                 )
                 if getattr(result, "rowcount", 0):
                     priced += 1
-                else:
+                    continue
+                state = await session.scalar(select(Order.state).where(Order.id == order.id))
+                if state != OrderState.PENDING_PAYMENT.value:
                     # Closed while the coupon service answered; its close event may have been handled
                     # before the lock landed, so tell the coupon service again that the coupons are free.
+                    # (Already priced by another replica: nothing to do.)
                     session.add(
                         OutboxEvent(
                             event_type="order.coupons_released",
