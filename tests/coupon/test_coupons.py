@@ -17,7 +17,15 @@ from services.common.migrate import upgrade
 from services.common.streams import encode_event
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
-from tests.conftest import SERVER_URL, TEST_REDIS_URL, admin_headers, customer_headers, drop_database, wait_for
+from tests.conftest import (
+    SERVER_URL,
+    TEST_REDIS_URL,
+    admin_headers,
+    customer_headers,
+    drop_database,
+    token,
+    wait_for,
+)
 
 COUPON_DB_URL = make_url(SERVER_URL).set(database="coupons_test").render_as_string(hide_password=False)
 TIERS = [{"spend": 30_000, "off": 5_000}, {"spend": 50_000, "off": 10_000}, {"spend": 80_000, "off": 18_000}]
@@ -303,3 +311,25 @@ async def test_counters_left_by_an_earlier_template_with_the_same_id_are_not_inh
     assert claim.status_code == 201, claim.text
     assert claim.json()["coupon_id"] != "old-coupon"
     assert (await _stats(coupons, next_id))["claimed"] == 1
+
+
+async def test_validity_from_claim_and_member_offers(coupons: httpx.AsyncClient) -> None:
+    days = await _template(coupons, valid_days=3)
+    await _claim(coupons, days["id"], "member-1")
+    members = await _template(coupons, kind="member_only", amount_off=0, percent_bp=500, total_quantity=10)
+    cid = (await _claim(coupons, members["id"], "member-1", key="m")).json()["coupon_id"]
+    await wait_for(lambda: _wallet_size(coupons, "member-1", 2))
+    wallet = {
+        c["template"]["id"]: c for c in (await coupons.get("/wallet", headers=customer_headers("member-1"))).json()
+    }
+    claimed = datetime.fromisoformat(wallet[days["id"]]["claimed_at"])
+    until = datetime.fromisoformat(wallet[days["id"]]["valid_until"])
+    assert until - claimed == timedelta(days=3)
+
+    lines = {"lines": [_line(10_000)], "coupon_ids": [cid]}
+    plain = await coupons.post("/quote", json=lines, headers=customer_headers("member-1"))
+    assert plain.json()["rejections"][0]["code"] == "NOT_A_MEMBER"
+    member = await coupons.post(
+        "/quote", json=lines, headers={"Authorization": f"Bearer {token('member-1', ['customer', 'member'])}"}
+    )
+    assert (member.json()["discount"], member.json()["total"]) == (500, 9_500)
