@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -132,10 +133,27 @@ def add_service_defaults(
     app: FastAPI,
     settings: BaseServiceSettings,
     ready_checks: dict[str, ReadyCheck] | None = None,
+    *,
+    redis_down_code: str = "REDIS_UNAVAILABLE",
 ) -> None:
-    """Add health, readiness, metrics, logging, request ids, body limits and problem+json errors."""
+    """Add health, readiness, metrics, logging, request ids, body limits and problem+json errors.
+
+    A Redis error that reaches a handler fails closed: 503 with `redis_down_code`, never a 500.
+    """
     configure_logging(settings.service_name, settings.log_level)
     install_error_handlers(app)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> Response:
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(
+            503,
+            redis_down_code,
+            "Redis is not answering; retry shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
     app.add_middleware(ServiceMiddleware, max_body=settings.max_body_bytes, access_log=settings.access_log)
 
     @app.get("/healthz/live", include_in_schema=False)

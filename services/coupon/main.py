@@ -60,7 +60,7 @@ def create_app(settings: CouponSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    add_service_defaults(app, settings)
+    add_service_defaults(app, settings, redis_down_code="COUPON_UNAVAILABLE")
     app.include_router(router.router)
     app.include_router(admin.router)
     return app

@@ -279,6 +279,12 @@ def quote(
     return _price(lines, customer, coupons, now=now, chosen=chosen, order_id=order_id, settled=False)
 
 
+def settled_total(lines: Sequence[Line], customer: Customer, coupons: Sequence[CouponRule]) -> int:
+    """What an order costs with the coupons it redeemed, eligibility settled (as `refund_amount` sees it)."""
+    ids = [c.coupon_id for c in coupons]
+    return _price(lines, customer, coupons, now=None, chosen=ids, order_id=None, settled=True).total
+
+
 def refund_amount(
     *,
     lines: Sequence[Line],

@@ -20,7 +20,17 @@ from services.common.idempotency import IdempotencyKeyReused
 from services.coupon import errors
 from services.coupon.config import CouponSettings
 from services.coupon.models import AuditEntry, Coupon, CouponState, PaidOrder, Template
-from services.coupon.pricing import CouponRule, Customer, Line, Quote, Tier, quote, refund_amount, validate_rule
+from services.coupon.pricing import (
+    CouponRule,
+    Customer,
+    Line,
+    Quote,
+    Tier,
+    quote,
+    refund_amount,
+    settled_total,
+    validate_rule,
+)
 from services.coupon.schemas import (
     ClaimedCoupon,
     DiscountOut,
@@ -113,6 +123,7 @@ class CouponService:
     def _claim_config(self, t: Template) -> dict[str, Any]:
         return {
             "incarnation": _ms(t.created_at),
+            "kind": t.kind,
             "state": t.state,
             "total": t.total_quantity,
             "limit": t.per_user_limit,
@@ -203,8 +214,11 @@ class CouponService:
 
     # ---------------------------------------------------------------- claims and wallets
 
-    async def claim(self, *, template_id: int, user_id: str, key: str) -> ClaimedCoupon:
-        """Claim one coupon; limits are decided by one Lua call, the wallet row follows."""
+    async def claim(self, *, template_id: int, user_id: str, key: str, compensation: bool = False) -> ClaimedCoupon:
+        """Claim one coupon; limits are decided by one Lua call, the wallet row follows.
+
+        Compensation templates are issued by ops only (`compensation=True`); a shopper's claim is refused.
+        """
         coupon_id = os.urandom(12).hex()
         try:
             res = await self.store.claim(
@@ -213,6 +227,7 @@ class CouponService:
                 coupon_id=coupon_id,
                 key=key,
                 ttl=self.settings.claim_idempotency_ttl_seconds,
+                compensation=compensation,
             )
         except RedisError:
             CLAIMS.labels("unavailable").inc()
@@ -234,6 +249,8 @@ class CouponService:
             raise errors.CouponsExhausted("Every coupon of this template has been claimed")
         if kind == "LIMIT":
             raise errors.ClaimLimitReached(f"You hold {res[1]} of at most {res[2]} coupons of this template")
+        if kind == "NOT_CLAIMABLE":
+            raise errors.TemplateNotFound(f"No claimable template {template_id}")
         reasons = {
             "PAUSED": "Claims are paused",
             "NOT_STARTED": "Claims have not opened",
@@ -364,6 +381,12 @@ class CouponService:
                     coupon.order_id = order_id
                     coupon.discount = applied[coupon.id]
                     coupon.locked_at = now
+                elif coupon.state == CouponState.LOCKED.value and coupon.order_id == order_id:
+                    # An earlier call for this order locked it, but it no longer applies: let it go.
+                    coupon.state = CouponState.AVAILABLE.value
+                    coupon.order_id = None
+                    coupon.discount = None
+                    coupon.locked_at = None
         return quote_view(result)
 
     async def refund_amount(
@@ -383,15 +406,13 @@ class CouponService:
         rules = [rule_of(t, c) for c, t in held]
         now = utcnow()
         try:
-            paid = quote(
-                _lines(lines), customer, rules, now=now, chosen=[r.coupon_id for r in rules], order_id=order_id
-            )
+            paid = settled_total(_lines(lines), customer, rules)
             refund = refund_amount(
                 lines=_lines(lines), refunded=_lines(refunded), customer=customer, coupons=rules, now=now
             )
         except ValueError as exc:
             raise errors.InvalidRefund(str(exc)) from None
-        return RefundOut(order_id=order_id, paid=paid.total, kept_total=paid.total - refund, refund=refund)
+        return RefundOut(order_id=order_id, paid=paid, kept_total=paid - refund, refund=refund)
 
     async def on_order_event(self, event: dict[str, Any]) -> None:
         """Use coupons of paid orders, free those of cancelled or expired ones; repeats change nothing."""
@@ -427,20 +448,29 @@ class CouponService:
         The batch id is the claim's idempotency key, so repeating a batch returns the same coupons.
         """
         issued = []
-        for user_id in dict.fromkeys(user_ids):
-            try:
-                issued.append(await self.claim(template_id=template_id, user_id=user_id, key=f"comp:{batch}"))
-            except (errors.ClaimLimitReached, IdempotencyKeyReused):
-                continue
-        async with self.sessions.begin() as session:
-            await self._audit(
-                session,
-                actor=actor,
-                action="compensate",
-                template_id=template_id,
-                after={"users": len(issued), "batch": batch},
-                note=reason,
-            )
+        refused: dict[str, int] = {}
+        try:
+            for user_id in dict.fromkeys(user_ids):
+                try:
+                    issued.append(
+                        await self.claim(
+                            template_id=template_id, user_id=user_id, key=f"comp:{batch}", compensation=True
+                        )
+                    )
+                except (errors.ClaimLimitReached, IdempotencyKeyReused) as exc:
+                    refused[exc.code] = refused.get(exc.code, 0) + 1
+        finally:
+            # Audited whatever happened: a batch stopped halfway (exhausted, Redis down) is visible to ops,
+            # and repeating it with the same Idempotency-Key completes it without issuing twice.
+            async with self.sessions.begin() as session:
+                await self._audit(
+                    session,
+                    actor=actor,
+                    action="compensate",
+                    template_id=template_id,
+                    after={"issued": len(issued), "asked": len(user_ids), "refused": refused, "batch": batch},
+                    note=reason,
+                )
         return issued
 
 

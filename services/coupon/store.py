@@ -59,7 +59,9 @@ class ClaimStore:
         """active or paused."""
         await self.redis.hset(template_key(template_id), "state", state)
 
-    async def claim(self, *, template_id: int, user_id: str, coupon_id: str, key: str, ttl: int) -> list[Any]:
+    async def claim(
+        self, *, template_id: int, user_id: str, coupon_id: str, key: str, ttl: int, compensation: bool = False
+    ) -> list[Any]:
         """Run the claim script."""
         result: list[Any] = await self._claim(
             keys=[
@@ -68,7 +70,7 @@ class ClaimStore:
                 claim_idempotency_key(template_id, user_id, key),
                 claim_stream(template_id),
             ],
-            args=[user_id, coupon_id, ttl, template_id],
+            args=[user_id, coupon_id, ttl, template_id, "1" if compensation else "0"],
         )
         return result
 

@@ -9,15 +9,12 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, Request
-from redis.exceptions import RedisError
-from starlette.responses import Response
+from fastapi import FastAPI
 from starlette.routing import Route
 
 from services.common.auth import TokenVerifier
 from services.common.background import freeze_startup_objects, run_every
 from services.common.defaults import add_service_defaults
-from services.common.errors import problem_response
 from services.common.resources import open_engine, open_redis, session_factory
 from services.common.streams import StreamConsumer
 from services.flashsale import admin, router
@@ -97,19 +94,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         # we export Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    add_service_defaults(app, settings)
-
-    @app.exception_handler(RedisError)
-    async def _redis_down(request: Request, exc: RedisError) -> Response:
-        # Fail closed: without Redis no stock decision or state change is made.
-        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return problem_response(
-            503,
-            "STOCK_UNAVAILABLE",
-            "Redis is not answering; retry shortly",
-            instance=request.url.path,
-            headers={"Retry-After": "1"},
-        )
+    add_service_defaults(app, settings, redis_down_code="STOCK_UNAVAILABLE")
 
     app.include_router(router.router)
     # Numeric sale ids take the plain route first; the FastAPI route documents it and answers the rest.

@@ -293,13 +293,15 @@ class OrderService:
         """Price orders that name coupons through the coupon service (which locks the coupons).
 
         Runs right after the orders are created and again from a background job for any the coupon
-        service could not answer yet; an order is payable only once priced. Returns orders priced.
+        service could not answer yet; an order is payable only once priced. An order that closed while
+        unpriced gets an `order.coupons_released` event (a lock may have landed after its close event),
+        and a refusal by the coupon service (4xx) prices the order without coupons. Returns orders priced.
         """
         if self.coupons is None:
             return 0
         query = (
             select(Order)
-            .where(Order.pricing == "coupons_pending", Order.state == OrderState.PENDING_PAYMENT.value)
+            .where(Order.pricing == "coupons_pending")
             .options(selectinload(Order.lines))
             .order_by(Order.created_at)
             .limit(limit)
@@ -307,30 +309,15 @@ class OrderService:
         if order_ids is not None:
             query = query.where(Order.id.in_(list(order_ids)))
         async with self.sessions() as session:
-            pending = list((await session.scalars(query)).all())
-
-        async def price(order: Order) -> dict[str, Any] | None:
-            assert self.coupons is not None
-            lines = [
-                {"sku": li.sku, "sale_id": li.sale_id, "unit_price": li.unit_price, "quantity": li.quantity}
-                for li in order.lines
-            ]
-            try:
-                return await self.coupons.lock(
-                    order_id=order.id,
-                    user_id=order.user_id,
-                    member=order.member,
-                    lines=lines,
-                    coupon_ids=order.coupon_ids,
-                )
-            except httpx.HTTPError as exc:
-                log.warning("coupon pricing of order %s deferred: %s", order.id, type(exc).__name__)
-                return None
-
-        quotes = await asyncio.gather(*(price(o) for o in pending))
+            found = list((await session.scalars(query)).all())
+        open_orders = [o for o in found if o.state == OrderState.PENDING_PAYMENT.value]
+        closed = [o for o in found if o.state != OrderState.PENDING_PAYMENT.value]
+        quotes = await asyncio.gather(*(self._coupon_quote(o) for o in open_orders))
         priced = 0
         async with self.sessions.begin() as session:
-            for order, quote in zip(pending, quotes, strict=True):
+            for order in closed:
+                await self._release_coupons_of_closed(session, order)
+            for order, quote in zip(open_orders, quotes, strict=True):
                 if quote is None:
                     continue
                 discount = max(0, min(int(quote["discount"]), order.subtotal))
@@ -351,18 +338,50 @@ class OrderService:
                 if getattr(result, "rowcount", 0):
                     priced += 1
                     continue
-                state = await session.scalar(select(Order.state).where(Order.id == order.id))
-                if state != OrderState.PENDING_PAYMENT.value:
-                    # Closed while the coupon service answered; its close event may have been handled
-                    # before the lock landed, so tell the coupon service again that the coupons are free.
-                    # (Already priced by another replica: nothing to do.)
-                    session.add(
-                        OutboxEvent(
-                            event_type="order.coupons_released",
-                            payload={"order_id": order.id, "user_id": order.user_id, "at": utcnow().isoformat()},
-                        )
-                    )
+                current = await session.get(Order, order.id)
+                if current is not None and current.state != OrderState.PENDING_PAYMENT.value:
+                    # Closed while the coupon service answered (already priced by another replica: nothing to do).
+                    await self._release_coupons_of_closed(session, current)
         return priced
+
+    async def _coupon_quote(self, order: Order) -> dict[str, Any] | None:
+        """The coupon service's price for an order; None when it could not answer (retried later)."""
+        assert self.coupons is not None
+        lines = [
+            {"sku": li.sku, "sale_id": li.sale_id, "unit_price": li.unit_price, "quantity": li.quantity}
+            for li in order.lines
+        ]
+        try:
+            return await self.coupons.lock(
+                order_id=order.id, user_id=order.user_id, member=order.member, lines=lines, coupon_ids=order.coupon_ids
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code >= 500:
+                log.warning("coupon pricing of order %s deferred: %s", order.id, exc.response.status_code)
+                return None
+            # Refused for good (bad coupon ids...): the order is priced without coupons and says why.
+            detail = exc.response.text[:300]
+            return {
+                "discount": 0,
+                "discounts": [],
+                "rejections": [
+                    {"coupon_id": c, "code": "COUPON_SERVICE_REFUSED", "detail": detail} for c in order.coupon_ids
+                ],
+            }
+        except httpx.HTTPError as exc:
+            log.warning("coupon pricing of order %s deferred: %s", order.id, type(exc).__name__)
+            return None
+
+    async def _release_coupons_of_closed(self, session: AsyncSession, order: Order) -> None:
+        await session.execute(
+            update(Order).where(Order.id == order.id, Order.pricing == "coupons_pending").values(pricing="abandoned")
+        )
+        session.add(
+            OutboxEvent(
+                event_type="order.coupons_released",
+                payload={"order_id": order.id, "user_id": order.user_id, "at": utcnow().isoformat()},
+            )
+        )
 
     # ---------------------------------------------------------------- storefront reads
 

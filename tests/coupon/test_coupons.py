@@ -333,3 +333,23 @@ async def test_validity_from_claim_and_member_offers(coupons: httpx.AsyncClient)
         "/quote", json=lines, headers={"Authorization": f"Bearer {token('member-1', ['customer', 'member'])}"}
     )
     assert (member.json()["discount"], member.json()["total"]) == (500, 9_500)
+
+
+async def test_shoppers_cannot_claim_compensation_coupons(coupons: httpx.AsyncClient) -> None:
+    template = await _template(coupons, kind="compensation", amount_off=500)
+    resp = await _claim(coupons, template["id"], "opportunist")
+    assert resp.status_code == 404
+    assert resp.json()["code"] == "TEMPLATE_NOT_FOUND"
+    assert (await _stats(coupons, template["id"]))["claimed"] == 0
+
+
+async def test_repricing_an_order_lets_go_of_a_coupon_that_no_longer_applies(coupons: httpx.AsyncClient) -> None:
+    template = await _template(coupons, amount_off=1_000, min_spend=5_000)
+    cid = (await _claim(coupons, template["id"], "repricer")).json()["coupon_id"]
+    await wait_for(lambda: _wallet_size(coupons, "repricer", 1))
+    assert (await _lock(coupons, "order-r", "repricer", [cid], 6_000))["discount"] == 1_000
+    again = await _lock(coupons, "order-r", "repricer", [cid], 4_000)  # the order changed: below the threshold
+    assert again["discount"] == 0
+    assert again["rejections"][0]["code"] == "BELOW_THRESHOLD"
+    wallet = (await coupons.get("/wallet", headers=customer_headers("repricer"))).json()
+    assert wallet[0]["state"] == "available"

@@ -1,8 +1,9 @@
 -- Claim one coupon of a template: total and per-user limits decided atomically.
 -- KEYS: 1 template hash, 2 per-user claims hash, 3 idempotency key, 4 claim stream (all share {cp:<id>})
--- ARGV: 1 user id, 2 new coupon id, 3 idempotency ttl (s), 4 template id
-local t = redis.call('HMGET', KEYS[1], 'state', 'total', 'claimed', 'limit', 'starts', 'ends', 'incarnation')
-if not t[1] then return {'NOT_FOUND'} end
+-- ARGV: 1 user id, 2 new coupon id, 3 idempotency ttl (s), 4 template id, 5 '1' when ops issue compensation
+local t = redis.call('HMGET', KEYS[1], 'state', 'total', 'claimed', 'limit', 'starts', 'ends', 'incarnation', 'kind')
+if not t[1] or not t[2] then return {'NOT_FOUND'} end
+if t[8] == 'compensation' and ARGV[5] ~= '1' then return {'NOT_CLAIMABLE'} end
 -- A replay answers the first claim, whatever happened since; a record left by another template that
 -- had this id (incarnation differs) is not a replay.
 local seen = redis.call('GET', KEYS[3])
