@@ -1,0 +1,136 @@
+"""/admin endpoints: SKUs, restock and adjustments, thresholds, allocations to sales, ledger, reconciliation.
+
+Every change is audited; a change sent with an Idempotency-Key is applied once and replayed after.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query
+
+from services.common.auth import AdminUser
+from services.inventory.deps import ServiceDep
+from services.inventory.router import SkuPath
+from services.inventory.schemas import (
+    AdjustRequest,
+    AllocationChange,
+    AllocationOut,
+    AllocationRequest,
+    LedgerOut,
+    Reconciliation,
+    RestockRequest,
+    SkuCreate,
+    SkuDetail,
+    SkuOut,
+    ThresholdRequest,
+)
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+SaleId = Annotated[int, Path(ge=1, le=2**62)]
+OptionalKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+
+
+@router.post("/skus", status_code=201, response_model=SkuOut)
+async def create_sku(body: SkuCreate, user: AdminUser, service: ServiceDep, key: OptionalKey = None) -> Any:
+    """Create a SKU with its initial stock (409 SKU_EXISTS when the code is taken)."""
+    return await service.idempotent(
+        key=key,
+        actor=user.user_id,
+        payload={"op": "create", **body.model_dump()},
+        action=lambda: service.create_sku(actor=user.user_id, data=body),
+    )
+
+
+@router.get("/skus/{sku}", response_model=SkuDetail)
+async def sku_detail(sku: SkuPath, user: AdminUser, service: ServiceDep) -> SkuDetail:
+    """Counters and the latest ledger entries."""
+    return await service.sku_detail(sku)
+
+
+@router.get("/skus/{sku}/ledger", response_model=list[LedgerOut])
+async def ledger(
+    sku: SkuPath,
+    user: AdminUser,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+) -> list[LedgerOut]:
+    """The SKU's ledger, newest first; pass the last id seen as `before_id` for the next page."""
+    return await service.ledger(sku=sku, limit=limit, before_id=before_id)
+
+
+@router.post("/skus/{sku}/restock", response_model=SkuOut)
+async def restock(
+    sku: SkuPath, body: RestockRequest, user: AdminUser, service: ServiceDep, key: OptionalKey = None
+) -> Any:
+    """Add received units; lifting available above the low-stock threshold re-arms its alert."""
+    return await service.idempotent(
+        key=key,
+        actor=user.user_id,
+        payload={"op": "restock", "sku": sku, **body.model_dump()},
+        action=lambda: service.restock(actor=user.user_id, sku=sku, quantity=body.quantity, reason=body.reason),
+    )
+
+
+@router.post("/skus/{sku}/adjust", response_model=SkuOut)
+async def adjust(
+    sku: SkuPath, body: AdjustRequest, user: AdminUser, service: ServiceDep, key: OptionalKey = None
+) -> Any:
+    """Correct stock after a count; removing more than is available is refused (409 INSUFFICIENT_STOCK)."""
+    return await service.idempotent(
+        key=key,
+        actor=user.user_id,
+        payload={"op": "adjust", "sku": sku, **body.model_dump()},
+        action=lambda: service.adjust(actor=user.user_id, sku=sku, delta=body.delta, reason=body.reason),
+    )
+
+
+@router.put("/skus/{sku}/threshold", response_model=SkuOut)
+async def set_threshold(sku: SkuPath, body: ThresholdRequest, user: AdminUser, service: ServiceDep) -> SkuOut:
+    """Set the low-stock threshold in units (absolute) or percent of on-hand; null turns it off."""
+    return await service.set_threshold(actor=user.user_id, sku=sku, value=body.value, kind=body.kind)
+
+
+@router.post("/allocations", status_code=201, response_model=AllocationOut)
+async def allocate(body: AllocationRequest, user: AdminUser, service: ServiceDep, key: OptionalKey = None) -> Any:
+    """Give a sale units from available stock (409 INSUFFICIENT_STOCK, nothing changed, when too few)."""
+    return await service.idempotent(
+        key=key,
+        actor=user.user_id,
+        payload={"op": "allocate", **body.model_dump()},
+        action=lambda: service.allocate(actor=user.user_id, sale_id=body.sale_id, sku=body.sku, quantity=body.quantity),
+    )
+
+
+@router.post("/allocations/{sale_id}/{sku}/return", response_model=AllocationOut)
+async def return_allocation(
+    sale_id: SaleId, sku: SkuPath, body: AllocationChange, user: AdminUser, service: ServiceDep, key: OptionalKey = None
+) -> Any:
+    """Unsold units of a sale go back to available."""
+    return await service.idempotent(
+        key=key,
+        actor=user.user_id,
+        payload={"op": "return", "sale_id": sale_id, "sku": sku, **body.model_dump()},
+        action=lambda: service.return_allocation(actor=user.user_id, sale_id=sale_id, sku=sku, quantity=body.quantity),
+    )
+
+
+@router.post("/allocations/{sale_id}/{sku}/sell", response_model=AllocationOut)
+async def sell_allocation(
+    sale_id: SaleId, sku: SkuPath, body: AllocationChange, user: AdminUser, service: ServiceDep, key: OptionalKey = None
+) -> Any:
+    """Units the sale sold: allocated -> sold."""
+    return await service.idempotent(
+        key=key,
+        actor=user.user_id,
+        payload={"op": "sell", "sale_id": sale_id, "sku": sku, **body.model_dump()},
+        action=lambda: service.sell_allocation(actor=user.user_id, sale_id=sale_id, sku=sku, quantity=body.quantity),
+    )
+
+
+@router.get("/reconciliation", response_model=Reconciliation)
+async def reconciliation(user: AdminUser, service: ServiceDep) -> Reconciliation:
+    """Per SKU: on_hand vs available + allocated + held + sold, from the counters and from the ledger."""
+    return await service.reconcile()

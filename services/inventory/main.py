@@ -1,0 +1,66 @@
+"""Inventory service: `uvicorn services.inventory.main:app --port 8101`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.auth import TokenVerifier
+from services.common.background import freeze_startup_objects, run_every
+from services.common.defaults import add_service_defaults
+from services.common.resources import open_engine, open_redis, session_factory
+from services.inventory import admin, router
+from services.inventory.config import InventorySettings
+from services.inventory.service import InventoryService
+
+
+def create_app(settings: InventorySettings | None = None) -> FastAPI:
+    """Build the inventory app; resources and the hold sweeper start in the lifespan."""
+    settings = settings or InventorySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = open_redis(settings)
+        engine = open_engine(settings)
+        sessions = session_factory(engine)
+        service = InventoryService(settings=settings, redis=redis, sessions=sessions)
+        app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
+        app.state.service, app.state.token_verifier = service, TokenVerifier(settings)
+        stop = asyncio.Event()
+        batch = settings.sweep_batch
+        sweeper = asyncio.create_task(
+            run_every(
+                settings.sweep_interval_seconds,
+                "hold sweeper",
+                service.expire_due_holds,
+                stop,
+                again_now=lambda n: isinstance(n, int) and n >= batch,
+            )
+        )
+        freeze_startup_objects()
+        try:
+            yield
+        finally:
+            stop.set()
+            sweeper.cancel()
+            await asyncio.wait([sweeper], timeout=5)
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="inventory",
+        version="0.1.0",
+        description="Warehouse stock ledger, allocations to sales, checkout holds, low-stock alerts, reconciliation.",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    add_service_defaults(app, settings, redis_down_code="INVENTORY_UNAVAILABLE")
+    app.include_router(router.router)
+    app.include_router(admin.router)
+    return app
+
+
+app = create_app()
