@@ -27,6 +27,6 @@ RUN pip install --no-deps . \
  && python -c "import services.flashsale.main"
 
 USER app:app
-EXPOSE 8102 8112 8103 8113 8104 8114 8105 8115
+EXPOSE 8101 8111 8102 8112 8103 8113 8104 8114 8105 8115
 CMD ["uvicorn", "services.flashsale.main:app", "--host", "0.0.0.0", "--port", "8102", "--no-access-log", \
      "--loop", "uvloop", "--http", "httptools"]

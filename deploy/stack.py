@@ -15,7 +15,9 @@ nothing else. STACK_PORT_OFFSET=<n> shifts every service port by n, to run besid
 The demo runs a flash sale, then its orders: the buyers pay some, the rest expire (the order replicas the demo
 starts give 20 s to pay) and their units go back in stock. Before the sale, some buyers claim a coupon of a
 template scoped to the sale and name it in their purchase; coupons of paid orders get used, those of expired
-orders return to their wallets.
+orders return to their wallets. The sale's SKU is created in inventory and the sale's quantity allocated to
+it; once the orders settle, the paid units are sold out of the allocation, the rest returned, and the inventory
+reconciliation must come out ok.
 Only the standard library is imported at module level, so tests can read the service table.
 """
 
@@ -105,9 +107,11 @@ class ServiceSpec:
 
 # The stack in start order (a service after those it links to). A service joins with one line here
 # (and its replicas in docker-compose.yml), e.g.:
-#   ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
 #   ServiceSpec("gateway", "services.gateway.main:app", (8000,), "GATEWAY_", None),
 SERVICES: tuple[ServiceSpec, ...] = (
+    # Warehouse stock: SKUs, its ledger, allocations to sales, checkout holds, reconciliation. Its own database.
+    # Nothing links to it yet, so it starts first.
+    ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
     ServiceSpec("flashsale", "services.flashsale.main:app", (8102, 8112), "FLASHSALE_", "flashsale"),
     # The mock payment provider, twice: two separate "companies", primary and backup. No database.
     ServiceSpec(
@@ -1496,6 +1500,94 @@ def _discounts(order: dict[str, Any]) -> list[dict[str, Any]]:
     return discounts
 
 
+# ---------------------------------------------------------------- demo inventory
+
+DEMO_STOCK = 1000  # units the demo's SKU starts with in the warehouse
+DEMO_LOW_STOCK = 100  # its low-stock threshold, units
+
+
+@dataclass(slots=True)
+class DemoStock:
+    """The demo sale's SKU in inventory and the units allocated to the sale."""
+
+    sku: str
+    sale_id: int
+    allocated: int
+
+
+def seed_inventory(
+    client: Any, *, bases: list[str], admin: dict[str, str], sale: dict[str, Any], quantity: int, run: str
+) -> DemoStock:
+    """Create the demo sale's SKU in inventory (DEMO_STOCK units) and allocate the sale's quantity to it."""
+    sku, sale_id = str(sale["sku"]), int(sale["id"])
+    body = {
+        "sku": sku,
+        "name": f"Demo flash sale {sale_id}",
+        "initial_stock": DEMO_STOCK,
+        "low_stock_threshold": DEMO_LOW_STOCK,
+        "threshold_kind": "absolute",
+    }
+    _check(
+        client.post(f"{bases[0]}/admin/skus", json=body, headers={**admin, "idempotency-key": f"sku-{run}"}),
+        "POST /admin/skus",
+    )
+    allocation = _check(
+        client.post(
+            f"{bases[1 % len(bases)]}/admin/allocations",
+            json={"sale_id": sale_id, "sku": sku, "quantity": quantity},
+            headers={**admin, "idempotency-key": f"allocate-{run}"},
+        ),
+        "POST /admin/allocations",
+    )
+    say(
+        f"inventory SKU {sku}: {DEMO_STOCK:,} units in stock (low-stock alert at {DEMO_LOW_STOCK:,}); "
+        f"{allocation['allocated']:,} allocated to sale {sale_id}"
+    )
+    return DemoStock(sku=sku, sale_id=sale_id, allocated=int(allocation["allocated"]))
+
+
+def inventory_summary(
+    client: Any, *, bases: list[str], admin: dict[str, str], stock: DemoStock, sold: int, run: str
+) -> tuple[list[str], list[str]]:
+    """After the sale settled: its sold units leave the allocation as sold, the rest go back to available.
+    Returns summary lines (the SKU's counters, the reconciliation) and problems."""
+    sold = max(0, min(sold, stock.allocated))
+    returned = stock.allocated - sold
+    path = f"/admin/allocations/{stock.sale_id}/{stock.sku}"
+    allocation: dict[str, Any] = {}
+    for n, (action, units) in enumerate((("sell", sold), ("return", returned))):
+        if units:
+            allocation = _check(
+                client.post(
+                    f"{bases[n % len(bases)]}{path}/{action}",
+                    json={"quantity": units},
+                    headers={**admin, "idempotency-key": f"{action}-{run}"},
+                ),
+                f"POST {path}/{action}",
+            )
+    sku = _check(client.get(f"{bases[0]}/admin/skus/{stock.sku}", headers=admin), "GET /admin/skus/{sku}")
+    recon = _check(client.get(f"{bases[1 % len(bases)]}/admin/reconciliation", headers=admin), "reconciliation")
+    mine = next((r for r in recon["skus"] if r["sku"] == stock.sku), None)
+    lines = [
+        f"  inventory         {stock.sku}: allocated {stock.allocated:,} to the sale -> sold {sold:,}, "
+        f"returned {returned:,} (outstanding {allocation.get('outstanding', 0)})",
+        f"  inventory stock   on_hand {sku['on_hand']}, available {sku['available']}, allocated {sku['allocated']}, "
+        f"held {sku['held']}, sold {sku['sold']}",
+        f"  reconciliation    {'ok' if recon['ok'] else 'NOT ok'} over {len(recon['skus']):,} SKUs"
+        + (f"; drift: {'; '.join(recon['drift'][:5])}" if recon["drift"] else ""),
+    ]
+    problems = []
+    if not recon["ok"]:
+        problems.append(f"inventory reconciliation is not ok: {recon['drift'][:5]}")
+    if mine is None:
+        problems.append(f"the reconciliation does not cover {stock.sku}")
+    expected = {"on_hand": DEMO_STOCK, "available": DEMO_STOCK - sold, "allocated": 0, "held": 0, "sold": sold}
+    got = {name: int(sku[name]) for name in expected}
+    if got != expected:
+        problems.append(f"inventory counters of {stock.sku} are {got}, expected {expected}")
+    return lines, problems
+
+
 def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     """Seed a sale through the admin API, wait for it to go live, fire the crowd, then follow the orders:
     fetch them, pay some, let the rest expire, and check flashsale's stock agrees; print the summary."""
@@ -1509,6 +1601,7 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     bases = [f"http://{HOST}:{port}" for _name, port in spec_named("flashsale").replicas(offset)]
     order_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("order").replicas(offset)]
     coupon_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("coupon").replicas(offset)]
+    inventory_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("inventory").replicas(offset)]
     primary_url = f"http://{HOST}:{replica_port(spec_named('order').links['ORDER_PAYSIM_PRIMARY_URL'], offset)}"
     settings = BaseServiceSettings()
     admin = {"authorization": f"Bearer {issue_token(settings, 'demo-admin', ['admin'])}"}
@@ -1547,6 +1640,9 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             f"demo sale {sale_id}: {args.quantity} units at {_money(DEMO_PRICE)}, limit {args.limit} per user, "
             f"scheduled to start at {starts_at.isoformat(timespec='seconds')}"
         )
+        stock = seed_inventory(
+            client, bases=inventory_bases, admin=admin, sale=sale, quantity=args.quantity, run=run
+        )  # while the sale waits to start
         claims = None
         if args.coupon_users:
             claims = seed_coupons(
@@ -1625,6 +1721,9 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             if claims
             else ([], [])
         )
+        inventory_lines, inventory_problems = inventory_summary(
+            client, bases=inventory_bases, admin=admin, stock=stock, sold=settled.paid_units, run=run
+        )
 
     recorded = int(stats["reserved"]) + int(stats["sold"])
     oversold = result.units - args.quantity
@@ -1657,6 +1756,9 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     for line in coupon_lines:
         say(line)
     problems += coupon_problems
+    for line in inventory_lines:
+        say(line)
+    problems += inventory_problems
     for problem in problems:
         say(f"  FAILED: {problem}")
     return not problems

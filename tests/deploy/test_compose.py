@@ -137,6 +137,17 @@ def test_coupon_replicas_keep_their_own_database() -> None:
     assert 'python -m services.common.migrate coupon "$${PG_SERVER}/coupons"' in script
 
 
+def test_inventory_replicas_keep_their_own_database_and_wait_for_no_service() -> None:
+    for replica, port in (("inventory-1", 8101), ("inventory-2", 8111)):
+        service = SERVICES[replica]
+        env = service["environment"]
+        assert env["INVENTORY_DATABASE_URL"].endswith("@postgres:5432/inventory")
+        assert env["REPLICA_ID"] == replica and f"{port}:{port}" in service["ports"]
+        assert not {name for name in service["depends_on"] if name in APP_SERVICES}, f"{replica} waits for no service"
+    script = " ".join(command_of(SERVICES["migrate"]))
+    assert 'python -m services.common.migrate inventory "$${PG_SERVER}/inventory"' in script
+
+
 @pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
 def test_replica_runs_uvicorn_like_the_launcher(spec: Any, replica: str, port: int) -> None:
     _target, in_compose = uvicorn_options(command_of(SERVICES[replica]))
@@ -220,6 +231,7 @@ def test_launcher_table_has_unique_names_and_ports() -> None:
     assert len(set(ports)) == len(ports)
     assert all(len(spec.ports) >= 2 or spec.name == "gateway" for spec in stack.SERVICES)
     assert all(spec.env_prefix.isupper() and spec.env_prefix.endswith("_") for spec in stack.SERVICES)
+    assert stack.spec_named("inventory").ports == (8101, 8111)
     assert stack.spec_named("flashsale").ports == (8102, 8112)
     assert stack.spec_named("order").ports == (8104, 8114)
     assert stack.spec_named("paysim").ports == (8105, 8115)

@@ -201,6 +201,106 @@ def test_coupon_replicas_use_the_coupons_database_and_start_before_order(monkeyp
     assert names.index("coupon") < names.index("order"), "order prices its orders through coupon"
 
 
+def test_inventory_replicas_use_their_own_database_and_start_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STACK_PORT_OFFSET", "1000")
+    spec = stack.spec_named("inventory")
+    assert (spec.app, spec.env_prefix, spec.database, spec.ports) == (
+        "services.inventory.main:app",
+        "INVENTORY_",
+        "inventory",
+        (8101, 8111),
+    )
+    assert spec.links == {} and spec.calls == {}
+    for replica, port in spec.replicas(1000):
+        env = stack.service_env(spec, replica, port, stack.Backends(*BACKENDS))
+        assert env["INVENTORY_DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5440/inventory"
+        assert env["REDIS_URL"] == BACKENDS[0]
+        assert env["INVENTORY_PORT"] == str(port) and env["REPLICA_ID"] == replica
+    assert stack.SERVICES[0] is spec, "nothing depends on inventory yet: it starts first"
+
+
+class _StockAnswer:
+    def __init__(self, body: object, status_code: int = 200) -> None:
+        self.status_code, self._body, self.text = status_code, body, str(body)
+
+    def json(self) -> object:
+        return self._body
+
+
+class _FakeInventory:
+    """An inventory admin API in memory: one SKU, one allocation, a reconciliation answer."""
+
+    def __init__(self, recon_ok: bool = True) -> None:
+        self.calls: list[tuple[str, str, object]] = []
+        self.recon_ok = recon_ok
+        self.sku = {"on_hand": 0, "available": 0, "allocated": 0, "held": 0, "sold": 0}
+        self.allocation = {"allocated": 0, "returned": 0, "sold": 0}
+
+    def _allocation_out(self) -> dict[str, int]:
+        a = self.allocation
+        return {**a, "outstanding": a["allocated"] - a["returned"] - a["sold"]}
+
+    def post(self, url: str, json: dict[str, object], headers: dict[str, str]) -> _StockAnswer:
+        self.calls.append(("POST", url, json))
+        assert headers.get("idempotency-key")
+        if url.endswith("/admin/skus"):
+            stock = int(str(json["initial_stock"]))
+            self.sku.update(on_hand=stock, available=stock)
+            return _StockAnswer({**json, **self.sku}, 201)
+        if url.endswith("/admin/allocations"):
+            units = int(str(json["quantity"]))
+            self.allocation["allocated"] += units
+            self.sku["available"] -= units
+            self.sku["allocated"] += units
+            return _StockAnswer(self._allocation_out(), 201)
+        units = int(str(json["quantity"]))
+        self.sku["allocated"] -= units
+        if url.endswith("/sell"):
+            self.allocation["sold"] += units
+            self.sku["sold"] += units
+        else:
+            self.allocation["returned"] += units
+            self.sku["available"] += units
+        return _StockAnswer(self._allocation_out())
+
+    def get(self, url: str, headers: dict[str, str]) -> _StockAnswer:
+        self.calls.append(("GET", url, None))
+        if url.endswith("/admin/reconciliation"):
+            drift = [] if self.recon_ok else ["DEMO-x: available is 1, the ledger says 2"]
+            return _StockAnswer({"ok": self.recon_ok, "skus": [{"sku": "DEMO-x"}], "drift": drift})
+        return _StockAnswer(self.sku)
+
+
+def _inventory_demo(fake: _FakeInventory, sold: int) -> tuple[list[str], list[str]]:
+    bases = ["http://i1", "http://i2"]
+    admin = {"authorization": "Bearer x"}
+    sale = {"id": 7, "sku": "DEMO-x"}
+    stock = stack.seed_inventory(fake, bases=bases, admin=admin, sale=sale, quantity=200, run="r")
+    assert (stock.sku, stock.sale_id, stock.allocated) == ("DEMO-x", 7, 200)
+    return stack.inventory_summary(fake, bases=bases, admin=admin, stock=stock, sold=sold, run="r")
+
+
+def test_demo_allocates_the_sale_then_sells_the_paid_units_and_returns_the_rest() -> None:
+    fake = _FakeInventory()
+    lines, problems = _inventory_demo(fake, sold=130)
+    assert problems == []
+    posts = [(url.split("/", 3)[-1], body) for kind, url, body in fake.calls if kind == "POST"]
+    assert posts[0][0] == "admin/skus" and posts[0][1]["sku"] == "DEMO-x"  # type: ignore[index]
+    assert posts[1:] == [
+        ("admin/allocations", {"sale_id": 7, "sku": "DEMO-x", "quantity": 200}),
+        ("admin/allocations/7/DEMO-x/sell", {"quantity": 130}),
+        ("admin/allocations/7/DEMO-x/return", {"quantity": 70}),
+    ]
+    assert any("reconciliation    ok" in line for line in lines)
+    assert fake.sku == {"on_hand": 1000, "available": 870, "allocated": 0, "held": 0, "sold": 130}
+
+
+def test_demo_fails_when_the_inventory_reconciliation_is_not_ok() -> None:
+    lines, problems = _inventory_demo(_FakeInventory(recon_ok=False), sold=200)  # all sold: nothing returned
+    assert any("reconciliation is not ok" in p for p in problems)
+    assert any("NOT ok" in line for line in lines)
+
+
 def test_replica_env_needs_one_entry_per_port() -> None:
     with pytest.raises(ValueError, match="one entry per port"):
         stack.ServiceSpec("x", "x:app", (1, 2), "X_", None, replica_env=({"A": "1"},))
@@ -217,6 +317,7 @@ def test_migrations_cover_every_database(monkeypatch: pytest.MonkeyPatch, stack_
     stack.run_migrations(stack.Backends(*BACKENDS))
     migrated = [(cmd[-2], cmd[-1]) for cmd in commands]
     assert migrated == [
+        ("inventory", "postgresql+asyncpg://postgres@127.0.0.1:5440/inventory"),
         ("flashsale", "postgresql+asyncpg://postgres@127.0.0.1:5440/flashsale"),
         ("coupon", "postgresql+asyncpg://postgres@127.0.0.1:5440/coupons"),
         ("order", "postgresql+asyncpg://postgres@127.0.0.1:5440/orders"),
@@ -303,7 +404,8 @@ def test_demo_keeps_a_running_stack_and_up_restores_the_default_deadline(monkeyp
 
 def test_down_stops_order_before_the_providers_it_calls_and_backends_last(stack_dir: Path) -> None:
     gone = {"pid": 2**22 + 12345, "start": "1", "log": ""}  # no such process: each stop is a no-op
-    names = ["flashsale-1", "order-1", "coupon-2", "order-2", "paysim-1", "coupon-1", "paysim-2", "redis"]
+    names = ["flashsale-1", "order-1", "coupon-2", "inventory-1", "order-2", "paysim-1", "coupon-1", "paysim-2"]
+    names += ["inventory-2", "redis"]
     procs = {name: {**gone, "kind": "backend" if name == "redis" else "service"} for name in names}
     assert stack.stop_recorded({"processes": procs}) == [
         "order-2",
@@ -313,6 +415,8 @@ def test_down_stops_order_before_the_providers_it_calls_and_backends_last(stack_
         "paysim-2",
         "paysim-1",
         "flashsale-1",
+        "inventory-2",
+        "inventory-1",
         "redis",
     ]
 
