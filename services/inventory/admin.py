@@ -132,5 +132,12 @@ async def sell_allocation(
 
 @router.get("/reconciliation", response_model=Reconciliation)
 async def reconciliation(user: AdminUser, service: ServiceDep) -> Reconciliation:
-    """Per SKU: on_hand vs available + allocated + held + sold, from the counters and from the ledger."""
+    """Per SKU: on_hand vs available + allocated + held + sold, from the counters and from the ledger,
+    and whether the Redis copy of `available` matches."""
     return await service.reconcile()
+
+
+@router.post("/reconciliation/repair", response_model=Reconciliation)
+async def repair(user: AdminUser, service: ServiceDep) -> Reconciliation:
+    """Rebuild the Redis copy of every drifted SKU from PostgreSQL (e.g. after Redis lost data); audited."""
+    return await service.repair_mirror(actor=user.user_id)

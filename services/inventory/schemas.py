@@ -155,6 +155,10 @@ class SkuReconciliation(BaseModel):
 
 
 class Reconciliation(BaseModel):
+    """`ok` is about the truth (counters and ledger in PostgreSQL); `mirror_drift` lists SKUs whose Redis
+    copy of `available` is missing or differs, which `POST /admin/reconciliation/repair` rewrites."""
+
     ok: bool
     skus: list[SkuReconciliation]
     drift: list[str]
+    mirror_drift: list[str] = []

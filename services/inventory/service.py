@@ -623,7 +623,35 @@ class InventoryService:
             for row, mirror in zip(rows, mirrored, strict=True)
         ]
         drift = [d for r in report for d in r.drift]
-        return Reconciliation(ok=not drift, skus=report, drift=drift)
+        mirror_drift = [
+            f"{r.sku}: Redis has {r.mirror_available}, PostgreSQL says {r.counters.available}"
+            for r in report
+            if r.mirror_available != r.counters.available
+        ]
+        return Reconciliation(ok=not drift, skus=report, drift=drift, mirror_drift=mirror_drift)
+
+    async def repair_mirror(self, *, actor: str) -> Reconciliation:
+        """Rewrite the Redis copy of `available` from PostgreSQL for every SKU where it drifted (or was lost)."""
+        before = await self.reconcile()
+        stale = [r.sku for r in before.skus if r.mirror_available != r.counters.available]
+        if stale:
+            async with self.sessions.begin() as session:
+                rows = {r.sku: r for r in await session.scalars(select(Sku).where(Sku.sku.in_(stale)))}
+                seqs = dict(
+                    (
+                        await session.execute(
+                            select(LedgerEntry.sku, func.max(LedgerEntry.id))
+                            .where(LedgerEntry.sku.in_(stale))
+                            .group_by(LedgerEntry.sku)
+                        )
+                    ).all()
+                )
+                await self._audit(
+                    session, actor=actor, action="repair_mirror", after={"skus": stale, "drift": before.mirror_drift}
+                )
+            for sku, row in rows.items():
+                await self.mirror.overwrite(sku=sku, available=row.available, seq=int(seqs.get(sku) or 0))
+        return await self.reconcile()
 
     def _reconcile_one(
         self, row: Sku, sums: dict[str, int], last_available: int | None, mirror: int | None

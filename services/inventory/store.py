@@ -30,6 +30,10 @@ class StockMirror:
         """Store `available`; a late writer with an older ledger sequence changes nothing."""
         await self._mirror(keys=[stock_key(sku)], args=[available, seq])
 
+    async def overwrite(self, *, sku: str, available: int, seq: int) -> None:
+        """Set the mirror from PostgreSQL whatever it holds (repair after drift or data loss)."""
+        await self.redis.hset(stock_key(sku), mapping={"available": available, "seq": seq})
+
     async def read(self, sku: str) -> int | None:
         """The mirrored `available`, or None when Redis has not seen the SKU."""
         value = await self.redis.hget(stock_key(sku), "available")

@@ -315,3 +315,20 @@ async def test_admin_change_with_idempotency_key_applies_once(inventory: httpx.A
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
     assert (await _counters(inventory, sku))["on_hand"] == 15
+
+
+async def test_redis_copy_lost_is_reported_and_rebuilt_from_postgres(
+    inventory: httpx.AsyncClient, redis: Redis
+) -> None:
+    sku = await _sku(inventory, 40)
+    assert (await _hold(inventory, sku, "mirror-user", "m-1", quantity=5)).status_code == 201
+    assert (await inventory.get(f"/skus/{sku}/availability")).json()["available"] == 35
+    await redis.delete(f"{{inv:{sku}}}:stock")  # what a Redis crash that lost data leaves behind
+    report = (await inventory.get("/admin/reconciliation", headers=admin_headers())).json()
+    assert report["ok"]  # PostgreSQL, the truth, still adds up
+    assert any(line.startswith(f"{sku}:") for line in report["mirror_drift"])
+    repaired = await inventory.post("/admin/reconciliation/repair", headers=admin_headers())
+    assert repaired.status_code == 200, repaired.text
+    assert not [line for line in repaired.json()["mirror_drift"] if line.startswith(f"{sku}:")]
+    assert await redis.hget(f"{{inv:{sku}}}:stock", "available") == "35"
+    assert (await inventory.post("/admin/reconciliation/repair", headers=customer_headers("x"))).status_code == 403
