@@ -60,6 +60,14 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
             ),
             asyncio.create_task(
                 run_every(
+                    settings.duplicate_check_interval_seconds,
+                    "duplicate charge check",
+                    service.refund_duplicate_charges,
+                    stop,
+                )
+            ),
+            asyncio.create_task(
+                run_every(
                     settings.relay_interval_seconds,
                     "outbox relay",
                     service.relay_outbox,

@@ -220,6 +220,18 @@ class PaymentRouter:
             )
         return attempt.outcome == SUCCEEDED
 
+    async def payments_for_order(self, *, provider: str, order_id: str) -> list[dict[str, Any]] | None:
+        """What one provider charged for an order (`GET /payments?order_id=`); None when it cannot tell now."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.client.get(f"{self.urls[provider]}/payments", params={"order_id": order_id})
+        except (TimeoutError, httpx.HTTPError):
+            return None
+        if response.status_code != 200:
+            return None
+        payments: list[dict[str, Any]] = response.json()
+        return payments
+
     def snapshot(self) -> dict[str, Any]:
         """Per provider: URL, breaker state and consecutive failures."""
         self._publish_states()

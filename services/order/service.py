@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from sqlalchemy import TextClause, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import aliased, selectinload
 
 from services.common.streams import encode_event
 from services.order import errors
@@ -31,6 +31,7 @@ log = logging.getLogger("order.service")
 
 ORDERS_CREATED = Counter("order_orders_created_total", "Orders created from purchase events")
 TRANSITIONS_TOTAL = Counter("order_transitions_total", "Order state changes", ["to"])
+DUPLICATES_REFUNDED = Counter("order_duplicate_charges_refunded_total", "Duplicate provider charges refunded")
 PAY_SUCCESS_RATIO = Gauge("order_payment_success_ratio", "Share of the last 1,000 pay calls that succeeded")
 
 # Which state may follow which.
@@ -526,6 +527,74 @@ class OrderService:
         elif state in (OrderState.EXPIRED, OrderState.CANCELLED):
             self._move(session, order, OrderState.REFUND_PENDING, provider=result.provider)
             log.warning("payment for closed order %s recorded as refund_pending", order.id)
+
+    async def refund_duplicate_charges(self, limit: int = 50) -> int:
+        """Refund charges a provider made although the order was paid through the other one.
+
+        A primary that times out may still have charged; the backup then charged too. For each paid order
+        with such an attempt, ask that provider what it charged for the order and refund it (idempotent
+        per payment). The check is recorded as an attempt (`duplicate_refunded` or `no_duplicate`), so it
+        runs once per order and provider; a provider that cannot answer is asked again later.
+        """
+        checked = aliased(PaymentAttempt)
+        cutoff = utcnow() - timedelta(seconds=self.settings.duplicate_check_after_seconds)
+        paid_states = [OrderState.PAID.value, OrderState.FULFILLED.value, OrderState.REFUNDED.value]
+        query = (
+            select(PaymentAttempt.order_id, PaymentAttempt.provider)
+            .join(Order, Order.id == PaymentAttempt.order_id)
+            .where(
+                PaymentAttempt.outcome.in_(["timeout", "error"]),
+                Order.state.in_(paid_states),
+                Order.payment_provider.is_not(None),
+                Order.payment_provider != PaymentAttempt.provider,
+                Order.paid_at <= cutoff,
+                ~select(checked.id)
+                .where(
+                    checked.order_id == PaymentAttempt.order_id,
+                    checked.provider == PaymentAttempt.provider,
+                    checked.outcome.in_(["duplicate_refunded", "no_duplicate"]),
+                )
+                .exists(),
+            )
+            .distinct()
+            .limit(limit)
+        )
+        async with self.sessions() as session:
+            suspects = (await session.execute(query)).all()
+        refunded = 0
+        for order_id, provider in suspects:
+            charges = await self.payments.payments_for_order(provider=provider, order_id=order_id)
+            if charges is None:
+                continue
+            outcome, refs = "no_duplicate", []
+            for charge in charges:
+                if charge.get("status") != "succeeded":
+                    continue
+                ref = str(charge["payment_id"])
+                if not await self.payments.refund(provider=provider, provider_ref=ref, idempotency_key=f"dup:{ref}"):
+                    outcome = ""
+                    break
+                outcome = "duplicate_refunded"
+                refs.append(ref)
+            if not outcome:
+                continue  # the refund was not confirmed: try again later
+            async with self.sessions.begin() as session:
+                session.add(
+                    PaymentAttempt(
+                        order_id=order_id,
+                        provider=provider,
+                        outcome=outcome,
+                        latency_ms=0,
+                        provider_ref=",".join(refs)[:128] or None,
+                        error=None,
+                        idempotency_key=f"order:{order_id}",
+                    )
+                )
+            if refs:
+                DUPLICATES_REFUNDED.inc(len(refs))
+                refunded += len(refs)
+                log.warning("refunded %d duplicate charge(s) of order %s at %s", len(refs), order_id, provider)
+        return refunded
 
     async def expire_due(self, limit: int = 500) -> int:
         """Expire unpaid orders past their deadline; safe with every replica running it (SKIP LOCKED)."""

@@ -92,6 +92,8 @@ async def orders(redis: Redis, paysim: PaySims, app: FastAPI, coupon_url: str) -
         stream_discovery_seconds=0.2,
         replica_id="order-test",
         coupon_url=coupon_url,
+        duplicate_check_after_seconds=0,
+        duplicate_check_interval_seconds=0.3,
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
@@ -252,8 +254,8 @@ async def test_primary_down_pays_through_the_backup(
     assert paid.status_code == 200, paid.text
     assert paid.json()["payment_provider"] == "backup"
     detail = (await orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
-    assert [a["provider"] for a in detail["attempts"]][-1] == "backup"
-    assert detail["attempts"][-1]["outcome"] == "succeeded"
+    outcomes = [(a["provider"], a["outcome"]) for a in detail["attempts"]]
+    assert outcomes[:2] == [("primary", "error"), ("backup", "succeeded")]
 
 
 async def test_both_providers_down_fails_cleanly_and_a_later_retry_succeeds(
@@ -465,3 +467,35 @@ async def test_compensation_reaches_every_buyer_whose_order_a_system_failure_can
         for user, expected in (("hit-1", 1), ("hit-2", 1), ("hit-3", 1), ("spared", 0)):
             wallet = (await coupons.get("/wallet", headers=customer_headers(user))).json()
             assert len([c for c in wallet if c["template"]["kind"] == "compensation"]) == expected
+
+
+async def test_a_charge_the_timed_out_primary_made_is_refunded_after_the_backup_was_paid(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, paysim: PaySims
+) -> None:
+    sale = await live_sale(client, quantity=3)
+    rid = await _buy(client, sale["id"], "double-charged")
+    order = await _order_of(orders, "double-charged", rid)
+    # The primary records the charge, then answers after the 1 s payment timeout: we fail over.
+    await _faults(paysim, "primary", {"latency_ms": 1500})
+    paid = await _pay(orders, "double-charged", order["id"])
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["payment_provider"] == "backup"
+    await _faults(paysim, "primary", None)
+
+    async def primary_charges() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=paysim.primary) as c:
+            charges: list[dict[str, Any]] = (await c.get("/payments", params={"order_id": order["id"]})).json()
+            return charges
+
+    assert [c["status"] for c in await primary_charges()] == ["succeeded"]  # the duplicate charge
+
+    async def refunded() -> bool:
+        return [c["status"] for c in await primary_charges()] == ["refunded"]
+
+    await wait_for(refunded)
+    detail = (await orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
+    outcomes = [(a["provider"], a["outcome"]) for a in detail["attempts"]]
+    assert ("primary", "timeout") in outcomes
+    assert ("backup", "succeeded") in outcomes
+    assert ("primary", "duplicate_refunded") in outcomes
+    assert detail["state"] == "paid"
