@@ -34,7 +34,7 @@ class OrderSettings(BaseServiceSettings):
     # Orders that name coupons are priced (and their coupons locked) by the coupon service.
     coupon_url: str = "http://127.0.0.1:8103"
     coupon_timeout_seconds: float = 2.0
-    reprice_interval_seconds: float = 1.0
+    pricing_retry_interval_seconds: float = 1.0
     # A provider that timed out may still have charged: after this grace period, paid orders whose other
     # provider timed out or failed are checked there, and a duplicate charge is refunded.
     duplicate_check_after_seconds: float = 60.0

@@ -56,7 +56,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                 run_every(settings.sweeper_interval_seconds, "expiry sweeper", service.expire_due, stop)
             ),
             asyncio.create_task(
-                run_every(settings.reprice_interval_seconds, "coupon pricing", service.price_with_coupons, stop)
+                run_every(settings.pricing_retry_interval_seconds, "coupon pricing", service.price_with_coupons, stop)
             ),
             asyncio.create_task(
                 run_every(
