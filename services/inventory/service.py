@@ -411,49 +411,38 @@ class InventoryService:
 
     async def return_allocation(self, *, actor: str, sale_id: int, sku: str, quantity: int) -> AllocationOut:
         """Give a sale's unsold units back to available."""
-        effects = AfterCommit()
-        async with self.sessions.begin() as session:
-            row = await self._lock(session, sku)
-            allocation = await self._allocation(session, sale_id, sku)
-            self._check_outstanding(allocation, quantity)
-            before = _counters(row)
-            allocation.returned += quantity
-            row.allocated -= quantity
-            row.available += quantity
-            await self._record(
-                session, effects, row, kind=LedgerKind.RETURN, quantity=quantity, actor=actor, ref=str(sale_id)
-            )
-            await self._audit(
-                session,
-                actor=actor,
-                action="return",
-                sku=sku,
-                before=before,
-                after=_counters(row),
-                note=f"sale {sale_id}",
-            )
-            out = _allocation_out(allocation)
-        await self._publish(effects)
-        return out
+        return await self._settle_allocation(
+            actor=actor, sale_id=sale_id, sku=sku, quantity=quantity, kind=LedgerKind.RETURN
+        )
 
     async def sell_allocation(self, *, actor: str, sale_id: int, sku: str, quantity: int) -> AllocationOut:
         """Record units a sale sold out of its allocation."""
+        return await self._settle_allocation(
+            actor=actor, sale_id=sale_id, sku=sku, quantity=quantity, kind=LedgerKind.SELL
+        )
+
+    async def _settle_allocation(
+        self, *, actor: str, sale_id: int, sku: str, quantity: int, kind: LedgerKind
+    ) -> AllocationOut:
+        """Close part of a sale's allocation: returned units go back to available, sold ones to sold."""
         effects = AfterCommit()
         async with self.sessions.begin() as session:
             row = await self._lock(session, sku)
             allocation = await self._allocation(session, sale_id, sku)
             self._check_outstanding(allocation, quantity)
             before = _counters(row)
-            allocation.sold += quantity
             row.allocated -= quantity
-            row.sold += quantity
-            await self._record(
-                session, effects, row, kind=LedgerKind.SELL, quantity=quantity, actor=actor, ref=str(sale_id)
-            )
+            if kind == LedgerKind.RETURN:
+                allocation.returned += quantity
+                row.available += quantity
+            else:
+                allocation.sold += quantity
+                row.sold += quantity
+            await self._record(session, effects, row, kind=kind, quantity=quantity, actor=actor, ref=str(sale_id))
             await self._audit(
                 session,
                 actor=actor,
-                action="sell",
+                action=kind.value,
                 sku=sku,
                 before=before,
                 after=_counters(row),
