@@ -38,6 +38,21 @@ async def run_every(
         await asyncio.sleep(seconds)
 
 
+SHUTDOWN_WAIT_SECONDS = 5.0
+
+
+async def stop_background(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Stop periodic jobs and consumers at shutdown, waiting at most SHUTDOWN_WAIT_SECONDS for them.
+
+    A driver may swallow a cancellation mid-query; shutdown must not wait on such a task forever.
+    """
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_SECONDS)
+
+
 def freeze_startup_objects() -> None:
     """Move everything allocated at start-up out of the garbage collector's sight.
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +29,11 @@ class BaseServiceSettings(BaseSettings):
     access_log: bool = Field(False, validation_alias="ACCESS_LOG")
     max_body_bytes: int = Field(65536, validation_alias="MAX_BODY_BYTES")
     replica_id: str = Field("", validation_alias="REPLICA_ID")
+
+    @property
+    def consumer_name(self) -> str:
+        """This replica's name in stream consumer groups: REPLICA_ID, else host and process id."""
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def is_dev(self) -> bool:

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
@@ -127,6 +128,29 @@ class ServiceMiddleware:
             413, "PAYLOAD_TOO_LARGE", f"Request body exceeds {self.max_body} bytes", instance=scope["path"]
         )
         await resp(scope, receive, send)
+
+
+def service_app(
+    settings: BaseServiceSettings,
+    *,
+    title: str,
+    description: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    ready_checks: dict[str, ReadyCheck] | None = None,
+    redis_down_code: str = "REDIS_UNAVAILABLE",
+) -> FastAPI:
+    """A FastAPI app with the service defaults, as every service's `create_app` starts it."""
+    app = FastAPI(
+        title=title,
+        version="0.1.0",
+        description=description,
+        lifespan=lifespan,
+        # FastAPI's own OpenTelemetry hooks check providers and the environment on every request;
+        # we export Prometheus metrics instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    add_service_defaults(app, settings, ready_checks, redis_down_code=redis_down_code)
+    return app
 
 
 def add_service_defaults(

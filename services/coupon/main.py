@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every
-from services.common.defaults import add_service_defaults
+from services.common.background import freeze_startup_objects, run_every, stop_background
+from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory
 from services.coupon import admin, router
 from services.coupon.config import CouponSettings
@@ -23,7 +21,7 @@ from services.coupon.service import CouponService
 def create_app(settings: CouponSettings | None = None) -> FastAPI:
     """Build the coupon app; resources and background consumers start in the lifespan."""
     settings = settings or CouponSettings()
-    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    replica = settings.consumer_name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,23 +42,19 @@ def create_app(settings: CouponSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            stop.set()
             orders.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=5)
+            await stop_background(stop, tasks)
             await claims.follower.aclose()
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = service_app(
+        settings,
         title="coupon",
-        version="0.1.0",
         description="Coupon templates, race-proof claims, wallets, quotes with stacking rules, order locks.",
         lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        redis_down_code="COUPON_UNAVAILABLE",
     )
-    add_service_defaults(app, settings, redis_down_code="COUPON_UNAVAILABLE")
     app.include_router(router.router)
     app.include_router(admin.router)
     return app

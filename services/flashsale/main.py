@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -13,8 +11,8 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every
-from services.common.defaults import add_service_defaults
+from services.common.background import freeze_startup_objects, run_every, stop_background
+from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory
 from services.common.streams import StreamConsumer
 from services.flashsale import admin, router
@@ -28,7 +26,7 @@ log = logging.getLogger("flashsale")
 def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
     """Build the flashsale app; resources open in the lifespan."""
     settings = settings or FlashSaleSettings()
-    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    replica = settings.consumer_name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,11 +71,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             yield
         finally:
             order_events.stop()
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            # A driver may swallow a cancellation mid-query; shutdown must not wait on it forever.
-            await asyncio.wait(tasks, timeout=5)
+            await stop_background(stop, tasks)
             await relay.aclose()
             with suppress(Exception):
                 await service.flush_local_attempts()
@@ -85,16 +79,13 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = service_app(
+        settings,
         title="flashsale",
-        version="0.1.0",
         description="Flash sales: storefront views, the atomic purchase, and the admin lifecycle.",
         lifespan=lifespan,
-        # FastAPI's own OpenTelemetry hooks check providers and the environment on every request;
-        # we export Prometheus metrics instead.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        redis_down_code="STOCK_UNAVAILABLE",
     )
-    add_service_defaults(app, settings, redis_down_code="STOCK_UNAVAILABLE")
 
     app.include_router(router.router)
     # Numeric sale ids take the plain route first; the FastAPI route documents it and answers the rest.

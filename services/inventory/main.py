@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every
-from services.common.defaults import add_service_defaults
+from services.common.background import freeze_startup_objects, run_every, stop_background
+from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory
 from services.inventory import admin, router
 from services.inventory.config import InventorySettings
@@ -44,20 +44,17 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            stop.set()
-            sweeper.cancel()
-            await asyncio.wait([sweeper], timeout=5)
+            await stop_background(stop, [sweeper])
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = service_app(
+        settings,
         title="inventory",
-        version="0.1.0",
         description="Warehouse stock ledger, allocations to sales, checkout holds, low-stock alerts, reconciliation.",
         lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        redis_down_code="INVENTORY_UNAVAILABLE",
     )
-    add_service_defaults(app, settings, redis_down_code="INVENTORY_UNAVAILABLE")
     app.include_router(router.router)
     app.include_router(admin.router)
     return app

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every
-from services.common.defaults import add_service_defaults
+from services.common.background import freeze_startup_objects, run_every, stop_background
+from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory
 from services.order import admin, router
 from services.order.config import OrderSettings
@@ -28,7 +26,7 @@ log = logging.getLogger("order")
 def create_app(settings: OrderSettings | None = None) -> FastAPI:
     """Build the order app; resources and background jobs start in the lifespan."""
     settings = settings or OrderSettings()
-    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    replica = settings.consumer_name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,24 +78,19 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=5)
+            await stop_background(stop, tasks)
             await ingest.aclose()
             await payments.aclose()
             await coupons.aclose()
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = service_app(
+        settings,
         title="order",
-        version="0.1.0",
         description="Orders from flash-sale reservations: payment with failover, timeouts, refunds, outbox events.",
         lifespan=lifespan,
-        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    add_service_defaults(app, settings)
     app.include_router(router.router)
     app.include_router(admin.router)
     return app

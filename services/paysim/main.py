@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
-from services.common.defaults import add_service_defaults
+from services.common.defaults import service_app
 from services.paysim import admin, router
 from services.paysim.config import PaySimSettings
 from services.paysim.errors import ProviderDown
@@ -34,22 +34,18 @@ def create_app(settings: PaySimSettings | None = None) -> FastAPI:
         log.info("paysim provider %s started", settings.name)
         yield
 
-    app = FastAPI(
-        title=f"paysim ({settings.name})",
-        version="0.1.0",
-        description="A mock payment provider with fault injection for failover drills.",
-        lifespan=lifespan,
-        # FastAPI's own OpenTelemetry hooks check providers and the environment on every request;
-        # we export Prometheus metrics instead.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
-    )
-
     async def provider_up() -> None:
         # A "down" provider keeps answering health probes but leaves the pool, as a gateway would see it.
         if app.state.faults.down:
             raise ProviderDown("down by fault injection")
 
-    add_service_defaults(app, settings, ready_checks={"provider": provider_up})
+    app = service_app(
+        settings,
+        title=f"paysim ({settings.name})",
+        description="A mock payment provider with fault injection for failover drills.",
+        lifespan=lifespan,
+        ready_checks={"provider": provider_up},
+    )
     app.include_router(router.router)
     app.include_router(admin.router)
     return app
