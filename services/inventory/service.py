@@ -259,33 +259,13 @@ class InventoryService:
 
     async def restock(self, *, actor: str, sku: str, quantity: int, reason: str) -> SkuOut:
         """Add received units to on-hand and available; lifting available above the threshold re-arms the alert."""
-        effects = AfterCommit()
-        async with self.sessions.begin() as session:
-            row = await self._lock(session, sku)
-            before = _counters(row)
-            if row.on_hand + quantity > MAX_ON_HAND:
-                raise errors.StockLimitExceeded(f"on_hand may not exceed {MAX_ON_HAND}")
-            row.on_hand += quantity
-            row.available += quantity
-            await self._record(
-                session,
-                effects,
-                row,
-                kind=LedgerKind.RESTOCK,
-                quantity=quantity,
-                actor=actor,
-                reason=reason,
-                rearm=True,
-            )
-            out = SkuOut.model_validate(row)
-            await self._audit(
-                session, actor=actor, action="restock", sku=sku, before=before, after=_counters(row), note=reason
-            )
-        await self._publish(effects)
-        return out
+        return await self._change_on_hand(actor=actor, sku=sku, delta=quantity, reason=reason, kind=LedgerKind.RESTOCK)
 
     async def adjust(self, *, actor: str, sku: str, delta: int, reason: str) -> SkuOut:
         """Correct stock after a count: add units, or remove available ones (never below zero)."""
+        return await self._change_on_hand(actor=actor, sku=sku, delta=delta, reason=reason, kind=LedgerKind.ADJUST)
+
+    async def _change_on_hand(self, *, actor: str, sku: str, delta: int, reason: str, kind: LedgerKind) -> SkuOut:
         effects = AfterCommit()
         async with self.sessions.begin() as session:
             row = await self._lock(session, sku)
@@ -299,18 +279,11 @@ class InventoryService:
             row.on_hand += delta
             row.available += delta
             await self._record(
-                session,
-                effects,
-                row,
-                kind=LedgerKind.ADJUST,
-                quantity=delta,
-                actor=actor,
-                reason=reason,
-                rearm=delta > 0,
+                session, effects, row, kind=kind, quantity=delta, actor=actor, reason=reason, rearm=delta > 0
             )
             out = SkuOut.model_validate(row)
             await self._audit(
-                session, actor=actor, action="adjust", sku=sku, before=before, after=_counters(row), note=reason
+                session, actor=actor, action=kind.value, sku=sku, before=before, after=_counters(row), note=reason
             )
         await self._publish(effects)
         return out
