@@ -32,11 +32,31 @@ from services.flashsale.main import create_app
 logging.getLogger("httpx").setLevel(logging.WARNING)
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
-TEST_DB_URL = make_url(SERVER_URL).set(database="flashsale_test").render_as_string(hide_password=False)
+# Two runs of the suite on one machine stay apart by choosing other names: TEST_DB_SUFFIX names the
+# databases (flashsale<suffix>, orders<suffix>, ...), TEST_REDIS_DB the first of three logical Redis databases.
+TEST_DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "_test")
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "9"))
+
+
+def db_name_for(base: str) -> str:
+    """The name of this run's test database for `base` (e.g. flashsale -> flashsale_test)."""
+    return f"{base}{TEST_DB_SUFFIX}"
+
+
+def db_url_for(base: str) -> str:
+    """The URL of this run's test database for `base`."""
+    return make_url(SERVER_URL).set(database=db_name_for(base)).render_as_string(hide_password=False)
+
+
+def redis_url_for(offset: int = 0) -> str:
+    """A logical Redis database of this run's own (the first, or the one `offset` after it)."""
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
+    return f"{base}/{TEST_REDIS_DB + offset}"
+
+
+TEST_DB_URL = db_url_for("flashsale")
 # A logical Redis database of its own, so the suite can start from an empty one.
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or (
-    os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/9"
-)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or redis_url_for()
 
 
 def free_port() -> int:
@@ -67,8 +87,8 @@ async def redis() -> AsyncIterator[Redis]:
 
 @pytest.fixture(scope="session")
 async def database(redis: Redis) -> str:
-    """A freshly migrated flashsale_test database."""
-    await drop_database("flashsale_test")
+    """A freshly migrated flashsale test database."""
+    await drop_database(db_name_for("flashsale"))
     await asyncio.to_thread(upgrade, "flashsale", TEST_DB_URL)
     return TEST_DB_URL
 

@@ -11,30 +11,30 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from services.common.migrate import upgrade
 from services.common.streams import encode_event
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
 from tests.conftest import (
-    SERVER_URL,
     TEST_REDIS_URL,
     admin_headers,
     customer_headers,
+    db_name_for,
+    db_url_for,
     drop_database,
     token,
     wait_for,
 )
 
-COUPON_DB_URL = make_url(SERVER_URL).set(database="coupons_test").render_as_string(hide_password=False)
+COUPON_DB_URL = db_url_for("coupons")
 TIERS = [{"spend": 30_000, "off": 5_000}, {"spend": 50_000, "off": 10_000}, {"spend": 80_000, "off": 18_000}]
 
 
 @pytest.fixture(scope="module")
 async def coupons(redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
     """The coupon service in-process."""
-    await drop_database("coupons_test")
+    await drop_database(db_name_for("coupons"))
     await asyncio.to_thread(upgrade, "coupon", COUPON_DB_URL)
     settings = CouponSettings(env="test", database_url=COUPON_DB_URL, redis_url=TEST_REDIS_URL, replica_id="cp-test")
     application = create_app(settings)

@@ -12,21 +12,28 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from services.common.migrate import upgrade
 from services.common.streams import decode_event
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app
-from tests.conftest import SERVER_URL, TEST_REDIS_URL, admin_headers, customer_headers, drop_database, wait_for
+from tests.conftest import (
+    TEST_REDIS_URL,
+    admin_headers,
+    customer_headers,
+    db_name_for,
+    db_url_for,
+    drop_database,
+    wait_for,
+)
 
-INVENTORY_DB_URL = make_url(SERVER_URL).set(database="inventory_test").render_as_string(hide_password=False)
+INVENTORY_DB_URL = db_url_for("inventory")
 
 
 @pytest.fixture(scope="module")
 async def inventory(redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
     """The inventory service in-process, with 1 s holds allowed and a fast sweeper."""
-    await drop_database("inventory_test")
+    await drop_database(db_name_for("inventory"))
     await asyncio.to_thread(upgrade, "inventory", INVENTORY_DB_URL)
     settings = InventorySettings(
         env="test",

@@ -27,21 +27,18 @@ from services.flashsale.main import create_app as create_flashsale
 from services.order.config import OrderSettings
 from services.order.main import create_app as create_order
 from tests.conftest import (
-    SERVER_URL,
-    TEST_REDIS_URL,
     Processes,
     admin_headers,
     customer_headers,
+    db_name_for,
+    db_url_for,
     drop_database,
     free_port,
+    redis_url_for,
     sale_body,
     wait_for,
 )
 from tests.deploy.launcher import stack
-
-
-def _redis_url(db: int) -> str:
-    return TEST_REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
 
 
 async def _count_orders(db_url: str) -> tuple[int, int]:
@@ -56,15 +53,15 @@ async def _count_orders(db_url: str) -> tuple[int, int]:
 
 
 async def test_consumer_killed_mid_stream_still_makes_exactly_one_order_per_event() -> None:
-    db_url = make_url(SERVER_URL).set(database="orders_crash_test").render_as_string(hide_password=False)
-    await drop_database("orders_crash_test")
+    db_url = db_url_for("orders_crash")
+    await drop_database(db_name_for("orders_crash"))
     await asyncio.to_thread(upgrade, "order", db_url)
-    redis = Redis.from_url(_redis_url(10), decode_responses=True)
+    redis = Redis.from_url(redis_url_for(1), decode_responses=True)
     await redis.flushdb()
     stream = "{fs:424242}:events"
     await redis.sadd("fs:streams", stream)
     env = {
-        "REDIS_URL": _redis_url(10),
+        "REDIS_URL": redis_url_for(1),
         "ORDER_DATABASE_URL": db_url,
         "REPLICA_ID": "order-crash",
         "ORDER_CONSUMER_BATCH": "25",
@@ -176,17 +173,17 @@ async def outage_stack(private_pg: PrivatePostgres) -> AsyncIterator[tuple[httpx
     order_db = server.set(database="orders").render_as_string(hide_password=False)
     await asyncio.to_thread(upgrade, "flashsale", fs_db)
     await asyncio.to_thread(upgrade, "order", order_db)
-    redis = Redis.from_url(_redis_url(11), decode_responses=True)
+    redis = Redis.from_url(redis_url_for(2), decode_responses=True)
     await redis.flushdb()
     await redis.aclose()
     flashsale: FastAPI = create_flashsale(
-        FlashSaleSettings(env="test", database_url=fs_db, redis_url=_redis_url(11), replica_id="outage-fs")
+        FlashSaleSettings(env="test", database_url=fs_db, redis_url=redis_url_for(2), replica_id="outage-fs")
     )
     order: FastAPI = create_order(
         OrderSettings(
             env="test",
             database_url=order_db,
-            redis_url=_redis_url(11),
+            redis_url=redis_url_for(2),
             replica_id="outage-order",
             stream_discovery_seconds=0.2,
         )

@@ -10,25 +10,25 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from services.common.migrate import upgrade
 from services.order.config import OrderSettings
 from services.order.main import create_app
 from tests.conftest import (
-    SERVER_URL,
     TEST_REDIS_URL,
     PaySims,
     Processes,
     admin_headers,
     customer_headers,
+    db_name_for,
+    db_url_for,
     drop_database,
     live_sale,
     sale_stats,
     wait_for,
 )
 
-ORDER_DB_URL = make_url(SERVER_URL).set(database="orders_test").render_as_string(hide_password=False)
+ORDER_DB_URL = db_url_for("orders")
 DEADLINE_SECONDS = 4
 
 
@@ -38,7 +38,7 @@ def order_url(database: str) -> Iterator[str]:
 
     It follows no purchase streams (an empty registry): the in-process replica creates the orders.
     """
-    asyncio.run(drop_database("orders_test"))
+    asyncio.run(drop_database(db_name_for("orders")))
     upgrade("order", ORDER_DB_URL)
     procs = Processes()
     try:
@@ -58,8 +58,8 @@ def order_url(database: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def coupon_url(order_url: str) -> Iterator[str]:
     """The coupon service as a real process (the order service prices orders through it over HTTP)."""
-    url = make_url(SERVER_URL).set(database="coupons_order_test").render_as_string(hide_password=False)
-    asyncio.run(drop_database("coupons_order_test"))
+    url = db_url_for("coupons_order")
+    asyncio.run(drop_database(db_name_for("coupons_order")))
     upgrade("coupon", url)
     procs = Processes()
     try:
