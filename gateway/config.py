@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
@@ -87,8 +87,6 @@ class GatewaySettings(BaseServiceSettings):
     # POST /api/auth/token for local demos and load tests; refused outside APP_ENV=dev|test.
     dev_tokens: bool = False
     dev_token_ttl_seconds: int = 3600
-
-    access_log: bool = Field(False, validation_alias="GATEWAY_ACCESS_LOG")
 
     def pool_urls(self, service: str) -> list[str]:
         """Primary replica base URLs of one service."""

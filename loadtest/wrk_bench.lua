@@ -1,10 +1,11 @@
 -- wrk script of loadtest/bench_purchase.py; the same client-side work for both endpoints.
 --
 --   wrk -t THREADS ... -s loadtest/wrk_bench.lua URL -- trivial THREADS
---   wrk -t THREADS ... -s loadtest/wrk_bench.lua URL -- purchase THREADS SALE_ID TOKENS_FILE RUN_TAG
+--   wrk -t THREADS ... -s loadtest/wrk_bench.lua URL -- purchase THREADS SALE_ID TOKENS_FILE RUN_TAG [PREFIX]
 --
 -- purchase: POST /sales/SALE_ID/purchase, body {"quantity":1}, a unique Idempotency-Key per request
 -- (RUN_TAG-thread-counter) and a bearer token rotating over the tokens in TOKENS_FILE (one per line).
+-- PREFIX (optional) goes before the purchase path, e.g. /api/flashsale through the gateway (bench_gateway.py).
 -- trivial:  GET /healthz/live.
 -- done() prints one line `BENCH_RESULT {json}`: requests, duration, latency percentiles (microseconds),
 -- status counts, socket errors, and how many requests were still in flight when wrk stopped.
@@ -33,6 +34,7 @@ function init(args)
   end
   local sale_id, tokens_file = args[3], args[4]
   tag = args[5] or "run"
+  local path_prefix = args[6] or ""
   tokens = {}
   for line in io.lines(tokens_file) do
     if #line > 0 then table.insert(tokens, line) end
@@ -40,7 +42,7 @@ function init(args)
   token_count = #tokens
   if token_count == 0 then error("no tokens in " .. tokens_file) end
   body = '{"quantity":1}'
-  prefix = "POST /sales/" .. sale_id .. "/purchase HTTP/1.1\r\nHost: " .. host
+  prefix = "POST " .. path_prefix .. "/sales/" .. sale_id .. "/purchase HTTP/1.1\r\nHost: " .. host
     .. "\r\nContent-Type: application/json\r\nContent-Length: " .. #body .. "\r\nAuthorization: Bearer "
 end
 

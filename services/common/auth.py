@@ -56,6 +56,10 @@ class TokenVerifier:
         self.cache: OrderedDict[str, Principal] = OrderedDict()
         self.cache_size = cache_size
 
+    def key_for(self, token: str) -> Any:
+        """The key that checks this token's signature (a subclass may pick one from a key set)."""
+        return self.key
+
     def verify(self, token: str) -> Principal:
         """Return the principal for a valid token or raise Unauthenticated."""
         now = time.time()
@@ -66,7 +70,7 @@ class TokenVerifier:
             del self.cache[token]
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self.key, algorithms=[self.algorithm], options={"require": ["sub", "exp"]}
+                token, self.key_for(token), algorithms=[self.algorithm], options={"require": ["sub", "exp"]}
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("Token expired") from None
@@ -90,6 +94,28 @@ def issue_token(settings: BaseServiceSettings, user_id: str, roles: list[str], t
     now = int(time.time())
     claims = {"sub": user_id, "roles": roles, "iat": now, "exp": now + ttl_seconds}
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+class ServiceToken:
+    """The bearer token one service shows another's admin API: SERVICE_TOKEN when set (e.g. RS256
+    deployments, where services cannot sign), else an hour-long HS256 token minted and renewed here."""
+
+    def __init__(self, settings: BaseServiceSettings, caller: str, configured: str = "") -> None:
+        self.settings = settings
+        self.caller = caller
+        self.configured = configured
+        self._token = ""
+        self._renew_at = 0.0
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header to send now."""
+        if self.configured:
+            return {"Authorization": f"Bearer {self.configured}"}
+        now = time.time()
+        if now >= self._renew_at:
+            self._token = issue_token(self.settings, self.caller, [ROLE_ADMIN], ttl_seconds=3600)
+            self._renew_at = now + 3000
+        return {"Authorization": f"Bearer {self._token}"}
 
 
 async def principal(request: Request) -> Principal:

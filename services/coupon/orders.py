@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from services.common.auth import issue_token
+from services.common.auth import ServiceToken
 from services.coupon.config import CouponSettings
 
 PAGE = 500
@@ -12,11 +12,9 @@ PAGE = 500
 
 async def buyers_hit_by_system_failure(settings: CouponSettings, sale_id: int) -> list[str]:
     """Users with an order in the sale cancelled with reason `system_failure` (each once, in order)."""
-    token = settings.service_token or issue_token(settings, "coupon-service", ["admin"], ttl_seconds=300)
+    headers = ServiceToken(settings, "coupon-service", settings.service_token).headers()
     users: dict[str, None] = {}
-    async with httpx.AsyncClient(
-        base_url=settings.order_url, timeout=10, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
+    async with httpx.AsyncClient(base_url=settings.order_url, timeout=10, headers=headers) as client:
         offset = 0
         while True:
             resp = await client.get(

@@ -12,8 +12,17 @@ from services.common.auth import AdminUser, Principal
 from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyRequired, IdempotencyStore, fingerprint
 from services.flashsale.deps import ServiceDep
 from services.flashsale.models import SaleState
+from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.router import SaleId
-from services.flashsale.schemas import AddStock, AuditOut, SaleCreate, SaleOut, SaleStats, SaleUpdate
+from services.flashsale.schemas import (
+    AddStock,
+    AuditOut,
+    SaleCreate,
+    SaleOut,
+    SaleReconciliation,
+    SaleStats,
+    SaleUpdate,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -154,3 +163,25 @@ async def audit_log(
     entries = await service.audit_log(sale_id=sale_id, limit=limit, offset=offset)
     await service.audit_read(actor=user.user_id, action="audit", sale_id=sale_id)
     return [AuditOut.model_validate(e) for e in entries]
+
+
+@router.get("/reconciliation", response_model=list[SaleReconciliation])
+async def reconcile_all(user: AdminUser, request: Request) -> list[SaleReconciliation]:
+    """Every sale not settled yet: quantity = remaining + reserved_unpaid + paid + returned, and drift."""
+    reconciler: SaleReconciler = request.app.state.reconciler
+    return await reconciler.report_all()
+
+
+@router.get("/sales/{sale_id}/reconciliation", response_model=SaleReconciliation)
+async def reconcile_sale(sale_id: SaleId, user: AdminUser, request: Request) -> SaleReconciliation:
+    """One sale's reconciliation: Redis against the order record and the warehouse allocation."""
+    reconciler: SaleReconciler = request.app.state.reconciler
+    return await reconciler.report(sale_id)
+
+
+@router.post("/sales/{sale_id}/reconciliation/repair", response_model=SaleReconciliation)
+async def repair_sale(sale_id: SaleId, user: AdminUser, request: Request) -> SaleReconciliation:
+    """Rebuild the sale's Redis counters (remaining, reserved, sold, per-user counts, reservations) from
+    the order record, e.g. after Redis lost data; reservations still in flight are kept. Audited."""
+    reconciler: SaleReconciler = request.app.state.reconciler
+    return await reconciler.repair(sale_id, actor=user.user_id)

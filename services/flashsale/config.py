@@ -28,6 +28,21 @@ class FlashSaleSettings(BaseServiceSettings):
     alert_webhooks: str = Field("", description="Comma-separated URLs that receive stock alerts")
     webhook_signing_key: str = DEV_WEBHOOK_KEY
     webhook_max_attempts: int = 6
+    # The warehouse: a sale's quantity is an allocation of the SKU's stock in the inventory service
+    # (empty: sales are not backed by a warehouse, e.g. a shop without the inventory service).
+    inventory_url: str = ""
+    # The order record, which reconciliation compares Redis with and rebuilds it from.
+    order_url: str = ""
+    # Bearer token for calls to inventory/order admin APIs; empty mints one with JWT_SECRET (HS256 only).
+    service_token: str = ""
+    upstream_timeout_seconds: float = 5.0
+    # How often sold and returned units are reported to the inventory service, and ended sales settled.
+    allocation_sync_seconds: float = 2.0
+    # How often every warm or unsettled sale is reconciled (report, metric, alert on drift).
+    reconcile_interval_seconds: float = 60.0
+    # A warm sale whose Redis data is gone (Redis lost data) is rebuilt from the record automatically;
+    # any other drift is only reported.
+    auto_rebuild_lost_sales: bool = True
     order_events_stream: str = "orders:events"
     alerts_stream: str = "alerts"
 

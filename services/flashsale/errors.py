@@ -69,3 +69,25 @@ class StaleStock(ProblemError):
     status = 409
     code = "STALE_STOCK_STATE"
     title = "Redis holds stock of another sale with this id"
+
+
+class DependencyUnavailable(ProblemError):
+    """Another service (inventory, order) could not answer; the change was not made."""
+
+    status = 503
+    code = "DEPENDENCY_UNAVAILABLE"
+    title = "A service this needs is unavailable"
+
+
+class DependencyRefused(ProblemError):
+    """Another service refused the change (e.g. the warehouse has too few units); its code is kept."""
+
+    status = 409
+    code = "REFUSED"
+    title = "Refused by the warehouse"
+
+
+class ReconciliationUnavailable(ProblemError):
+    status = 409
+    code = "RECONCILIATION_UNAVAILABLE"
+    title = "Reconciliation needs the order service"

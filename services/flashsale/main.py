@@ -18,6 +18,7 @@ from services.common.streams import StreamConsumer
 from services.flashsale import admin, router
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.events import AlertRelay, WebhookNotifier, handle_order_event, listen_notifications
+from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.service import FlashSaleService
 
 log = logging.getLogger("flashsale")
@@ -39,6 +40,8 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
         app.state.service, app.state.notifier, app.state.alert_relay = service, notifier, relay
         app.state.token_verifier = TokenVerifier(settings)
+        reconciler = SaleReconciler(service)
+        app.state.reconciler = reconciler
         try:
             await service.refresh_catalog()
         except Exception:
@@ -63,6 +66,12 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
                 run_every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick, stop)
             ),
             asyncio.create_task(run_every(1.0, "attempt flush", service.flush_local_attempts, stop)),
+            asyncio.create_task(run_every(settings.allocation_sync_seconds, "settlement", reconciler.settle, stop)),
+            asyncio.create_task(
+                run_every(
+                    settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_periodically, stop
+                )
+            ),
             asyncio.create_task(listen_notifications(service)),
             asyncio.create_task(order_events.run()),
         ]
@@ -76,6 +85,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             with suppress(Exception):
                 await service.flush_local_attempts()
             await notifier.aclose()
+            await service.aclose()
             await redis.aclose()
             await engine.dispose()
 

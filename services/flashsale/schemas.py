@@ -87,6 +87,8 @@ class SaleOut(BaseModel):
     updated_at: datetime
     went_live_at: datetime | None
     ended_at: datetime | None
+    returned_units: int = 0
+    settled_at: datetime | None = None
 
 
 class SaleStats(BaseModel):
@@ -99,6 +101,7 @@ class SaleStats(BaseModel):
     reserved: int
     sold: int
     released: int
+    returned: int = 0
     attempts: dict[str, int]
     sold_out_at: datetime | None
     first_sold_out_at: datetime | None
@@ -157,3 +160,63 @@ class SaleView(BaseModel):
     quantity: int
     remaining: int
     sold_out: bool
+
+
+class RedisCounters(BaseModel):
+    """A sale's counters as Redis holds them."""
+
+    state: str
+    quantity: int
+    remaining: int
+    reserved: int
+    sold: int
+    returned: int
+
+
+class OrderUnits(BaseModel):
+    """A sale's units by what the order record says about them."""
+
+    reserved: int
+    sold: int
+    released: int
+
+
+class AllocationView(BaseModel):
+    """The sale's allocation as the warehouse (inventory service) records it."""
+
+    allocated: int
+    sold: int
+    returned: int
+
+
+class RebuildView(BaseModel):
+    """What repair mode wrote to Redis."""
+
+    remaining_before: int | None
+    remaining: int
+    reserved: int
+    sold: int
+    in_flight: int
+    excess: int = Field(description="Units promised beyond the sale's quantity; left for a human, never hidden")
+
+
+class SaleReconciliation(BaseModel):
+    """quantity = remaining + reserved_unpaid + paid + returned, checked for one sale."""
+
+    sale_id: int
+    sku: str
+    state: str
+    checked_at: datetime
+    quantity: int
+    remaining: int
+    reserved_unpaid: int = Field(description="Orders awaiting payment plus reservations whose order is in flight")
+    paid: int
+    returned: int = Field(description="Units given back to the warehouse after the sale ended")
+    in_flight: int = Field(description="Units Redis reserved whose order is not created yet")
+    drift: int = Field(description="remaining + reserved_unpaid + paid + returned - quantity; > 0 could oversell")
+    balanced: bool
+    redis: RedisCounters | None
+    orders: OrderUnits | None
+    allocation: AllocationView | None
+    problems: list[str]
+    repaired: RebuildView | None = None

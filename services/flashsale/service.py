@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.common.idempotency import IdempotencyKeyReused
 from services.common.logs import request_id_var
 from services.flashsale import errors
+from services.flashsale.clients import InventoryClient, OrderRecordClient
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.models import AuditEntry, Sale, SaleState
 from services.flashsale.schemas import MAX_QUANTITY, SaleCreate, SaleOut, SaleStats, SaleUpdate, SaleView
@@ -191,6 +192,20 @@ class FlashSaleService:
         self._local_attempts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._status_cache: dict[int, tuple[float, dict[str, str]]] = {}
         self._last_redis_log = 0.0
+        self.inventory = InventoryClient(settings) if settings.inventory_url else None
+        self.orders = OrderRecordClient(settings) if settings.order_url else None
+
+    async def _allocate(self, sale: Sale) -> None:
+        """Make the warehouse allocation match the sale's quantity; called before the sale's change commits,
+        so a refusal (409 INSUFFICIENT_STOCK, SKU_NOT_FOUND) or an unreachable warehouse changes nothing."""
+        if self.inventory is not None:
+            await self.inventory.set_allocation(sale_id=sale.id, sku=sale.sku, allocated=sale.quantity)
+
+    async def aclose(self) -> None:
+        """Close the clients of other services."""
+        for client in (self.inventory, self.orders):
+            if client is not None:
+                await client.aclose()
 
     # ---------------------------------------------------------------- the purchase
 
@@ -447,6 +462,7 @@ class FlashSaleService:
             session.add(sale)
             await session.flush()
             await session.refresh(sale)
+            await self._allocate(sale)
             after = snapshot(sale)
             await self._audit(session, actor=actor, action="create", sale_id=sale.id, after=after)
         self.catalog[sale.id] = self._entry(sale)
@@ -497,9 +513,11 @@ class FlashSaleService:
                 raise errors.InvalidSale("ends_at must be after starts_at")
             if sale.price > sale.original_price:
                 raise errors.InvalidSale("price must not exceed original_price")
+            if sale.state == SaleState.SCHEDULED.value and sale.starts_at <= utcnow():
+                raise errors.SaleAlreadyStarted("A scheduled sale cannot be moved to start in the past")
+            if "quantity" in changes and before["quantity"] != sale.quantity:
+                await self._allocate(sale)
             if sale.state == SaleState.SCHEDULED.value:
-                if sale.starts_at <= utcnow():
-                    raise errors.SaleAlreadyStarted("A scheduled sale cannot be moved to start in the past")
                 await self._warm(sale, reset=True)
             await session.flush()
             await session.refresh(sale)
@@ -573,6 +591,7 @@ class FlashSaleService:
                 raise errors.InvalidSale(f"A sale holds at most {MAX_QUANTITY} units")
             before = snapshot(sale)
             sale.quantity += units
+            await self._allocate(sale)
             await session.flush()
             await session.refresh(sale)
             after = snapshot(sale)
@@ -635,6 +654,7 @@ class FlashSaleService:
             reserved=int(c.get("reserved", 0)),
             sold=int(c.get("sold", 0)),
             released=int(c.get("released", 0)),
+            returned=int(c.get("returned", sale.returned_units)),
             attempts=attempts,
             sold_out_at=_from_ms(c.get("sold_out_at")),
             first_sold_out_at=_from_ms(c.get("first_sold_out_at")),

@@ -145,6 +145,18 @@ class ReleaseOutcome:
     was_sold_out: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RebuildOutcome:
+    """What the rebuild script found and wrote."""
+
+    remaining_before: int | None
+    remaining: int
+    reserved: int
+    sold: int
+    in_flight: int
+    excess: int
+
+
 class StockStore:
     """The activity stock of every sale, in Redis."""
 
@@ -156,6 +168,8 @@ class StockStore:
         self._warm = redis.register_script((LUA_DIR / "warm.lua").read_text())
         self._restock = redis.register_script((LUA_DIR / "restock.lua").read_text())
         self._advance = redis.register_script((LUA_DIR / "advance_state.lua").read_text())
+        self._drain = redis.register_script((LUA_DIR / "drain.lua").read_text())
+        self._rebuild = redis.register_script((LUA_DIR / "rebuild.lua").read_text())
 
     async def reserve_stock(
         self,
@@ -265,3 +279,46 @@ class StockStore:
     async def user_bought(self, sale_id: int, user_id: str) -> int:
         """Units a user holds or bought in a sale."""
         return int(await self.redis.hget(bought_key(sale_id), user_id) or 0)
+
+    async def drain_ended(self, sale_id: int) -> tuple[int, int, int] | None:
+        """Move an ended sale's remaining units to `returned`; (returned, reserved, sold), or None when the
+        sale is not ended in Redis or has no Redis data."""
+        res = await self._drain(keys=[sale_key(sale_id)], args=[])
+        if res[0] != "OK":
+            return None
+        return int(res[1]), int(res[2]), int(res[3])
+
+    async def reservations(self, sale_id: int) -> dict[str, tuple[str, int, str]]:
+        """Every reservation Redis holds for a sale: id -> (user id, quantity, reserved|paid|released)."""
+        out: dict[str, tuple[str, int, str]] = {}
+        async for rid, value in self.redis.hscan_iter(reservations_key(sale_id), count=2000):
+            user, qty, state = value.rsplit("|", 2)
+            out[rid] = (user, int(qty), state)
+        return out
+
+    async def rebuild(
+        self,
+        *,
+        sale_id: int,
+        incarnation: str,
+        quantity: int,
+        returned: int,
+        config: dict[str, Any],
+        known: list[tuple[str, str, int, str]],
+    ) -> RebuildOutcome:
+        """Recompute a sale's counters from the order record (see rebuild.lua); re-register its stream."""
+        args: list[Any] = [incarnation, quantity, returned, len(config)]
+        for field, value in config.items():
+            args += [field, value]
+        for reservation_id, user_id, qty, stock in known:
+            args += [reservation_id, user_id, qty, stock]
+        res = await self._rebuild(keys=[sale_key(sale_id), bought_key(sale_id), reservations_key(sale_id)], args=args)
+        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
+        return RebuildOutcome(
+            remaining_before=int(res[1]) if int(res[1]) >= 0 else None,
+            remaining=int(res[2]),
+            reserved=int(res[3]),
+            sold=int(res[4]),
+            in_flight=int(res[5]),
+            excess=int(res[6]),
+        )

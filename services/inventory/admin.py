@@ -17,6 +17,7 @@ from services.inventory.schemas import (
     AllocationChange,
     AllocationOut,
     AllocationRequest,
+    AllocationTarget,
     LedgerOut,
     Reconciliation,
     RestockRequest,
@@ -102,6 +103,32 @@ async def allocate(body: AllocationRequest, user: AdminUser, service: ServiceDep
         payload={"op": "allocate", **body.model_dump()},
         action=lambda: service.allocate(actor=user.user_id, sale_id=body.sale_id, sku=body.sku, quantity=body.quantity),
     )
+
+
+@router.put("/allocations/{sale_id}/{sku}", response_model=AllocationOut)
+async def set_allocation(
+    sale_id: SaleId, sku: SkuPath, body: AllocationTarget, user: AdminUser, service: ServiceDep
+) -> AllocationOut:
+    """Bring a sale's allocation to running totals (allocated, sold, returned); repeating it changes nothing.
+
+    This is how the flashsale service keeps its sales' stock in step with the warehouse: creating a sale
+    or adding stock raises `allocated` (409 INSUFFICIENT_STOCK when too few are available), paid orders
+    raise `sold`, units left when a sale ends raise `returned`.
+    """
+    return await service.set_allocation(
+        actor=user.user_id,
+        sale_id=sale_id,
+        sku=sku,
+        allocated=body.allocated,
+        sold=body.sold,
+        returned=body.returned,
+    )
+
+
+@router.get("/allocations/{sale_id}/{sku}", response_model=AllocationOut)
+async def get_allocation(sale_id: SaleId, sku: SkuPath, user: AdminUser, service: ServiceDep) -> AllocationOut:
+    """A sale's allocation of a SKU."""
+    return await service.get_allocation(sale_id=sale_id, sku=sku)
 
 
 @router.post("/allocations/{sale_id}/{sku}/return", response_model=AllocationOut)

@@ -65,6 +65,14 @@ class AllocationChange(_Strict):
     quantity: Quantity
 
 
+class AllocationTarget(_Strict):
+    """What a sale says its allocation is now: running totals, so a repeated call changes nothing."""
+
+    allocated: Annotated[StrictInt, Field(ge=0, le=10**9)]
+    sold: Annotated[StrictInt | None, Field(ge=0, le=10**9)] = None
+    returned: Annotated[StrictInt | None, Field(ge=0, le=10**9)] = None
+
+
 class HoldRequest(_Strict):
     sku: SkuCode
     quantity: Quantity

@@ -425,6 +425,78 @@ class InventoryService:
         await self._publish(effects)
         return out
 
+    async def set_allocation(
+        self, *, actor: str, sale_id: int, sku: str, allocated: int, sold: int | None, returned: int | None
+    ) -> AllocationOut:
+        """Bring a sale's allocation to the totals the sale reports (the flashsale service's sync).
+
+        Running totals make the call idempotent: repeating it, or a late copy of an older one, moves
+        nothing backwards. `sold` and `returned` only grow; `allocated` follows the sale's quantity
+        (more is taken from available, less is given back) but never below what was sold or returned.
+        """
+        effects = AfterCommit()
+        async with self.sessions.begin() as session:
+            row = await self._lock(session, sku)
+            before = _counters(row)
+            allocation = await session.get(Allocation, (sale_id, sku), with_for_update=True)
+            if allocation is None:
+                allocation = Allocation(sale_id=sale_id, sku=sku, allocated=0, returned=0, sold=0)
+                session.add(allocation)
+            sold_now = max(allocation.sold, sold or 0)
+            returned_now = max(allocation.returned, returned or 0)
+            if sold_now + returned_now > allocated:
+                raise errors.AllocationExceeded(
+                    f"Sale {sale_id} cannot have {allocated} of {sku} allocated: "
+                    f"{sold_now} sold and {returned_now} returned",
+                    extra={"sold": sold_now, "returned": returned_now},
+                )
+            grow = allocated - allocation.allocated
+            if grow > row.available:
+                raise errors.InsufficientStock(
+                    f"Only {row.available} of {sku} available; {grow} more asked for sale {sale_id}",
+                    extra={"available": row.available},
+                )
+            moves = [
+                (LedgerKind.ALLOCATE if grow > 0 else LedgerKind.RETURN, abs(grow)),
+                (LedgerKind.SELL, sold_now - allocation.sold),
+                (LedgerKind.RETURN, returned_now - allocation.returned),
+            ]
+            row.available -= grow
+            row.allocated += grow
+            allocation.allocated = allocated
+            row.allocated -= (sold_now - allocation.sold) + (returned_now - allocation.returned)
+            row.sold += sold_now - allocation.sold
+            row.available += returned_now - allocation.returned
+            allocation.sold, allocation.returned = sold_now, returned_now
+            changed = False
+            for kind, quantity in moves:
+                if quantity > 0:
+                    changed = True
+                    await self._record(
+                        session, effects, row, kind=kind, quantity=quantity, actor=actor, ref=str(sale_id)
+                    )
+            if changed:
+                await self._audit(
+                    session,
+                    actor=actor,
+                    action="set_allocation",
+                    sku=sku,
+                    before=before,
+                    after=_counters(row),
+                    note=f"sale {sale_id}: allocated {allocated}, sold {sold_now}, returned {returned_now}",
+                )
+            out = _allocation_out(allocation)
+        await self._publish(effects)
+        return out
+
+    async def get_allocation(self, *, sale_id: int, sku: str) -> AllocationOut:
+        """A sale's allocation of a SKU."""
+        async with self.sessions() as session:
+            allocation = await session.get(Allocation, (sale_id, sku))
+            if allocation is None:
+                raise errors.AllocationNotFound(f"Sale {sale_id} has no allocation of {sku}")
+            return _allocation_out(allocation)
+
     def _check_outstanding(self, allocation: Allocation, quantity: int) -> None:
         outstanding = allocation.allocated - allocation.returned - allocation.sold
         if quantity > outstanding:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from services.common.auth import AdminUser
 from services.order.deps import ServiceDep
 from services.order.models import OrderState
 from services.order.router import OrderId
-from services.order.schemas import AdminOrderOut, OrderOut, OrderStats
+from services.order.schemas import AdminOrderOut, OrderOut, OrderStats, SaleReservations
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -40,6 +40,16 @@ async def order_stats(
     """Orders, paid, GMV, payment success rate, median time to pay."""
     await service.audit_read(actor=user.user_id, action="stats")
     return await service.stats(sale_id=sale_id)
+
+
+@router.get("/sales/{sale_id}/reservations", response_model=SaleReservations)
+async def sale_reservations(
+    sale_id: Annotated[int, Path(ge=1, le=2**62)], user: AdminUser, service: ServiceDep
+) -> SaleReservations:
+    """Every reservation of a sale that has an order, with its units' stock state; flashsale's
+    reconciliation compares it with its Redis counters and rebuilds them from it."""
+    await service.audit_read(actor=user.user_id, action="sale_reservations")
+    return await service.sale_reservations(sale_id=sale_id)
 
 
 @router.get("/orders/{order_id}", response_model=AdminOrderOut)

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from services.common.auth import issue_token
+from services.common.auth import ServiceToken
 from services.order.config import OrderSettings
 
 
@@ -14,14 +14,8 @@ class CouponClient:
     """`POST /admin/locks` on the coupon service (idempotent per order id)."""
 
     def __init__(self, settings: OrderSettings) -> None:
-        token = settings.service_token or issue_token(
-            settings, "order-service", ["admin"], ttl_seconds=10 * 365 * 86400
-        )
-        self.client = httpx.AsyncClient(
-            base_url=settings.coupon_url,
-            timeout=settings.coupon_timeout_seconds,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        self.token = ServiceToken(settings, "order-service", settings.service_token)
+        self.client = httpx.AsyncClient(base_url=settings.coupon_url, timeout=settings.coupon_timeout_seconds)
 
     async def lock(
         self, *, order_id: str, user_id: str, member: bool, lines: list[dict[str, Any]], coupon_ids: list[str]
@@ -29,6 +23,7 @@ class CouponClient:
         """The quote the order is priced at; raises httpx.HTTPError when the coupon service cannot answer."""
         resp = await self.client.post(
             "/admin/locks",
+            headers=self.token.headers(),
             json={
                 "order_id": order_id,
                 "user_id": user_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -70,3 +70,24 @@ class OrderStats(BaseModel):
     payment_attempts: int
     payment_success_rate: float | None
     median_seconds_to_pay: float | None
+
+
+class SaleReservation(BaseModel):
+    """One reservation of a sale as the order record sees it, for flashsale's reconciliation."""
+
+    reservation_id: str
+    user_id: str
+    quantity: int
+    # reserved: the order waits for payment; sold: paid (also paid then refunded by ops);
+    # released: cancelled, expired or failed, so its units went back to the sale.
+    stock: Literal["reserved", "sold", "released"]
+
+
+class SaleReservations(BaseModel):
+    """Every reservation of a sale that has an order, and the units by stock state."""
+
+    sale_id: int
+    reserved_units: int
+    sold_units: int
+    released_units: int
+    reservations: list[SaleReservation]

@@ -25,7 +25,15 @@ from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
 from services.order.models import AuditEntry, Order, OrderState, OutboxEvent, PaymentAttempt
 from services.order.payments import PaymentResult, PaymentRouter
-from services.order.schemas import AdminOrderOut, OrderLineOut, OrderOut, OrderStats, PaymentAttemptOut
+from services.order.schemas import (
+    AdminOrderOut,
+    OrderLineOut,
+    OrderOut,
+    OrderStats,
+    PaymentAttemptOut,
+    SaleReservation,
+    SaleReservations,
+)
 
 log = logging.getLogger("order.service")
 
@@ -105,6 +113,17 @@ def _columns(rows: list[dict[str, Any]], columns: dict[str, str]) -> dict[str, l
 
 
 REQUIRED_EVENT_FIELDS = ("reservation_id", "sale_id", "user_id", "sku", "quantity", "unit_price")
+# An order refunded by ops was paid first (its units were sold); one refunded after refund_pending
+# had expired or been cancelled, so its units went back to the sale.
+SALE_RESERVATIONS = text(
+    "SELECT o.reservation_id, o.user_id, COALESCE(SUM(l.quantity), 0), "
+    "CASE WHEN o.state = 'pending_payment' THEN 'reserved' "
+    "WHEN o.state IN ('paid', 'fulfilled') "
+    "OR (o.state = 'refunded' AND o.close_reason = 'refunded_by_ops') THEN 'sold' "
+    "ELSE 'released' END "
+    "FROM orders o LEFT JOIN order_lines l ON l.order_id = o.id "
+    "WHERE o.sale_id = :sale_id GROUP BY o.id ORDER BY o.reservation_id"
+)
 RELAY_LOCK = 727_102  # one outbox relay at a time keeps events in commit order
 
 
@@ -728,6 +747,24 @@ class OrderService:
                 session, actor=actor, action=action, order_id=order_id, before=before, after=_snapshot(order)
             )
         return order_view(order)
+
+    async def sale_reservations(self, *, sale_id: int) -> SaleReservations:
+        """Every reservation of a sale with an order, and whether its units are reserved, sold or released."""
+        async with self.sessions() as session:
+            rows = (await session.execute(SALE_RESERVATIONS, {"sale_id": sale_id})).all()
+        reservations = [
+            SaleReservation(reservation_id=r[0], user_id=r[1], quantity=int(r[2]), stock=r[3]) for r in rows
+        ]
+        units = {"reserved": 0, "sold": 0, "released": 0}
+        for item in reservations:
+            units[item.stock] += item.quantity
+        return SaleReservations(
+            sale_id=sale_id,
+            reserved_units=units["reserved"],
+            sold_units=units["sold"],
+            released_units=units["released"],
+            reservations=reservations,
+        )
 
     async def stats(self, *, sale_id: int | None) -> OrderStats:
         """Orders, paid, GMV, payment success rate and median time to pay."""

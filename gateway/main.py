@@ -1,0 +1,94 @@
+"""API gateway: `uvicorn gateway.main:app --port 8000`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from starlette.types import Receive, Scope, Send
+
+from gateway import admin, router
+from gateway.auth import EdgeTokenVerifier
+from gateway.config import GatewaySettings
+from gateway.pools import HealthChecker, build_pools
+from gateway.proxy import Proxy
+from gateway.ratelimit import RateLimiter
+from services.common.background import freeze_startup_objects
+from services.common.defaults import service_app
+
+log = logging.getLogger("gateway")
+
+PROXY_PREFIX = "/api/"
+OWN_PREFIX = "/api/auth/"
+
+
+class GatewayApp:
+    """The ASGI entry point: `/api/<service>/...` goes straight to the proxy, the rest to the FastAPI app."""
+
+    def __init__(self, api: FastAPI, proxy: Proxy) -> None:
+        self.api = api
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI call."""
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(PROXY_PREFIX) and not path.startswith(OWN_PREFIX):
+                await self.proxy(scope, receive, send)
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
+    """Build the gateway: the proxy path plus a FastAPI app for health, metrics, admin and demo tokens."""
+    settings = settings or GatewaySettings()
+    pools = build_pools(settings)
+    verifier = EdgeTokenVerifier(settings)
+    proxy = Proxy(settings, pools, verifier)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A plain (non-blocking) pool with short timeouts: the limiter fails open rather than wait.
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=settings.ratelimit_timeout,
+            socket_connect_timeout=settings.ratelimit_timeout,
+        )
+        proxy.limiter = RateLimiter(redis, settings)
+        checker = asyncio.create_task(HealthChecker(pools, settings).run())
+        app.state.limiter_redis = redis
+        freeze_startup_objects()
+        try:
+            yield
+        finally:
+            checker.cancel()
+            with suppress(asyncio.CancelledError):
+                await checker
+            proxy.limiter = None
+            for pool in pools.values():
+                pool.close()
+            await redis.aclose()
+
+    api = service_app(
+        settings,
+        title="gateway",
+        description="The single entry point: routing, failover, auth at the edge, rate limits, load shedding.",
+        lifespan=lifespan,
+    )
+    api.state.settings = settings
+    api.state.pools = pools
+    api.state.token_verifier = verifier
+    api.include_router(admin.router)
+    if settings.dev_tokens:
+        api.include_router(router.router)
+        log.warning("GATEWAY_DEV_TOKENS is on: POST /api/auth/token mints tokens for anyone (dev/test only)")
+    return GatewayApp(api, proxy)
+
+
+app = create_app()

@@ -1,0 +1,393 @@
+"""The proxy path: a pure ASGI handler for `/api/<service>/...` (no framework routing per request)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Any
+from urllib.parse import quote
+
+from prometheus_client import Counter, Histogram
+from starlette.types import Receive, Scope, Send
+
+from gateway import errors
+from gateway.auth import bearer_principal, has_dot_segment, is_admin_path
+from gateway.config import SERVICES, GatewaySettings
+from gateway.pools import Pool, Replica
+from gateway.ratelimit import RateLimiter
+from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from services.common.auth import Principal, TokenVerifier, Unauthenticated
+
+log = logging.getLogger("gateway.access")
+
+REQUESTS = Counter("gateway_requests_total", "Requests answered by the proxy", ["route", "upstream", "status"])
+LATENCY = Histogram(
+    "gateway_request_duration_seconds",
+    "Proxy latency, gateway in to gateway out",
+    ["route", "upstream"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RETRIES = Counter("gateway_retries_total", "Requests retried on another replica", ["route", "reason"])
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus the pre-standard proxy-connection.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the gateway itself: identity headers a client sends are dropped, never trusted.
+OWN_REQUEST_HEADERS = frozenset(
+    {b"host", b"content-length", b"expect", b"x-user-id", b"x-user-roles", b"x-request-id", b"x-forwarded-for"}
+)
+DROP_REQUEST = HOP_BY_HOP | OWN_REQUEST_HEADERS
+# The gateway's server adds its own date and server headers; the body length is set from the body.
+DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+NO_BODY = b""
+
+
+@functools.cache
+def _counter(route: str, upstream: str, status: int) -> Any:
+    # Label lookups cost microseconds; routes, replicas and statuses are few, so the children are cached.
+    return REQUESTS.labels(route, upstream, str(status))
+
+
+@functools.cache
+def _histogram(route: str, upstream: str) -> Any:
+    return LATENCY.labels(route, upstream)
+
+
+@functools.cache
+def _retries(route: str, reason: str) -> Any:
+    return RETRIES.labels(route, reason)
+
+
+def _is_purchase(method: str, rest: str) -> bool:
+    # POST /sales/{id}/purchase: the route bots hammer, with its own tighter buckets and timeout.
+    return method == "POST" and rest.startswith("/sales/") and rest.endswith("/purchase") and rest.count("/") == 3
+
+
+class Proxy:
+    """Routes `/api/<service>/<rest>` to `<rest>` on a replica of the service's pool."""
+
+    def __init__(self, settings: GatewaySettings, pools: dict[str, Pool], verifier: TokenVerifier) -> None:
+        self.pools = pools
+        self.verifier = verifier
+        self.limiter: RateLimiter | None = None  # set by the lifespan once Redis is opened
+        self.max_body = settings.max_body_bytes
+        self.timeouts = {name: settings.timeout_for(name) for name in SERVICES}
+        self.purchase_timeout = settings.purchase_timeout
+        self.retry_after = b"%d" % settings.shed_retry_after_seconds
+        self.proxy_hops = settings.trusted_proxy_hops
+        self.access_log = settings.access_log
+        self.prefixes = {name: f"/api/{name}".encode() for name in SERVICES}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one proxied request."""
+        start = time.perf_counter()
+        status, route, upstream, rid, user = await self._serve(scope, receive, send)
+        elapsed = time.perf_counter() - start
+        _counter(route, upstream, status).inc()
+        _histogram(route, upstream).observe(elapsed)
+        if self.access_log:
+            # Path only: query strings and headers (tokens) are never logged.
+            log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                    "route": route,
+                    "upstream": upstream,
+                    "request_id": rid.decode("latin-1"),
+                    "user_id": user,
+                },
+            )
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str, str, bytes, str | None]:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        service, sep, rest = path[5:].partition("/")  # path starts with "/api/"
+        rest = sep + rest or "/"
+
+        # One pass over the client's headers: what to forward, and what the gateway itself needs.
+        rid = b""
+        authorization = None
+        keyed = False
+        forwarded_for = b""
+        declared = -1
+        connection_tokens: list[bytes] = []
+        forward: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name in DROP_REQUEST:
+                if name == b"x-request-id":
+                    rid = value[:128]
+                elif name == b"content-length":
+                    declared = int(value) if value.isdigit() else -1
+                elif name == b"x-forwarded-for":
+                    forwarded_for = value
+                elif name == b"connection":
+                    connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+                continue
+            if name == b"authorization":
+                authorization = value
+            elif name == b"idempotency-key":
+                keyed = True
+            forward.append(name + b": " + value)
+        if not rid:
+            rid = os.urandom(16).hex().encode()  # uuid4().hex costs ~15x more, on every request
+
+        pool = self.pools.get(service)
+        if pool is None or has_dot_segment(rest):
+            await errors.send_problem(
+                send, 404, errors.NOT_FOUND, f"No route for {path}", instance=path, request_id=rid
+            )
+            return 404, "unmatched", "none", rid, None
+        purchase = _is_purchase(method, rest)
+        route = "flashsale.purchase" if purchase else service
+
+        principal: Principal | None = None
+        if authorization is not None:
+            try:
+                principal = bearer_principal(self.verifier, authorization)
+            except Unauthenticated as exc:
+                await self._unauthenticated(send, exc.detail, path, rid)
+                return 401, route, "none", rid, None
+        if is_admin_path(rest):
+            if principal is None:
+                await self._unauthenticated(send, "Missing bearer token", path, rid)
+                return 401, route, "none", rid, None
+            if not principal.is_admin:
+                await errors.send_problem(
+                    send, 403, errors.FORBIDDEN, "The admin role is required", instance=path, request_id=rid
+                )
+                return 403, route, "none", rid, principal.user_id
+        user_id = principal.user_id if principal is not None else None
+
+        # Load shedding before anything that costs: past the limit answer at once, never queue.
+        if pool.in_flight >= pool.max_in_flight:
+            pool.shed += 1
+            await errors.send_problem(
+                send,
+                503,
+                errors.OVERLOADED,
+                f"The {service} pool is at its in-flight limit; retry shortly",
+                instance=path,
+                request_id=rid,
+                headers=[(b"retry-after", self.retry_after)],
+            )
+            return 503, route, "none", rid, user_id
+        pool.in_flight += 1
+        try:
+            client_ip = self._client_ip(scope, forwarded_for)
+            if self.limiter is not None:
+                wait = await self.limiter.check(user_id, client_ip, purchase)
+                if wait:
+                    await errors.send_problem(
+                        send,
+                        429,
+                        errors.RATE_LIMITED,
+                        "Too many requests; slow down",
+                        instance=path,
+                        request_id=rid,
+                        headers=[(b"retry-after", b"%d" % wait)],
+                    )
+                    return 429, route, "none", rid, user_id
+
+            if declared > self.max_body:
+                await self._too_large(send, path, rid)
+                return 413, route, "none", rid, user_id
+            body = NO_BODY
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return 499, route, "none", rid, user_id  # the client went away
+                chunk: bytes = message.get("body", NO_BODY)
+                body = body + chunk if body else chunk
+                more = message.get("more_body", False)
+                if len(body) > self.max_body:
+                    await self._too_large(send, path, rid)
+                    return 413, route, "none", rid, user_id
+
+            # Everything but the Host line is the same on a retry to another replica.
+            if connection_tokens:
+                forward = [h for h in forward if h.split(b":", 1)[0] not in connection_tokens]
+            raw_path: bytes = scope.get("raw_path") or b""
+            prefix = self.prefixes[service]
+            target = raw_path[len(prefix) :] if raw_path.startswith(prefix) else quote(rest).encode()
+            if not target:
+                target = b"/"
+            if scope["query_string"]:
+                target += b"?" + scope["query_string"]
+            forward.append(b"x-request-id: " + rid)
+            forward.append(
+                b"x-forwarded-for: " + (forwarded_for + b", " if forwarded_for else b"") + client_ip.encode()
+            )
+            if principal is not None:
+                forward.append(b"x-user-id: " + principal.user_id.encode())
+                forward.append(b"x-user-roles: " + " ".join(sorted(principal.roles)).encode())
+            if body or method in ("POST", "PUT", "PATCH"):
+                forward.append(b"content-length: %d" % len(body))
+            tail = b"\r\n" + b"\r\n".join(forward) + b"\r\n\r\n"
+            request_line = method.encode() + b" " + target + b" HTTP/1.1\r\nhost: "
+            answer_within = self.purchase_timeout if purchase else self.timeouts[service]
+            retryable = keyed or method.encode() in RETRYABLE_METHODS
+            return await self._forward(
+                send,
+                pool,
+                route,
+                path,
+                rid,
+                user_id,
+                request_line,
+                tail,
+                body,
+                answer_within,
+                retryable,
+                method == "HEAD",
+            )
+        finally:
+            pool.in_flight -= 1
+
+    async def _forward(
+        self,
+        send: Send,
+        pool: Pool,
+        route: str,
+        path: str,
+        rid: bytes,
+        user_id: str | None,
+        request_line: bytes,
+        tail: bytes,
+        body: bytes,
+        answer_within: float,
+        retryable: bool,
+        head: bool,
+    ) -> tuple[int, str, str, bytes, str | None]:
+        now = time.monotonic()
+        replica: Replica | None = pool.pick(now)
+        if replica is None:
+            return await self._unavailable(send, pool, route, path, rid, user_id, "no replica is available")
+        retried = False
+        while True:
+            probe = replica.breaker.begin()
+            replica.in_flight += 1
+            response: UpstreamResponse | None = None
+            error: UpstreamError | None = None
+            try:
+                response = await replica.client.request(
+                    request_line + replica.client.host_header + tail, body, answer_within=answer_within, head=head
+                )
+            except UpstreamError as exc:
+                error = exc
+            finally:
+                replica.in_flight -= 1
+            now = time.monotonic()
+            status = response.status if response is not None else 0
+            pool.record(replica, response is None or status >= 500, probe, now)
+            # Retry once on another replica: only what is safe to send twice (GET, or a keyed POST whose
+            # upstream replays the first answer); a keyless POST is never sent again.
+            if (response is None or status == 503) and retryable and not retried:
+                other = pool.pick(now, exclude=replica)
+                if other is not None:
+                    _retries(route, error.kind if error is not None else "503").inc()
+                    replica, retried = other, True
+                    continue
+            break
+        if response is None:
+            assert error is not None
+            if isinstance(error, UpstreamTimeout):
+                await errors.send_problem(
+                    send,
+                    504,
+                    errors.UPSTREAM_TIMEOUT,
+                    f"The {pool.name} service did not answer in time",
+                    instance=path,
+                    request_id=rid,
+                )
+                return 504, route, replica.url, rid, user_id
+            return await self._unavailable(
+                send, pool, route, path, rid, user_id, f"the {pool.name} service could not be reached", status=502
+            )
+        headers = []
+        has_rid = False
+        for name, value in response.headers:
+            if name not in DROP_RESPONSE:
+                headers.append((name, value))
+                if name == b"x-request-id":
+                    has_rid = True
+        if not has_rid:
+            headers.append((b"x-request-id", rid))
+        if head:
+            headers.extend((n, v) for n, v in response.headers if n == b"content-length")
+        else:
+            headers.append((b"content-length", b"%d" % len(response.body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        return status, route, replica.url, rid, user_id
+
+    async def _unavailable(
+        self,
+        send: Send,
+        pool: Pool,
+        route: str,
+        path: str,
+        rid: bytes,
+        user_id: str | None,
+        why: str,
+        status: int = 503,
+    ) -> tuple[int, str, str, bytes, str | None]:
+        await errors.send_problem(
+            send,
+            status,
+            errors.UPSTREAM_UNAVAILABLE,
+            f"{why.capitalize()}; retry shortly",
+            instance=path,
+            request_id=rid,
+            headers=[(b"retry-after", self.retry_after)],
+        )
+        return status, route, "none", rid, user_id
+
+    async def _unauthenticated(self, send: Send, detail: str, path: str, rid: bytes) -> None:
+        await errors.send_problem(
+            send,
+            401,
+            errors.UNAUTHENTICATED,
+            detail,
+            instance=path,
+            request_id=rid,
+            headers=[(b"www-authenticate", b"Bearer")],
+        )
+
+    async def _too_large(self, send: Send, path: str, rid: bytes) -> None:
+        await errors.send_problem(
+            send,
+            413,
+            errors.PAYLOAD_TOO_LARGE,
+            f"Request body exceeds {self.max_body} bytes",
+            instance=path,
+            request_id=rid,
+        )
+
+    def _client_ip(self, scope: Scope, forwarded_for: bytes) -> str:
+        """The client's address: the TCP peer, or the entry `trusted_proxy_hops` from the right of X-Forwarded-For."""
+        if self.proxy_hops and forwarded_for:
+            hops = [h.strip() for h in forwarded_for.split(b",")]
+            if len(hops) >= self.proxy_hops:
+                return hops[-self.proxy_hops].decode("latin-1")
+        client = scope.get("client")
+        return str(client[0]) if client else "unknown"

@@ -1,0 +1,33 @@
+"""Request and response models of the gateway's own endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.common.auth import MAX_SUBJECT_LENGTH, ROLE_CUSTOMER
+
+
+class DevTokenRequest(BaseModel):
+    """Who the demo token is for."""
+
+    user_id: str = Field(min_length=1, max_length=MAX_SUBJECT_LENGTH, pattern=r"^[A-Za-z0-9._:@-]+$")
+    roles: list[str] = Field(default_factory=lambda: [ROLE_CUSTOMER], max_length=8)
+    ttl_seconds: int | None = Field(None, ge=1, le=24 * 3600)
+
+
+class DevTokenOut(BaseModel):
+    """A signed HS256 bearer token."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    user_id: str
+    roles: list[str]
+
+
+class UpstreamsOut(BaseModel):
+    """Every pool, each replica's health, ejections and breaker state."""
+
+    pools: list[dict[str, Any]]

@@ -1,0 +1,65 @@
+-- Rebuild a sale's counters from the order record (reconciliation's repair mode), atomically.
+-- The order record says which reservations hold units (reserved), were paid (sold) or gave them back
+-- (released). Reservations Redis holds that the record does not know yet (accepted, order not created
+-- yet) are kept as they are: they are real. Everything else is recomputed:
+--   remaining = quantity - returned - reserved - sold
+-- A negative remaining (more units promised than exist) is never "fixed" by selling less than zero:
+-- remaining becomes 0 and the script reports the excess for a human.
+-- KEYS: 1 sale hash, 2 per-user bought hash, 3 reservations hash
+-- ARGV: 1 incarnation, 2 quantity, 3 returned, 4 number of configuration pairs N,
+--       then N field/value pairs, then (reservation id, user id, quantity, stock) per known reservation
+local quantity, returned, ncfg = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local before = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '-1')
+local known, bought = {}, {}
+local reserved, sold, released = 0, 0, 0
+local first = 5 + 2 * ncfg
+for i = first, #ARGV, 4 do
+  local rid, uid, qty, stock = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  known[rid] = true
+  if stock == 'reserved' then
+    reserved = reserved + qty
+    bought[uid] = (bought[uid] or 0) + qty
+  elseif stock == 'sold' then
+    sold = sold + qty
+    bought[uid] = (bought[uid] or 0) + qty
+  else
+    released = released + qty
+  end
+end
+local in_flight = 0
+local current = redis.call('HGETALL', KEYS[3])
+for j = 1, #current, 2 do
+  if not known[current[j]] then
+    local uid, qty, st = string.match(current[j + 1], '^(.*)|(%d+)|(%a+)$')
+    if st == 'reserved' then
+      qty = tonumber(qty)
+      in_flight = in_flight + qty
+      bought[uid] = (bought[uid] or 0) + qty
+    end
+  end
+end
+reserved = reserved + in_flight
+local remaining = quantity - returned - reserved - sold
+local excess = 0
+if remaining < 0 then
+  excess = -remaining
+  remaining = 0
+end
+for i = first, #ARGV, 4 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2] .. '|' ..
+    (ARGV[i + 3] == 'sold' and 'paid' or ARGV[i + 3]))
+end
+redis.call('DEL', KEYS[2])
+for uid, qty in pairs(bought) do
+  redis.call('HSET', KEYS[2], uid, qty)
+end
+redis.call('HSET', KEYS[1], 'remaining', remaining, 'quantity', quantity, 'reserved', reserved, 'sold', sold,
+  'returned', returned, 'released', released, 'incarnation', ARGV[1])
+for i = 5, first - 1, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+local threshold = tonumber(redis.call('HGET', KEYS[1], 'threshold') or '0')
+-- Already at or below the threshold: the alert went out before (or is moot); do not repeat it.
+redis.call('HSET', KEYS[1], 'low_alerted', remaining <= threshold and '1' or '0')
+if remaining > 0 then redis.call('HDEL', KEYS[1], 'sold_out_at') end
+return {'OK', before, remaining, reserved, sold, in_flight, excess}

@@ -1,0 +1,312 @@
+"""Per-sale reconciliation and the warehouse settlement.
+
+During a sale Redis is the gate and PostgreSQL the record. For every sale:
+
+    quantity = remaining + reserved_unpaid + paid + returned
+
+`remaining` comes from Redis, `reserved_unpaid` and `paid` from the order record (plus reservations
+Redis accepted whose order is not created yet: in flight), `returned` is what went back to the
+warehouse after the sale ended. The report says where it does not hold; repair mode rebuilds the Redis
+counters from the record (rebuild.lua). The settlement reports sold and returned units to the inventory
+service, so the warehouse ledger follows the sale.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import orjson
+from prometheus_client import Gauge
+from redis.exceptions import RedisError
+from sqlalchemy import select, update
+
+from services.flashsale import errors
+from services.flashsale.models import Sale, SaleState
+from services.flashsale.schemas import (
+    AllocationView,
+    OrderUnits,
+    RebuildView,
+    RedisCounters,
+    SaleReconciliation,
+)
+from services.flashsale.service import SYSTEM_ACTOR, FlashSaleService, _ms
+from services.flashsale.store import alerts_stream
+
+log = logging.getLogger("flashsale.reconciliation")
+
+DRIFT = Gauge(
+    "flashsale_reconciliation_drift_units",
+    "Units by which remaining + reserved + paid + returned exceeds (>0) or falls short of (<0) a sale's quantity",
+    ["sale_id"],
+)
+UNSETTLED = Gauge("flashsale_unsettled_sales", "Sales whose units are not all sold or returned to the warehouse yet")
+JOB_LOCK_PREFIX = "fs:job:"
+
+
+def utcnow() -> datetime:
+    """Now, in UTC."""
+    return datetime.now(UTC)
+
+
+class SaleReconciler:
+    """Reconciliation reports, the Redis rebuild, and the settlement with the warehouse."""
+
+    def __init__(self, service: FlashSaleService) -> None:
+        self.service = service
+        self.store = service.store
+        self.settings = service.settings
+        # (allocated, sold, returned) last reported to the warehouse per sale: unchanged totals are not resent.
+        self._reported: dict[int, tuple[int, int, int]] = {}
+
+    async def _leader(self, job: str, seconds: float) -> bool:
+        """One replica runs a periodic job per tick (the jobs are idempotent; this only saves work)."""
+        ms = max(int(seconds * 1000) - 50, 100)
+        return bool(await self.store.redis.set(f"{JOB_LOCK_PREFIX}{job}", self.settings.consumer_name, nx=True, px=ms))
+
+    # ---------------------------------------------------------------- the report
+
+    async def report(self, sale_id: int) -> SaleReconciliation:
+        """Check one sale; nothing is changed."""
+        sale = await self.service.get_sale(sale_id)
+        return await self._report(sale)
+
+    async def _report(self, sale: Sale) -> SaleReconciliation:
+        counters = await self.store.counters(sale.id)
+        redis = (
+            RedisCounters(
+                state=counters.get("state", ""),
+                quantity=int(counters.get("quantity", 0)),
+                remaining=int(counters["remaining"]),
+                reserved=int(counters.get("reserved", 0)),
+                sold=int(counters.get("sold", 0)),
+                returned=int(counters.get("returned", 0)),
+            )
+            if "remaining" in counters
+            else None
+        )
+        problems: list[str] = []
+        orders: OrderUnits | None = None
+        in_flight = 0
+        if self.service.orders is not None and sale.state != SaleState.DRAFT.value:
+            record = await self.service.orders.sale_reservations(sale.id)
+            known = {r["reservation_id"] for r in record["reservations"]}
+            held = await self.store.reservations(sale.id)
+            in_flight = sum(q for rid, (_u, q, st) in held.items() if st == "reserved" and rid not in known)
+            orders = OrderUnits(
+                reserved=int(record["reserved_units"]),
+                sold=int(record["sold_units"]),
+                released=int(record["released_units"]),
+            )
+        returned = max(sale.returned_units, redis.returned if redis else 0)
+        if sale.state == SaleState.DRAFT.value:
+            remaining, reserved_unpaid, paid = sale.quantity, 0, 0  # not loaded into Redis yet
+        elif redis is None:
+            problems.append("Redis holds no data for this sale (Redis lost data?): purchases are refused until repair")
+            remaining = 0
+            reserved_unpaid = orders.reserved if orders else 0
+            paid = orders.sold if orders else 0
+        else:
+            remaining = redis.remaining
+            if orders is not None:
+                reserved_unpaid, paid = orders.reserved + in_flight, orders.sold
+            else:
+                problems.append("The order record was not consulted (no FLASHSALE_ORDER_URL): Redis counters only")
+                reserved_unpaid, paid = redis.reserved, redis.sold
+        drift = remaining + reserved_unpaid + paid + returned - sale.quantity
+        if drift > 0:
+            problems.append(f"Redis could sell {drift} unit(s) more than the sale has: repair, or check by hand")
+        elif drift < 0 and redis is not None:
+            problems.append(
+                f"{-drift} unit(s) are neither sellable nor in an order (an order event in transit, "
+                "or units lost to a failure): repair gives them back if it persists"
+            )
+        allocation: AllocationView | None = None
+        if self.service.inventory is not None:
+            record_alloc = await self.service.inventory.allocation(sale_id=sale.id, sku=sale.sku)
+            if record_alloc is None:
+                problems.append(f"The warehouse has no allocation of {sale.sku} for this sale")
+            else:
+                allocation = AllocationView(
+                    allocated=int(record_alloc["allocated"]),
+                    sold=int(record_alloc["sold"]),
+                    returned=int(record_alloc["returned"]),
+                )
+                if allocation.allocated != sale.quantity:
+                    problems.append(
+                        f"The warehouse allocated {allocation.allocated} unit(s), the sale has {sale.quantity} "
+                        "(the settlement job corrects it)"
+                    )
+        return SaleReconciliation(
+            sale_id=sale.id,
+            sku=sale.sku,
+            state=sale.state,
+            checked_at=utcnow(),
+            quantity=sale.quantity,
+            remaining=remaining,
+            reserved_unpaid=reserved_unpaid,
+            paid=paid,
+            returned=returned,
+            in_flight=in_flight,
+            drift=drift,
+            balanced=drift == 0 and (redis is not None or sale.state == SaleState.DRAFT.value),
+            redis=redis,
+            orders=orders,
+            allocation=allocation,
+            problems=problems,
+        )
+
+    async def report_all(self) -> list[SaleReconciliation]:
+        """Every sale not settled yet (warm, or ended with units still to settle)."""
+        async with self.service.sessions() as session:
+            sales = (
+                await session.scalars(select(Sale).where(Sale.settled_at.is_(None)).order_by(Sale.id).limit(500))
+            ).all()
+        return [await self._report(sale) for sale in sales]
+
+    # ---------------------------------------------------------------- repair
+
+    async def repair(self, sale_id: int, *, actor: str) -> SaleReconciliation:
+        """Rebuild the sale's Redis counters from the order record; audited."""
+        if self.service.orders is None:
+            raise errors.ReconciliationUnavailable("Repair needs the order record: set FLASHSALE_ORDER_URL")
+        sale = await self.service.get_sale(sale_id)
+        if sale.state == SaleState.DRAFT.value:
+            raise errors.InvalidTransition("A draft sale has nothing in Redis to repair")
+        before = await self._report(sale)
+        record = await self.service.orders.sale_reservations(sale_id)
+        known = [(r["reservation_id"], r["user_id"], int(r["quantity"]), r["stock"]) for r in record["reservations"]]
+        config = self.service._redis_config(sale)
+        current_state = (await self.store.live_status(sale_id)).get("state")
+        if current_state and sale.state != SaleState.ENDED.value:
+            config.pop("state")  # keep what Redis says (the purchase script may have paused it)
+        outcome = await self.store.rebuild(
+            sale_id=sale_id,
+            incarnation=str(_ms(sale.created_at)),
+            quantity=sale.quantity,
+            returned=before.returned,
+            config=config,
+            known=known,
+        )
+        rebuilt = RebuildView(
+            remaining_before=outcome.remaining_before,
+            remaining=outcome.remaining,
+            reserved=outcome.reserved,
+            sold=outcome.sold,
+            in_flight=outcome.in_flight,
+            excess=outcome.excess,
+        )
+        if outcome.excess:
+            log.error("sale %s: %d unit(s) more promised than the sale has; left for a human", sale_id, outcome.excess)
+        async with self.service.sessions.begin() as session:
+            await self.service._audit(
+                session,
+                actor=actor,
+                action="reconcile_repair",
+                sale_id=sale_id,
+                before=before.model_dump(mode="json", exclude={"problems"}),
+                after=rebuilt.model_dump(mode="json"),
+                note="; ".join(before.problems) or None,
+            )
+        self.service.sold_out.clear(sale_id)
+        await self.service._notify(f"buyable:{sale_id}")
+        self._reported.pop(sale_id, None)
+        after = await self._report(sale)
+        after.repaired = rebuilt
+        return after
+
+    # ---------------------------------------------------------------- periodic jobs
+
+    async def reconcile_periodically(self) -> int:
+        """Report drift of every unsettled sale (metric, log, alert); rebuild warm sales whose Redis data is
+        gone. Other drift is only reported: repairing it may hide a bug a human should see."""
+        if not await self._leader("reconcile", self.settings.reconcile_interval_seconds):
+            return 0
+        reports = await self.report_all()
+        for report in reports:
+            DRIFT.labels(str(report.sale_id)).set(report.drift)
+            lost = report.redis is None and report.state in (SaleState.LIVE.value, SaleState.PAUSED.value)
+            if lost and self.settings.auto_rebuild_lost_sales and self.service.orders is not None:
+                log.error("sale %s: Redis data lost; rebuilding from the order record", report.sale_id)
+                repaired = await self.repair(report.sale_id, actor=SYSTEM_ACTOR)
+                DRIFT.labels(str(report.sale_id)).set(repaired.drift)
+                continue
+            if report.drift > 0:
+                log.error("sale %s: reconciliation drift %+d: %s", report.sale_id, report.drift, report.problems)
+                await self._alert(report)
+            elif report.problems:
+                log.warning("sale %s: %s", report.sale_id, "; ".join(report.problems))
+        return len(reports)
+
+    async def _alert(self, report: SaleReconciliation) -> None:
+        event = {
+            "sale_id": report.sale_id,
+            "sku": report.sku,
+            "drift": report.drift,
+            "problems": report.problems,
+            "at": report.checked_at.isoformat(),
+        }
+        try:
+            await self.store.redis.xadd(
+                alerts_stream(report.sale_id),
+                {"type": "reconciliation.drift", "v": "1", "data": orjson.dumps(event).decode()},
+            )
+        except RedisError:
+            log.warning("drift alert for sale %s not written", report.sale_id)
+
+    async def settle(self) -> int:
+        """Return ended sales' unsold units, report sold and returned units to the warehouse, and mark a
+        sale settled once nothing can change any more. Running totals: every step may be repeated."""
+        if not await self._leader("settle", self.settings.allocation_sync_seconds):
+            return 0
+        async with self.service.sessions() as session:
+            sales = (
+                await session.scalars(select(Sale).where(Sale.settled_at.is_(None)).order_by(Sale.id).limit(200))
+            ).all()
+        UNSETTLED.set(len(sales))
+        moved = 0
+        for sale in sales:
+            try:
+                moved += await self._settle_one(sale)
+            except errors.DependencyUnavailable:
+                log.warning("settlement of sale %s waits for the inventory service", sale.id)
+                return moved
+            except errors.DependencyRefused as exc:
+                log.error("the warehouse refused the settlement of sale %s: %s (%s)", sale.id, exc.detail, exc.code)
+        return moved
+
+    async def _settle_one(self, sale: Sale) -> int:
+        sold, returned, reserved = 0, sale.returned_units, 1
+        if sale.state == SaleState.ENDED.value:
+            drained = await self.store.drain_ended(sale.id)
+            if drained is None:
+                status = await self.store.live_status(sale.id)
+                if "state" in status:  # the end never reached Redis: put it there, drain next time
+                    await self.store.set_state(sale.id, SaleState.ENDED.value)
+                return 0
+            returned_redis, reserved, sold = drained
+            if returned_redis > sale.returned_units:
+                async with self.service.sessions.begin() as session:
+                    await session.execute(
+                        update(Sale)
+                        .where(Sale.id == sale.id, Sale.returned_units < returned_redis)
+                        .values(returned_units=returned_redis)
+                    )
+                returned = returned_redis
+        elif sale.state != SaleState.DRAFT.value:
+            counters = await self.store.counters(sale.id)
+            if "remaining" not in counters:
+                return 0  # Redis lost data: reconciliation rebuilds it first
+            sold = int(counters.get("sold", 0))
+        totals = (sale.quantity, sold, returned)
+        if self.service.inventory is not None and self._reported.get(sale.id) != totals:
+            await self.service.inventory.set_allocation(
+                sale_id=sale.id, sku=sale.sku, allocated=sale.quantity, sold=sold, returned=returned
+            )
+            self._reported[sale.id] = totals
+        if sale.state == SaleState.ENDED.value and reserved == 0:
+            async with self.service.sessions.begin() as session:
+                await session.execute(update(Sale).where(Sale.id == sale.id).values(settled_at=utcnow()))
+            log.info("sale %s settled: %d sold, %d returned", sale.id, sold, returned)
+            self._reported.pop(sale.id, None)
+        return 1
