@@ -415,6 +415,9 @@ def free_port() -> int:
 class Servers:
     """The flashsale processes of one setup; `stop()` ends exactly the processes this class started."""
 
+    APP = "services.flashsale.main:app"
+    LOG_PREFIX = "server"  # logs go to loadtest/results/<LOG_PREFIX>-<replica>.log
+
     def __init__(self, setup: str, *, redis_url: str, database_url: str, user_rate: float | None) -> None:
         self.setup = setup
         self.redis_url = redis_url
@@ -449,7 +452,7 @@ class Servers:
         cmd = [
             sys.executable,
             *launcher,
-            "services.flashsale.main:app",
+            self.APP,
             "--loop",
             "uvloop",
             "--http",
@@ -460,7 +463,7 @@ class Servers:
             *extra,
         ]
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        log_path = RESULTS_DIR / f"server-{name}.log"
+        log_path = RESULTS_DIR / f"{self.LOG_PREFIX}-{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 cmd,

@@ -1,0 +1,307 @@
+"""Gateway benchmark: purchases through the gateway against purchases sent straight to flashsale, in one run.
+
+`make bench-gateway` runs `.venv/bin/python loadtest/bench_gateway.py` with REDIS_URL and DATABASE_URL exported.
+
+What one run does (the machinery is bench_purchase.py's, imported, not copied):
+1. recreates the database `flashsale_bench_gw` and flushes logical DB 6 (`--redis-db`) of the Redis in REDIS_URL;
+2. starts flashsale as bench_purchase's default setup: two replicas, each uvicorn process with its own
+   SO_REUSEPORT socket on one port (uvloop, httptools, no access log);
+3. starts the gateway (`gateway.main:app`) the same way: two processes on one SO_REUSEPORT port (`--gateway
+   single` for one), its flashsale pool pointing at the flashsale port, rate limiting ON (one Lua call in
+   Redis per request, per-user purchase bucket at its default), the per-IP buckets raised because every
+   request comes from 127.0.0.1;
+4. mints 20,000 customer tokens; each purchase run gets its own sale (10,000,000 units, limit 1000/user);
+5. drives both paths with wrk on this machine, same threads, connections and Lua script: a warm-up of each,
+   then a measured run of `POST /sales/{id}/purchase` straight at flashsale and of
+   `POST /api/flashsale/sales/{id}/purchase` at the gateway (unique Idempotency-Key, rotating tokens);
+6. checks both runs' purchases were real (202 answers = reserved units = event stream length);
+7. prints req/s, p50, p99, errors and CPU of each, the ratio gateway/direct and PASS/MISS against the aim
+   (>= 0.6), and writes loadtest/results/bench_gateway.json.
+
+The flashsale processes serve both runs: the only difference between them is the gateway in the path. On a
+machine with 2 cores the gateway's own CPU competes with flashsale's, so the ratio is mostly the gateway's
+CPU cost per request (see docs/adr/0003-gateway.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+# The script's own directory is on sys.path: bench_purchase is imported as its neighbour.
+from bench_purchase import (
+    RESULTS_DIR,
+    ROOT,
+    Admin,
+    BenchError,
+    CpuProbe,
+    Options,
+    Servers,
+    Verification,
+    WrkResult,
+    bench_database_url,
+    bench_redis_url,
+    ensure_wrk,
+    flush_redis,
+    prepare_database,
+    run_wrk,
+    running,
+    verify_purchases,
+    write_tokens,
+)
+from sqlalchemy.engine import make_url
+
+from services.common.auth import issue_token
+from services.common.config import BaseServiceSettings
+
+AIM_RATIO = 0.6
+GATEWAY_PREFIX = "/api/flashsale"
+GATEWAY_SETUPS = {"single": "1 gateway process", "reuseport": "2 gateway processes, one SO_REUSEPORT port"}
+
+
+class GatewayServers(Servers):
+    """The gateway processes, started like bench_purchase starts flashsale (same flags, same socket setup)."""
+
+    APP = "gateway.main:app"
+    LOG_PREFIX = "gateway"
+
+    def __init__(self, setup: str, *, redis_url: str, flashsale_url: str) -> None:
+        super().__init__(setup, redis_url=redis_url, database_url="", user_rate=None)
+        self.flashsale_url = flashsale_url
+
+    def _env(self, replica: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            APP_ENV="dev",
+            REDIS_URL=self.redis_url,
+            REPLICA_ID=replica,
+            LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+            GATEWAY_FLASHSALE_URLS=self.flashsale_url,
+            # Every wrk connection comes from 127.0.0.1: per-IP buckets would measure the limiter, not the path.
+            GATEWAY_IP_RATE="1000000000",
+            GATEWAY_IP_BURST="1000000000",
+            GATEWAY_PURCHASE_IP_RATE="1000000000",
+            GATEWAY_PURCHASE_IP_BURST="1000000000",
+            GATEWAY_MAX_IN_FLIGHT_PER_POOL="4096",
+        )
+        return env
+
+
+class SplitCpuProbe(CpuProbe):
+    """CPU seconds of flashsale, the gateway, wrk and Redis, each on its own."""
+
+    def __init__(self, flashsale: Servers, gateway: Servers, redis_url: str) -> None:
+        super().__init__(flashsale.pids(), redis_url)
+        self.gateway = CpuProbe(gateway.pids(), redis_url)
+
+    def sample(self) -> dict[str, float | None]:
+        """Cumulative CPU seconds now."""
+        out = super().sample()
+        out["gateway"] = self.gateway._servers()
+        return out
+
+
+@dataclass
+class Run:
+    """One measured path."""
+
+    path: str
+    result: WrkResult
+    verification: Verification
+    warmup_verification: Verification | None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
+    """Read the options; the defaults are what `make bench-gateway` runs."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--gateway", choices=sorted(GATEWAY_SETUPS), default="reuseport", help="gateway processes")
+    p.add_argument("--duration", type=int, default=12, help="seconds of each measured run")
+    p.add_argument("--warmup", type=int, default=6, help="seconds of each warm-up run")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (both paths)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (both paths)")
+    p.add_argument("--users", type=int, default=20_000, help="distinct customers the tokens rotate over")
+    p.add_argument("--redis-db", type=int, default=6, help="Redis logical DB of the benchmark (flushed)")
+    p.add_argument("--database", default="flashsale_bench_gw", help="PostgreSQL database (recreated)")
+    p.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_gateway.json", help="JSON results file")
+    p.add_argument("--strict", action="store_true", help="exit 2 when the aim is missed")
+    a = p.parse_args(argv)
+    if a.threads < 1 or a.connections < a.threads or a.duration < 1 or a.warmup < 0 or a.users < 1:
+        p.error("need threads >= 1, connections >= threads, duration >= 1, warmup >= 0, users >= 1")
+    opts = Options(
+        setup="reuseport",
+        compare_setups=False,
+        duration=a.duration,
+        warmup=a.warmup,
+        connections=a.connections,
+        threads=a.threads,
+        users=a.users,
+        redis_db=a.redis_db,
+        database=a.database,
+        user_rate=None,
+        output=a.output,
+        strict=a.strict,
+        rounds=1,
+    )
+    return opts, a.gateway, a.output
+
+
+@contextlib.contextmanager
+def stack(opts: Options, gateway_setup: str, redis_url: str, database_url: str) -> Iterator[tuple[Servers, Servers]]:
+    """Flashsale (two replicas on SO_REUSEPORT) and the gateway in front of it; both stopped whatever happens."""
+    flashsale = Servers("reuseport", redis_url=redis_url, database_url=database_url, user_rate=opts.user_rate)
+    with running(flashsale):
+        gateway = GatewayServers(gateway_setup, redis_url=redis_url, flashsale_url=flashsale.base_url)
+        with running(gateway):
+            yield flashsale, gateway
+
+
+def measure(opts: Options, gateway_setup: str, redis_url: str, database_url: str, tokens_file: Path) -> list[Run]:
+    """Warm up and measure the direct path, then the gateway path, on the same flashsale processes."""
+    wrk = ensure_wrk()
+    admin_token = issue_token(BaseServiceSettings(), "bench-admin", ["admin"], ttl_seconds=6 * 3600)
+    runs = []
+    with stack(opts, gateway_setup, redis_url, database_url) as (flashsale, gateway):
+        admin = Admin(flashsale.base_url, admin_token)
+        try:
+            probe = SplitCpuProbe(flashsale, gateway, redis_url)
+            tag = uuid.uuid4().hex[:8]
+
+            def purchase(url: str, prefix: str, label: str, seconds: int) -> tuple[WrkResult, Verification]:
+                sale_id = admin.seed_sale(f"{tag}-{label}")
+                args = [str(sale_id), str(tokens_file), f"{tag}{label}", prefix]
+                result = run_wrk(
+                    wrk, url, endpoint="purchase", seconds=seconds, opts=opts, script_args=args, cpu_probe=probe
+                )
+                return result, verify_purchases(admin, redis_url, sale_id, result)
+
+            for name, url, prefix in (
+                ("direct", flashsale.base_url, ""),
+                ("gateway", gateway.base_url, GATEWAY_PREFIX),
+            ):
+                warm = None
+                if opts.warmup:
+                    print(f"[{name}] warm-up {opts.warmup}s (token caches, connection pools)", flush=True)
+                    _, warm = purchase(url, prefix, f"{name}-w", opts.warmup)
+                print(f"[{name}] measuring {opts.duration}s", flush=True)
+                result, check = purchase(url, prefix, f"{name}-m", opts.duration)
+                runs.append(Run(name, result, check, warm))
+        finally:
+            admin.close()
+    return runs
+
+
+def print_table(runs: list[Run], opts: Options, gateway_setup: str) -> float:
+    """The table and the ratio gateway/direct; returns the ratio."""
+    header = ["path", "req/s", "p50 ms", "p99 ms", "errors", "flashsale CPU s", "gateway CPU s", "redis CPU s"]
+    rows = []
+    for run in runs:
+        r = run.result
+        cpu = [r.cpu_seconds.get(k) for k in ("servers", "gateway", "redis")]
+        shown = [f"{v:.1f}" if v is not None else "-" for v in cpu]
+        rows.append([run.path, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors), *shown])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    direct, through = runs[0].result, runs[1].result
+    ratio = through.rps / direct.rps if direct.rps else 0.0
+    print()
+    print("flashsale: 2 replicas, one SO_REUSEPORT port each (uvicorn --fd); both paths hit the same processes")
+    print(f"gateway: {GATEWAY_SETUPS[gateway_setup]}, rate limiter on (1 Redis call per request)")
+    print(f"load: wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s on each, {opts.users:,} users")
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))
+    print()
+    print(f"ratio gateway/direct: {ratio:.3f}  aim >= {AIM_RATIO}: {'PASS' if ratio >= AIM_RATIO else 'MISS'}")
+    for run in runs:
+        check = run.verification
+        print(f"{run.path} purchases real: {'yes' if check.ok else 'NO'} (sale {check.sale_id}: {check.note})")
+        if run.result.status_non_2xx:
+            print(f"{run.path} answers by status: {run.result.statuses}")
+    return ratio
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `running()`, which stops the servers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when done, 1 on a failure or unverified purchases, 2 on a missed aim with --strict."""
+    opts, gateway_setup, output = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    load_before = os.getloadavg()
+    try:
+        redis_url = bench_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), opts.redis_db)
+        database_url = bench_database_url(
+            os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"), opts.database
+        )
+        flush_redis(redis_url)
+        prepare_database(database_url)
+        print(f"database {make_url(database_url).render_as_string()} (recreated), redis {redis_url} (flushed)")
+        with tempfile.TemporaryDirectory(prefix="bench_gateway-") as tmp:
+            tokens_file = Path(tmp) / "tokens.txt"
+            print(f"minting {opts.users:,} customer tokens", flush=True)
+            write_tokens(opts.users, tokens_file)
+            runs = measure(opts, gateway_setup, redis_url, database_url, tokens_file)
+    except BenchError as exc:
+        print(f"bench_gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench_gateway: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    ratio = print_table(runs, opts, gateway_setup)
+    report: dict[str, Any] = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "loadtest/bench_gateway.py", *(argv or sys.argv[1:])]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "params": {
+            "duration_s": opts.duration,
+            "warmup_s": opts.warmup,
+            "connections": opts.connections,
+            "threads": opts.threads,
+            "users": opts.users,
+            "gateway": GATEWAY_SETUPS[gateway_setup],
+        },
+        "ratio": round(ratio, 4),
+        "aim": {"ratio": AIM_RATIO, "pass": ratio >= AIM_RATIO},
+        "runs": [
+            {
+                "path": run.path,
+                "result": asdict(run.result) | {"errors": run.result.errors},
+                "verification": asdict(run.verification),
+                "warmup_verification": asdict(run.warmup_verification) if run.warmup_verification else None,
+            }
+            for run in runs
+        ],
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output
+    print(f"\nresults written to {shown}")
+    if not all(run.verification.ok for run in runs):
+        return 1
+    return 2 if ratio < AIM_RATIO and opts.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
