@@ -110,9 +110,18 @@ class ServiceSpec:
 #   ServiceSpec("gateway", "services.gateway.main:app", (8000,), "GATEWAY_", None),
 SERVICES: tuple[ServiceSpec, ...] = (
     # Warehouse stock: SKUs, its ledger, allocations to sales, checkout holds, reconciliation. Its own database.
-    # Nothing links to it yet, so it starts first.
     ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
-    ServiceSpec("flashsale", "services.flashsale.main:app", (8102, 8112), "FLASHSALE_", "flashsale"),
+    # A sale's quantity is allocated from the warehouse (inventory), and its sold and returned units settled
+    # there; reconciliation compares its Redis counters with the order record (and rebuilds them from it).
+    ServiceSpec(
+        "flashsale",
+        "services.flashsale.main:app",
+        (8102, 8112),
+        "FLASHSALE_",
+        "flashsale",
+        links={"FLASHSALE_INVENTORY_URL": "inventory-1"},
+        calls={"FLASHSALE_ORDER_URL": "order-1"},
+    ),
     # The mock payment provider, twice: two separate "companies", primary and backup. No database.
     ServiceSpec(
         "paysim",
@@ -1515,14 +1524,11 @@ class DemoStock:
     allocated: int
 
 
-def seed_inventory(
-    client: Any, *, bases: list[str], admin: dict[str, str], sale: dict[str, Any], quantity: int, run: str
-) -> DemoStock:
-    """Create the demo sale's SKU in inventory (DEMO_STOCK units) and allocate the sale's quantity to it."""
-    sku, sale_id = str(sale["sku"]), int(sale["id"])
+def seed_sku(client: Any, *, bases: list[str], admin: dict[str, str], sku: str, run: str) -> None:
+    """Create the demo sale's SKU in the warehouse (DEMO_STOCK units); the sale then allocates from it."""
     body = {
         "sku": sku,
-        "name": f"Demo flash sale {sale_id}",
+        "name": f"Demo flash sale {run}",
         "initial_stock": DEMO_STOCK,
         "low_stock_threshold": DEMO_LOW_STOCK,
         "threshold_kind": "absolute",
@@ -1531,40 +1537,36 @@ def seed_inventory(
         client.post(f"{bases[0]}/admin/skus", json=body, headers={**admin, "idempotency-key": f"sku-{run}"}),
         "POST /admin/skus",
     )
-    allocation = _check(
-        client.post(
-            f"{bases[1 % len(bases)]}/admin/allocations",
-            json={"sale_id": sale_id, "sku": sku, "quantity": quantity},
-            headers={**admin, "idempotency-key": f"allocate-{run}"},
-        ),
-        "POST /admin/allocations",
-    )
-    say(
-        f"inventory SKU {sku}: {DEMO_STOCK:,} units in stock (low-stock alert at {DEMO_LOW_STOCK:,}); "
-        f"{allocation['allocated']:,} allocated to sale {sale_id}"
-    )
-    return DemoStock(sku=sku, sale_id=sale_id, allocated=int(allocation["allocated"]))
+    say(f"inventory SKU {sku}: {DEMO_STOCK:,} units in the warehouse (low-stock alert at {DEMO_LOW_STOCK:,})")
+
+
+def allocation_of(client: Any, *, bases: list[str], admin: dict[str, str], sale_id: int, sku: str) -> dict[str, Any]:
+    """The warehouse's allocation of `sku` to a sale."""
+    path = f"/admin/allocations/{sale_id}/{sku}"
+    allocation: dict[str, Any] = _check(client.get(f"{bases[0]}{path}", headers=admin), f"GET {path}")
+    return allocation
+
+
+def wait_settled(
+    client: Any, *, base: str, admin: dict[str, str], sale_id: int, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Wait until flashsale settled the ended sale with the warehouse (sold and returned units reported)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sale: dict[str, Any] = _check(client.get(f"{base}/admin/sales/{sale_id}", headers=admin), "GET sale")
+        if sale.get("settled_at") or time.monotonic() > deadline:
+            return sale
+        time.sleep(0.2)
 
 
 def inventory_summary(
     client: Any, *, bases: list[str], admin: dict[str, str], stock: DemoStock, sold: int, run: str
 ) -> tuple[list[str], list[str]]:
-    """After the sale settled: its sold units leave the allocation as sold, the rest go back to available.
-    Returns summary lines (the SKU's counters, the reconciliation) and problems."""
+    """After flashsale settled the ended sale: its sold units left the allocation as sold, the rest went back
+    to available. Returns summary lines (the allocation, the SKU's counters, the reconciliation) and problems."""
     sold = max(0, min(sold, stock.allocated))
     returned = stock.allocated - sold
-    path = f"/admin/allocations/{stock.sale_id}/{stock.sku}"
-    allocation: dict[str, Any] = {}
-    for n, (action, units) in enumerate((("sell", sold), ("return", returned))):
-        if units:
-            allocation = _check(
-                client.post(
-                    f"{bases[n % len(bases)]}{path}/{action}",
-                    json={"quantity": units},
-                    headers={**admin, "idempotency-key": f"{action}-{run}"},
-                ),
-                f"POST {path}/{action}",
-            )
+    allocation = allocation_of(client, bases=bases, admin=admin, sale_id=stock.sale_id, sku=stock.sku)
     sku = _check(client.get(f"{bases[0]}/admin/skus/{stock.sku}", headers=admin), "GET /admin/skus/{sku}")
     recon = _check(client.get(f"{bases[1 % len(bases)]}/admin/reconciliation", headers=admin), "reconciliation")
     mine = next((r for r in recon["skus"] if r["sku"] == stock.sku), None)
@@ -1577,6 +1579,12 @@ def inventory_summary(
         + (f"; drift: {'; '.join(recon['drift'][:5])}" if recon["drift"] else ""),
     ]
     problems = []
+    settled = (int(allocation["sold"]), int(allocation["returned"]), int(allocation["outstanding"]))
+    if settled != (sold, returned, 0):
+        problems.append(
+            f"the warehouse allocation settled as (sold, returned, outstanding) {settled}, "
+            f"expected {(sold, returned, 0)}"
+        )
     if not recon["ok"]:
         problems.append(f"inventory reconciliation is not ok: {recon['drift'][:5]}")
     if mine is None:
@@ -1622,6 +1630,7 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
         "low_stock_threshold_pct": 10,
     }
     with httpx.Client(timeout=10.0) as client:
+        seed_sku(client, bases=inventory_bases, admin=admin, sku=str(sale_body["sku"]), run=run)
         sale = _check(
             client.post(f"{bases[0]}/admin/sales", json=sale_body, headers={**admin, "idempotency-key": run}),
             "POST /admin/sales",
@@ -1640,9 +1649,9 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             f"demo sale {sale_id}: {args.quantity} units at {_money(DEMO_PRICE)}, limit {args.limit} per user, "
             f"scheduled to start at {starts_at.isoformat(timespec='seconds')}"
         )
-        stock = seed_inventory(
-            client, bases=inventory_bases, admin=admin, sale=sale, quantity=args.quantity, run=run
-        )  # while the sale waits to start
+        allocation = allocation_of(client, bases=inventory_bases, admin=admin, sale_id=sale_id, sku=sale["sku"])
+        stock = DemoStock(sku=str(sale["sku"]), sale_id=sale_id, allocated=int(allocation["allocated"]))
+        say(f"the sale took {stock.allocated:,} units of {stock.sku} from the warehouse (an allocation)")
         claims = None
         if args.coupon_users:
             claims = seed_coupons(
@@ -1708,6 +1717,9 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
                 client.delete(f"{primary_url}/admin/faults", headers=admin)  # a healthy provider again
         settled = _settle(client, order_bases[1 % len(order_bases)], bases[0], admin, sale_id, orders)
         client.post(f"{bases[0]}/admin/sales/{sale_id}/stop", headers=admin)  # end it; the demo is over
+        # flashsale returns the unsold units to the warehouse and reports the sold ones (its settlement job).
+        ended = wait_settled(client, base=bases[0], admin=admin, sale_id=sale_id)
+        recon = _check(client.get(f"{bases[0]}/admin/sales/{sale_id}/reconciliation", headers=admin), "recon")
         coupon_lines, coupon_problems = (
             coupon_summary(
                 client,
@@ -1759,6 +1771,15 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     for line in inventory_lines:
         say(line)
     problems += inventory_problems
+    say(
+        f"  sale reconciled   quantity {recon['quantity']} = remaining {recon['remaining']} + unpaid "
+        f"{recon['reserved_unpaid']} + paid {recon['paid']} + returned {recon['returned']}: "
+        + ("balanced" if recon["balanced"] else f"drift {recon['drift']:+d}")
+    )
+    if not recon["balanced"]:
+        problems.append(f"the sale does not reconcile: {recon['problems']}")
+    if not ended.get("settled_at"):
+        problems.append("the ended sale was not settled with the warehouse within 30 s")
     for problem in problems:
         say(f"  FAILED: {problem}")
     return not problems

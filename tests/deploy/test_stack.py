@@ -228,75 +228,49 @@ class _StockAnswer:
 
 
 class _FakeInventory:
-    """An inventory admin API in memory: one SKU, one allocation, a reconciliation answer."""
+    """An inventory admin API in memory, as flashsale's settlement left it: one SKU, one allocation."""
 
-    def __init__(self, recon_ok: bool = True) -> None:
-        self.calls: list[tuple[str, str, object]] = []
+    def __init__(self, *, sold: int, returned: int, recon_ok: bool = True) -> None:
+        self.calls: list[tuple[str, str]] = []
         self.recon_ok = recon_ok
-        self.sku = {"on_hand": 0, "available": 0, "allocated": 0, "held": 0, "sold": 0}
-        self.allocation = {"allocated": 0, "returned": 0, "sold": 0}
-
-    def _allocation_out(self) -> dict[str, int]:
-        a = self.allocation
-        return {**a, "outstanding": a["allocated"] - a["returned"] - a["sold"]}
-
-    def post(self, url: str, json: dict[str, object], headers: dict[str, str]) -> _StockAnswer:
-        self.calls.append(("POST", url, json))
-        assert headers.get("idempotency-key")
-        if url.endswith("/admin/skus"):
-            stock = int(str(json["initial_stock"]))
-            self.sku.update(on_hand=stock, available=stock)
-            return _StockAnswer({**json, **self.sku}, 201)
-        if url.endswith("/admin/allocations"):
-            units = int(str(json["quantity"]))
-            self.allocation["allocated"] += units
-            self.sku["available"] -= units
-            self.sku["allocated"] += units
-            return _StockAnswer(self._allocation_out(), 201)
-        units = int(str(json["quantity"]))
-        self.sku["allocated"] -= units
-        if url.endswith("/sell"):
-            self.allocation["sold"] += units
-            self.sku["sold"] += units
-        else:
-            self.allocation["returned"] += units
-            self.sku["available"] += units
-        return _StockAnswer(self._allocation_out())
+        self.allocation = {"allocated": 200, "sold": sold, "returned": returned}
+        self.sku = {"on_hand": 1000, "available": 800 + returned, "allocated": 200 - sold - returned, "held": 0}
+        self.sku["sold"] = sold
 
     def get(self, url: str, headers: dict[str, str]) -> _StockAnswer:
-        self.calls.append(("GET", url, None))
+        self.calls.append(("GET", url))
         if url.endswith("/admin/reconciliation"):
             drift = [] if self.recon_ok else ["DEMO-x: available is 1, the ledger says 2"]
             return _StockAnswer({"ok": self.recon_ok, "skus": [{"sku": "DEMO-x"}], "drift": drift})
+        if "/admin/allocations/" in url:
+            a = self.allocation
+            return _StockAnswer({**a, "outstanding": a["allocated"] - a["sold"] - a["returned"]})
         return _StockAnswer(self.sku)
 
 
 def _inventory_demo(fake: _FakeInventory, sold: int) -> tuple[list[str], list[str]]:
-    bases = ["http://i1", "http://i2"]
+    stock = stack.DemoStock(sku="DEMO-x", sale_id=7, allocated=200)
     admin = {"authorization": "Bearer x"}
-    sale = {"id": 7, "sku": "DEMO-x"}
-    stock = stack.seed_inventory(fake, bases=bases, admin=admin, sale=sale, quantity=200, run="r")
-    assert (stock.sku, stock.sale_id, stock.allocated) == ("DEMO-x", 7, 200)
-    return stack.inventory_summary(fake, bases=bases, admin=admin, stock=stock, sold=sold, run="r")
+    return stack.inventory_summary(fake, bases=["http://i1", "http://i2"], admin=admin, stock=stock, sold=sold, run="r")
 
 
-def test_demo_allocates_the_sale_then_sells_the_paid_units_and_returns_the_rest() -> None:
-    fake = _FakeInventory()
+def test_demo_checks_the_settled_allocation_and_the_warehouse_counters() -> None:
+    fake = _FakeInventory(sold=130, returned=70)
     lines, problems = _inventory_demo(fake, sold=130)
     assert problems == []
-    posts = [(url.split("/", 3)[-1], body) for kind, url, body in fake.calls if kind == "POST"]
-    assert posts[0][0] == "admin/skus" and posts[0][1]["sku"] == "DEMO-x"  # type: ignore[index]
-    assert posts[1:] == [
-        ("admin/allocations", {"sale_id": 7, "sku": "DEMO-x", "quantity": 200}),
-        ("admin/allocations/7/DEMO-x/sell", {"quantity": 130}),
-        ("admin/allocations/7/DEMO-x/return", {"quantity": 70}),
-    ]
+    assert ("GET", "http://i1/admin/allocations/7/DEMO-x") in fake.calls
     assert any("reconciliation    ok" in line for line in lines)
-    assert fake.sku == {"on_hand": 1000, "available": 870, "allocated": 0, "held": 0, "sold": 130}
+    assert any("sold 130, returned 70" in line for line in lines)
+
+
+def test_demo_fails_when_the_sale_was_not_settled_with_the_warehouse() -> None:
+    _lines, problems = _inventory_demo(_FakeInventory(sold=130, returned=0), sold=130)  # unsold units not back
+    assert any("settled as (sold, returned, outstanding) (130, 0, 70)" in p for p in problems)
+    assert any("inventory counters" in p for p in problems)
 
 
 def test_demo_fails_when_the_inventory_reconciliation_is_not_ok() -> None:
-    lines, problems = _inventory_demo(_FakeInventory(recon_ok=False), sold=200)  # all sold: nothing returned
+    lines, problems = _inventory_demo(_FakeInventory(sold=200, returned=0, recon_ok=False), sold=200)
     assert any("reconciliation is not ok" in p for p in problems)
     assert any("NOT ok" in line for line in lines)
 
