@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from services.common.migrate import upgrade
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.main import create_app
+from services.flashsale.reconciliation import SaleReconciler
 from tests.conftest import (
     PaySims,
     Processes,
@@ -41,6 +42,7 @@ class Stack:
     inventory: httpx.AsyncClient
     orders: httpx.AsyncClient
     redis: Redis
+    reconciler: SaleReconciler
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ async def stack(paysim: PaySims) -> AsyncIterator[Stack]:
             httpx.AsyncClient(base_url=inventory_url, headers=admin_headers()) as inv,
             httpx.AsyncClient(base_url=order_url) as orders,
         ):
-            yield Stack(fs, inv, orders, redis)
+            yield Stack(fs, inv, orders, redis, app.state.reconciler)
     finally:
         await asyncio.to_thread(procs.stop_all)
         await redis.aclose()
@@ -286,6 +288,28 @@ async def test_redis_flushed_mid_sale_is_rebuilt_from_the_record_and_nothing_is_
     assert rec["balanced"] is True, rec
     assert rec["remaining"] == 0 and rec["orders"]["reserved"] + rec["orders"]["sold"] == 60
     assert rec["in_flight"] == 0
+
+
+async def test_the_periodic_job_rebuilds_a_live_sale_whose_redis_data_is_gone(stack: Stack) -> None:
+    await _sku(stack, "WH-AUTO", 50)
+    created = await _sale(stack, "WH-AUTO", 20, per_user_limit=5)
+    sale_id = created.json()["id"]
+    assert (await stack.flashsale.post(f"/admin/sales/{sale_id}/start", headers=admin_headers())).status_code == 200
+    for n in range(4):
+        resp = await _buy(stack, sale_id, f"auto-{n}", qty=2)
+        assert resp.status_code == 202
+        await _order(stack, f"auto-{n}", resp.json()["reservation_id"])
+
+    await stack.redis.flushdb()
+    assert (await _buy(stack, sale_id, "auto-late")).status_code == 503
+    await stack.reconciler.reconcile_periodically()  # the job's tick, as every replica runs it
+
+    stats = (await stack.flashsale.get(f"/admin/sales/{sale_id}/stats", headers=admin_headers())).json()
+    assert (stats["remaining"], stats["reserved"], stats["state"]) == (12, 8, "live")
+    again = await _buy(stack, sale_id, "auto-late")
+    assert again.status_code == 202, again.text
+    audit = (await stack.flashsale.get("/admin/audit", params={"sale_id": sale_id}, headers=admin_headers())).json()
+    assert any(e["action"] == "reconcile_repair" and e["actor"] == "system" for e in audit)
 
 
 async def test_reconciliation_needs_admin_and_a_known_sale(stack: Stack) -> None:
