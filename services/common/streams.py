@@ -229,6 +229,41 @@ async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[st
     return out
 
 
+async def trim_acknowledged(redis: Redis, stream: str) -> int:
+    """Drop the entries of `stream` that every consumer group has read and acknowledged; returns how many.
+
+    The oldest entry still needed is the oldest pending one of any group, or the entry after a group's
+    last delivered one. A stream without groups is left alone: its consumer may not have started yet.
+    """
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return 0  # no such stream
+    if not groups:
+        return 0
+    keep_from: list[tuple[int, int]] = []
+    for group in groups:
+        if int(group.get("pending") or 0):
+            summary = await redis.xpending(stream, group["name"])
+            oldest = summary.get("min")
+            if oldest:
+                keep_from.append(_stream_id(oldest))
+                continue
+        last = _stream_id(group.get("last-delivered-id") or "0-0")
+        keep_from.append((last[0], last[1] + 1))
+    ms, seq = min(keep_from)
+    if (ms, seq) <= (0, 0):
+        return 0
+    trimmed: int = await redis.xtrim(stream, minid=f"{ms}-{seq}", approximate=False)
+    return trimmed
+
+
+def _stream_id(value: str | bytes) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class RegistryFollower:
     """One consumer per stream listed in a registry set, kept only while its group has work there.
 

@@ -4,8 +4,6 @@ and listening for sold-out / catalog notifications from other replicas."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from datetime import timedelta
 from typing import Any
@@ -15,6 +13,7 @@ import orjson
 from prometheus_client import Counter
 
 from services.common.streams import StreamConsumer, decode_event
+from services.common.webhooks import sign
 from services.flashsale.service import WARM_STATES, FlashSaleService, utcnow
 from services.flashsale.store import NOTIFY_CHANNEL, alerts_stream
 
@@ -46,8 +45,7 @@ class WebhookNotifier:
             task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, url: str, body: bytes) -> None:
-        signature = hmac.new(self.key, body, hashlib.sha256).hexdigest()
-        headers = {"content-type": "application/json", "x-flashsale-signature": f"sha256={signature}"}
+        headers = sign(body, self.key)
         for attempt in range(self.max_attempts):
             try:
                 resp = await self.client.post(url, content=body, headers=headers)

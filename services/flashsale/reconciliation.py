@@ -21,6 +21,7 @@ from prometheus_client import Gauge
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
 
+from services.common.streams import trim_acknowledged
 from services.flashsale import errors
 from services.flashsale.models import Sale, SaleState
 from services.flashsale.schemas import (
@@ -31,7 +32,7 @@ from services.flashsale.schemas import (
     SaleReconciliation,
 )
 from services.flashsale.service import SYSTEM_ACTOR, FlashSaleService, _ms
-from services.flashsale.store import alerts_stream
+from services.flashsale.store import alerts_stream, events_stream
 
 log = logging.getLogger("flashsale.reconciliation")
 
@@ -276,6 +277,9 @@ class SaleReconciler:
         return moved
 
     async def _settle_one(self, sale: Sale) -> int:
+        if sale.state != SaleState.DRAFT.value:
+            # Purchase events every consumer (the order service) acknowledged are no longer needed.
+            await trim_acknowledged(self.store.redis, events_stream(sale.id))
         sold, returned, reserved = 0, sale.returned_units, 1
         if sale.state == SaleState.ENDED.value:
             drained = await self.store.drain_ended(sale.id)

@@ -1,4 +1,5 @@
-"""/admin endpoints: SKUs, restock and adjustments, thresholds, allocations to sales, ledger, reconciliation.
+"""/admin endpoints: SKUs, restock and adjustments, thresholds, allocations to sales, ledger, reconciliation,
+replenishment reminders.
 
 Every change is audited; a change sent with an Idempotency-Key is applied once and replayed after.
 """
@@ -13,6 +14,7 @@ from services.common.auth import AdminUser
 from services.inventory.deps import ServiceDep
 from services.inventory.router import SkuPath
 from services.inventory.schemas import (
+    SKU_PATTERN,
     AdjustRequest,
     AllocationChange,
     AllocationOut,
@@ -20,6 +22,7 @@ from services.inventory.schemas import (
     AllocationTarget,
     LedgerOut,
     Reconciliation,
+    ReminderOut,
     RestockRequest,
     SkuCreate,
     SkuDetail,
@@ -168,3 +171,16 @@ async def reconciliation(user: AdminUser, service: ServiceDep) -> Reconciliation
 async def repair(user: AdminUser, service: ServiceDep) -> Reconciliation:
     """Rebuild the Redis copy of every drifted SKU from PostgreSQL (e.g. after Redis lost data); audited."""
     return await service.repair_mirror(actor=user.user_id)
+
+
+@router.get("/replenishment", response_model=list[ReminderOut])
+async def replenishment(
+    user: AdminUser,
+    service: ServiceDep,
+    include_resolved: bool = False,
+    sku: Annotated[str | None, Query(pattern=SKU_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[ReminderOut]:
+    """SKUs that crossed their low-stock threshold and wait for a restock (newest first); a restock that
+    lifts available above the threshold resolves a reminder, `include_resolved=true` lists those too."""
+    return await service.replenishment(include_resolved=include_resolved, sku=sku, limit=limit)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
+from services.common.webhooks import DEV_SIGNING_KEY
 
 
 class InventorySettings(BaseServiceSettings):
@@ -23,3 +25,34 @@ class InventorySettings(BaseServiceSettings):
     sweep_interval_seconds: float = 1.0
     sweep_batch: int = 200
     recent_ledger_entries: int = 20
+    # Low-stock alerts and replenishment reminders leave through an outbox table; every replica relays it.
+    alert_webhooks: str = Field("", description="Comma-separated URLs that receive low-stock alerts and reminders")
+    webhook_signing_key: str = DEV_SIGNING_KEY
+    webhook_timeout_seconds: float = 5.0
+    # Webhook delivery: attempts per alert before it is marked failed, and the backoff between them
+    # (base * 2**attempt, capped). The stream is retried until Redis takes it; it never gives up.
+    alert_max_attempts: int = Field(8, ge=1)
+    alert_retry_base_seconds: float = 1.0
+    alert_retry_max_seconds: float = 300.0
+    alert_relay_interval_seconds: float = 1.0
+    alert_relay_batch: int = 50
+    # An unresolved replenishment reminder is repeated this often; due reminders are looked for every
+    # reminder_check_seconds.
+    reminder_interval_seconds: float = 4 * 3600
+    reminder_check_seconds: float = 30.0
+    # The periodic reconciliation (one replica per tick). Drift in PostgreSQL is reported for a human;
+    # a drifted Redis mirror is only a copy and is rewritten from PostgreSQL when auto_repair_mirror is on.
+    reconcile_interval_seconds: float = 60.0
+    auto_repair_mirror: bool = True
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        """Configured alert webhook URLs."""
+        return [u.strip() for u in self.alert_webhooks.split(",") if u.strip()]
+
+    @model_validator(mode="after")
+    def _refuse_default_webhook_key(self) -> InventorySettings:
+        # Receivers trust the signature; a well-known key would let anyone forge a stock alert.
+        if not self.is_dev and self.webhook_urls and self.webhook_signing_key == DEV_SIGNING_KEY:
+            raise ValueError("INVENTORY_WEBHOOK_SIGNING_KEY must be set outside dev mode")
+        return self

@@ -18,7 +18,8 @@ from services.inventory.service import InventoryService
 
 
 def create_app(settings: InventorySettings | None = None) -> FastAPI:
-    """Build the inventory app; resources and the hold sweeper start in the lifespan."""
+    """Build the inventory app; resources and the periodic jobs (hold sweeper, alert relay, replenishment
+    reminders, reconciliation) start in the lifespan."""
     settings = settings or InventorySettings()
 
     @asynccontextmanager
@@ -31,20 +32,40 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
         app.state.service, app.state.token_verifier = service, TokenVerifier(settings)
         stop = asyncio.Event()
         batch = settings.sweep_batch
-        sweeper = asyncio.create_task(
-            run_every(
-                settings.sweep_interval_seconds,
-                "hold sweeper",
-                service.expire_due_holds,
-                stop,
-                again_now=lambda n: isinstance(n, int) and n >= batch,
-            )
-        )
+        relay_batch = settings.alert_relay_batch
+        jobs = [
+            asyncio.create_task(
+                run_every(
+                    settings.sweep_interval_seconds,
+                    "hold sweeper",
+                    service.expire_due_holds,
+                    stop,
+                    again_now=lambda n: isinstance(n, int) and n >= batch,
+                )
+            ),
+            asyncio.create_task(
+                run_every(
+                    settings.alert_relay_interval_seconds,
+                    "alert relay",
+                    service.relay.relay_once,
+                    stop,
+                    again_now=lambda n: isinstance(n, int) and n >= relay_batch,
+                )
+            ),
+            asyncio.create_task(
+                run_every(settings.reminder_check_seconds, "replenishment reminders", service.relay.remind_due, stop)
+            ),
+            asyncio.create_task(
+                run_every(settings.reconcile_interval_seconds, "reconciliation", service.reconcile_tick, stop)
+            ),
+        ]
         freeze_startup_objects()
         try:
             yield
         finally:
-            await stop_background(stop, [sweeper])
+            await stop_background(stop, jobs)
+            await service.release_leadership()
+            await service.relay.aclose()
             await redis.aclose()
             await engine.dispose()
 

@@ -1,4 +1,5 @@
-"""The inventory service's PostgreSQL tables: SKUs, the append-only ledger, allocations, holds, audit."""
+"""The inventory service's PostgreSQL tables: SKUs, the append-only ledger, allocations, holds, audit,
+the alert outbox and replenishment reminders."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, String, Text, func
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -127,3 +128,63 @@ class AuditEntry(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AlertEvent(enum.StrEnum):
+    LOW_STOCK = "stock.low"
+    REPLENISH_REMINDER = "stock.replenish_reminder"
+
+
+class AlertOutbox(Base):
+    """An alert written in the same transaction as the stock change that raised it, relayed afterwards.
+
+    The stream and the webhooks are tracked apart, so retrying a webhook never appends to the stream again.
+    """
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (
+        # What the relay still has to do: stream it, or deliver it to webhooks (not yet given up).
+        Index(
+            "ix_alert_outbox_pending",
+            "id",
+            postgresql_where=text("streamed_at IS NULL OR (delivered_at IS NULL AND failed_at IS NULL)"),
+        ),
+        Index("ix_alert_outbox_sku", "sku", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_type: Mapped[str] = mapped_column(String(40))
+    sku: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    streamed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Webhook URLs that acknowledged the alert: a retry goes only to the others.
+    delivered_to: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReplenishmentReminder(Base):
+    """A SKU that crossed its low-stock threshold and waits for a restock; repeated until resolved."""
+
+    __tablename__ = "replenishment_reminders"
+    __table_args__ = (
+        # At most one open reminder per SKU.
+        Index("ux_reminders_open_sku", "sku", unique=True, postgresql_where=text("resolved_at IS NULL")),
+        Index("ix_reminders_open_due", "last_reminded_at", postgresql_where=text("resolved_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    suggested_quantity: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When ops last heard about it: the alert itself, then each repeat.
+    last_reminded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Repeats sent after the first alert.
+    reminders_sent: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(128), nullable=True)

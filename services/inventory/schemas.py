@@ -138,6 +138,20 @@ class Availability(BaseModel):
     available: int
 
 
+class ReminderOut(BaseModel):
+    """A SKU that crossed its low-stock threshold; open until a restock lifts it above again."""
+
+    id: int
+    sku: str
+    suggested_quantity: int = Field(description="Units that bring available back to twice the threshold")
+    available: int = Field(description="Available now")
+    created_at: datetime
+    last_reminded_at: datetime = Field(description="When ops last heard: the alert, then each repeat")
+    reminders_sent: int = Field(description="Repeats sent after the alert")
+    resolved_at: datetime | None
+    resolved_by: str | None
+
+
 class Counters(BaseModel):
     on_hand: int
     available: int

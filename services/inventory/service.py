@@ -1,8 +1,10 @@
-"""Inventory business logic: every change is one transaction that locks the SKU row, moves its counters
-and appends a ledger row; Redis (mirror, alerts) is written only after the commit."""
+"""Inventory business logic: every change is one transaction that locks the SKU row, moves its counters,
+appends a ledger row and, when it crosses the low-stock threshold, writes the alert to the outbox;
+Redis (mirror, alerts stream) is written only after the commit."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import defaultdict
@@ -11,17 +13,35 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.idempotency import IdempotencyStore, fingerprint
 from services.inventory import errors
+from services.inventory.alerts import (
+    AlertRelay,
+    enqueue,
+    open_reminder,
+    replenish_units,
+    resolve_reminders,
+    threshold_units,
+)
 from services.inventory.config import InventorySettings
-from services.inventory.models import Allocation, AuditEntry, Hold, HoldState, LedgerEntry, LedgerKind, Sku
+from services.inventory.models import (
+    AlertEvent,
+    Allocation,
+    AuditEntry,
+    Hold,
+    HoldState,
+    LedgerEntry,
+    LedgerKind,
+    ReplenishmentReminder,
+    Sku,
+)
 from services.inventory.schemas import (
     AllocationOut,
     Availability,
@@ -29,6 +49,7 @@ from services.inventory.schemas import (
     HoldOut,
     LedgerOut,
     Reconciliation,
+    ReminderOut,
     SkuCreate,
     SkuDetail,
     SkuOut,
@@ -40,9 +61,16 @@ log = logging.getLogger("inventory.service")
 
 LOW_STOCK_ALERTS = Counter("inventory_low_stock_alerts_total", "Low-stock alerts raised (one per crossing)")
 HOLDS_EXPIRED = Counter("inventory_holds_expired_total", "Holds whose units went back to stock on their own")
+SKUS_OUT_OF_BALANCE = Gauge(
+    "inventory_reconciliation_skus_out_of_balance", "SKUs whose PostgreSQL counters or ledger do not add up"
+)
+MIRROR_DRIFT = Gauge("inventory_reconciliation_mirror_drift", "SKUs whose Redis copy of `available` is missing or off")
 # Far above any real warehouse, far below what BIGINT holds: a runaway restock is refused, not overflowed.
 MAX_ON_HAND = 10**15
 SYSTEM_ACTOR = "system:hold-sweeper"
+RECONCILER_ACTOR = "system:reconciler"
+JOB_LOCK_PREFIX = "inv:job:"
+_RELEASE_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def utcnow() -> datetime:
@@ -50,21 +78,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def threshold_units(row: Sku) -> int | None:
-    """The low-stock threshold in units: absolute, or percent of on-hand stock (rounded down)."""
-    if row.low_stock_threshold is None:
-        return None
-    if row.threshold_kind == "percent":
-        return row.on_hand * row.low_stock_threshold // 100
-    return row.low_stock_threshold
+def _above_threshold(row: Sku) -> bool:
+    threshold = threshold_units(row)
+    return threshold is None or row.available > threshold
 
 
 @dataclass
 class AfterCommit:
-    """What Redis must learn once the transaction committed: mirrored counters and raised alerts."""
+    """What Redis must learn once the transaction committed: mirrored counters and outbox ids of raised alerts."""
 
     mirrors: dict[str, tuple[int, int]] = field(default_factory=dict)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[int] = field(default_factory=list)
 
 
 def _counters(row: Sku) -> dict[str, int]:
@@ -102,6 +126,7 @@ class InventoryService:
         self.redis = redis
         self.sessions = sessions
         self.mirror = StockMirror(redis, settings.alerts_stream)
+        self.relay = AlertRelay(settings=settings, sessions=sessions, mirror=self.mirror)
         self.hold_keys = IdempotencyStore(redis, "inventory-holds")
         self.admin_keys = IdempotencyStore(redis, "inventory-admin")
 
@@ -126,7 +151,11 @@ class InventoryService:
         reason: str | None = None,
         rearm: bool = False,
     ) -> None:
-        """Append the ledger row for a change already made to `row`, and watch the low-stock threshold."""
+        """Append the ledger row for a change already made to `row`, and watch the low-stock threshold.
+
+        A crossing writes its alert to the outbox and opens the replenishment reminder; a restock that lifts
+        `available` above the threshold resolves the reminder. All in the caller's transaction.
+        """
         entry = LedgerEntry(
             sku=row.sku,
             kind=kind.value,
@@ -141,7 +170,12 @@ class InventoryService:
         await session.flush()
         effects.mirrors[row.sku] = (row.available, entry.id)
         if alert is not None:
-            effects.alerts.append(alert)
+            reminder = await open_reminder(session, sku=row.sku, suggested=alert["replenish"], at=utcnow())
+            alert["reminder_id"] = reminder.id
+            outbox = await enqueue(session, event=AlertEvent.LOW_STOCK, sku=row.sku, payload=alert)
+            effects.alerts.append(outbox.id)
+        elif rearm and _above_threshold(row):
+            await resolve_reminders(session, sku=row.sku, actor=actor, at=utcnow())
 
     def _watch_threshold(self, row: Sku, *, rearm: bool) -> dict[str, Any] | None:
         """Disarm and describe an alert when `available` is at/below the threshold and the alert is armed.
@@ -167,7 +201,7 @@ class InventoryService:
             "threshold_kind": row.threshold_kind,
             "threshold_value": row.low_stock_threshold,
             # Enough to bring available back to twice the threshold (at least one unit above it).
-            "replenish": max(2 * threshold, threshold + 1) - row.available,
+            "replenish": replenish_units(threshold, row.available),
             "at": utcnow().isoformat(),
         }
 
@@ -178,12 +212,13 @@ class InventoryService:
                 await self.mirror.write(sku=sku, available=available, seq=seq)
             except RedisError as exc:
                 log.warning("mirror write for %s failed (%s); reads fall back later", sku, type(exc).__name__)
-        for alert in effects.alerts:
-            LOW_STOCK_ALERTS.inc()
+        if effects.alerts:
+            LOW_STOCK_ALERTS.inc(len(effects.alerts))
+            # The alerts are safe in the outbox; streaming them now only saves the relay's wait.
             try:
-                await self.mirror.publish_alert(alert)
-            except RedisError as exc:
-                log.error("low-stock alert for %s not published (%s): %s", alert["sku"], type(exc).__name__, alert)
+                await self.relay.relay_once(ids=effects.alerts)
+            except (RedisError, SQLAlchemyError, OSError) as exc:
+                log.warning("alerts %s left to the relay (%s)", effects.alerts, type(exc).__name__)
 
     async def _audit(self, session: AsyncSession, **fields: Any) -> None:
         session.add(AuditEntry(**fields))
@@ -298,7 +333,14 @@ class InventoryService:
             row.threshold_kind = kind
             threshold = threshold_units(row)
             row.alert_armed = threshold is None or row.available > threshold
-            after = {"low_stock_threshold": value, "threshold_kind": kind, "alert_armed": row.alert_armed}
+            after: dict[str, Any] = {
+                "low_stock_threshold": value,
+                "threshold_kind": kind,
+                "alert_armed": row.alert_armed,
+            }
+            if row.alert_armed:
+                # By the new threshold (or with none) the SKU is not short: stop reminding about it.
+                after["resolved_reminders"] = await resolve_reminders(session, sku=sku, actor=actor, at=utcnow())
             await self._audit(session, actor=actor, action="set_threshold", sku=sku, before=before, after=after)
             return SkuOut.model_validate(row)
 
@@ -664,9 +706,14 @@ class InventoryService:
         ]
         return Reconciliation(ok=not drift, skus=report, drift=drift, mirror_drift=mirror_drift)
 
-    async def repair_mirror(self, *, actor: str) -> Reconciliation:
-        """Rewrite the Redis copy of `available` from PostgreSQL for every SKU where it drifted (or was lost)."""
-        before = await self.reconcile()
+    async def repair_mirror(
+        self, *, actor: str, before: Reconciliation | None = None, force: bool = True
+    ) -> Reconciliation:
+        """Rewrite the Redis copy of `available` from PostgreSQL for every SKU where it drifted (or was lost).
+
+        `force=False` (the periodic job) leaves a copy that a change newer than PostgreSQL's read already wrote.
+        """
+        before = before or await self.reconcile()
         stale = [r.sku for r in before.skus if r.mirror_available != r.counters.available]
         if stale:
             async with self.sessions.begin() as session:
@@ -684,8 +731,75 @@ class InventoryService:
                     session, actor=actor, action="repair_mirror", after={"skus": stale, "drift": before.mirror_drift}
                 )
             for sku, row in rows.items():
-                await self.mirror.overwrite(sku=sku, available=row.available, seq=int(seqs.get(sku) or 0))
+                seq = int(seqs.get(sku) or 0)
+                if force:
+                    await self.mirror.overwrite(sku=sku, available=row.available, seq=seq)
+                else:
+                    await self.mirror.repair(sku=sku, available=row.available, seq=seq)
         return await self.reconcile()
+
+    async def _leader(self, job: str, seconds: float) -> bool:
+        """One replica runs a periodic job per tick (the jobs are safe to repeat; this only saves work)."""
+        ms = max(int(seconds * 1000) - 50, 100)
+        return bool(await self.redis.set(f"{JOB_LOCK_PREFIX}{job}", self.settings.consumer_name, nx=True, px=ms))
+
+    async def release_leadership(self) -> None:
+        """Give up the job locks this replica holds (shutdown), so another takes the next tick at once."""
+        with contextlib.suppress(RedisError):
+            await self.redis.eval(_RELEASE_LOCK, 1, f"{JOB_LOCK_PREFIX}reconcile", self.settings.consumer_name)
+
+    async def reconcile_tick(self) -> int:
+        """The periodic reconciliation: gauges, an error log per SKU that does not add up (for a human),
+        and the drifted Redis mirror rewritten from PostgreSQL. Returns how many SKUs were checked."""
+        try:
+            leader = await self._leader("reconcile", self.settings.reconcile_interval_seconds)
+        except RedisError:
+            # PostgreSQL, the truth, is still worth checking with Redis gone; the mirror waits for Redis.
+            leader, redis_up = True, False
+        else:
+            redis_up = True
+        if not leader:
+            return 0
+        report = await self.reconcile()
+        broken = [s for s in report.skus if s.drift]
+        SKUS_OUT_OF_BALANCE.set(len(broken))
+        for entry in broken:
+            log.error("SKU %s does not reconcile (not repaired automatically): %s", entry.sku, "; ".join(entry.drift))
+        if not redis_up:
+            return len(report.skus)
+        MIRROR_DRIFT.set(len(report.mirror_drift))
+        if report.mirror_drift and self.settings.auto_repair_mirror:
+            log.warning("rewriting the Redis mirror of %d SKUs: %s", len(report.mirror_drift), report.mirror_drift)
+            repaired = await self.repair_mirror(actor=RECONCILER_ACTOR, before=report, force=False)
+            MIRROR_DRIFT.set(len(repaired.mirror_drift))
+        return len(report.skus)
+
+    # ---------------------------------------------------------------- replenishment reminders
+
+    async def replenishment(self, *, include_resolved: bool, sku: str | None, limit: int) -> list[ReminderOut]:
+        """Replenishment reminders, newest first: open ones, or all with `include_resolved`."""
+        r = ReplenishmentReminder
+        query = select(r, Sku.available).join(Sku, Sku.sku == r.sku).order_by(r.id.desc()).limit(limit)
+        if not include_resolved:
+            query = query.where(r.resolved_at.is_(None))
+        if sku is not None:
+            query = query.where(r.sku == sku)
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            ReminderOut(
+                id=reminder.id,
+                sku=reminder.sku,
+                suggested_quantity=reminder.suggested_quantity,
+                available=available,
+                created_at=reminder.created_at,
+                last_reminded_at=reminder.last_reminded_at,
+                reminders_sent=reminder.reminders_sent,
+                resolved_at=reminder.resolved_at,
+                resolved_by=reminder.resolved_by,
+            )
+            for reminder, available in rows
+        ]
 
     def _reconcile_one(
         self, row: Sku, sums: dict[str, int], last_available: int | None, mirror: int | None

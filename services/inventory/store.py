@@ -25,6 +25,7 @@ class StockMirror:
         self.redis = redis
         self.alerts_stream = alerts_stream
         self._mirror = redis.register_script((LUA_DIR / "mirror.lua").read_text())
+        self._repair = redis.register_script((LUA_DIR / "repair.lua").read_text())
 
     async def write(self, *, sku: str, available: int, seq: int) -> None:
         """Store `available`; a late writer with an older ledger sequence changes nothing."""
@@ -34,10 +35,13 @@ class StockMirror:
         """Set the mirror from PostgreSQL whatever it holds (repair after drift or data loss)."""
         await self.redis.hset(stock_key(sku), mapping={"available": available, "seq": seq})
 
+    async def repair(self, *, sku: str, available: int, seq: int) -> bool:
+        """Set the mirror from PostgreSQL unless a newer change already wrote it; True when rewritten."""
+        return bool(await self._repair(keys=[stock_key(sku)], args=[available, seq]))
+
     async def read(self, sku: str) -> int | None:
-        """The mirrored `available`, or None when Redis has not seen the SKU."""
-        value = await self.redis.hget(stock_key(sku), "available")
-        return None if value is None else int(value)
+        """The mirrored `available`, or None when Redis has not seen the SKU (or holds garbage for it)."""
+        return _units(await self.redis.hget(stock_key(sku), "available"))
 
     async def read_many(self, skus: list[str]) -> list[int | None]:
         """The mirrored `available` of several SKUs, in order."""
@@ -45,10 +49,18 @@ class StockMirror:
             for sku in skus:
                 pipe.hget(stock_key(sku), "available")
             values: list[Any] = await pipe.execute()
-        return [None if v is None else int(v) for v in values]
+        return [_units(v) for v in values]
 
-    async def publish_alert(self, payload: dict[str, Any]) -> str:
-        """Append one low-stock alert to the alerts stream."""
-        entry: dict[Any, Any] = encode_event("inventory.low_stock", payload)
+    async def publish_event(self, event_type: str, payload: dict[str, Any]) -> str:
+        """Append one alert (low stock, replenishment reminder) to the alerts stream; returns its entry id."""
+        entry: dict[Any, Any] = encode_event(event_type, payload)
         entry_id = await self.redis.xadd(self.alerts_stream, entry, maxlen=100_000, approximate=True)
         return str(entry_id)
+
+
+def _units(value: Any) -> int | None:
+    # A garbled copy reads as missing: reads fall back to PostgreSQL and reconciliation reports it.
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None

@@ -24,6 +24,8 @@ class OrderSettings(BaseServiceSettings):
     # Where flashsale lists the purchase streams of its sales, and where order events go.
     purchase_stream_registry: str = "fs:streams"
     events_stream: str = "orders:events"
+    # How often entries every consumer group acknowledged are trimmed from the events stream.
+    stream_trim_seconds: float = 10.0
     consumer_batch: int = 500
     consumer_claim_idle_ms: int = 5_000
     stream_discovery_seconds: float = 1.0

@@ -13,6 +13,7 @@ from services.common.auth import TokenVerifier
 from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory
+from services.common.streams import trim_acknowledged
 from services.order import admin, router
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
@@ -61,6 +62,14 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                     settings.duplicate_check_interval_seconds,
                     "duplicate charge check",
                     service.refund_duplicate_charges,
+                    stop,
+                )
+            ),
+            asyncio.create_task(
+                run_every(
+                    settings.stream_trim_seconds,
+                    "order events trim",
+                    lambda: trim_acknowledged(redis, settings.events_stream),
                     stop,
                 )
             ),

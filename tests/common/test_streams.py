@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.common.streams import StreamConsumer, decode_event, encode_event, group_backlog
+from services.common.streams import StreamConsumer, decode_event, encode_event, group_backlog, trim_acknowledged
 
 
 def _consumer(redis: Redis, stream: str, name: str, handler: Any, **kw: Any) -> StreamConsumer:
@@ -79,3 +79,26 @@ async def test_group_backlog_tells_which_streams_still_have_work(redis: Redis) -
 
     backlog = await group_backlog(redis, [fresh, drained, unread, missing], "g")
     assert backlog == {fresh: True, drained: False, unread: True, missing: False}
+
+
+async def test_trim_keeps_what_any_group_still_needs(redis: Redis) -> None:
+    stream = "test:trim"
+    await redis.delete(stream)
+    ids = [await redis.xadd(stream, {"n": str(n)}) for n in range(10)]
+    assert await trim_acknowledged(redis, stream) == 0  # no group yet: its consumer may not have started
+    await redis.xgroup_create(stream, "fast", id="0")
+    await redis.xgroup_create(stream, "slow", id="0")
+    fast = await redis.xreadgroup("fast", "c1", {stream: ">"}, count=10)
+    await redis.xack(stream, "fast", *[entry_id for entry_id, _ in fast[0][1][:8]])  # 2 still pending
+    slow = await redis.xreadgroup("slow", "c1", {stream: ">"}, count=5)
+    await redis.xack(stream, "slow", *[entry_id for entry_id, _ in slow[0][1]])  # all 5 read acknowledged
+
+    assert await trim_acknowledged(redis, stream) == 5  # slow has not read entries 6-10 yet
+    assert [entry_id for entry_id, _ in await redis.xrange(stream)] == ids[5:]
+    await redis.xreadgroup("slow", "c1", {stream: ">"}, count=10)
+    await redis.xack(stream, "slow", *ids[5:])
+    assert await trim_acknowledged(redis, stream) == 3  # fast still holds entries 9 and 10 unacknowledged
+    assert [entry_id for entry_id, _ in await redis.xrange(stream)] == ids[8:]
+    await redis.xack(stream, "fast", *ids[8:])
+    await trim_acknowledged(redis, stream)
+    assert await redis.xlen(stream) == 0

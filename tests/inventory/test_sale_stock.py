@@ -199,7 +199,7 @@ async def test_a_sale_allocates_sells_and_returns_warehouse_stock(stack: Stack) 
     async def sold_in_warehouse() -> bool:
         return bool((await _allocation(stack, sale_id, "WH-ROUND"))["sold"] == 6)
 
-    await wait_for(sold_in_warehouse)
+    await wait_for(sold_in_warehouse, timeout=30)
     stopped = await stack.flashsale.post(f"/admin/sales/{sale_id}/stop", headers=admin_headers())
     assert stopped.status_code == 200
 
@@ -207,7 +207,7 @@ async def test_a_sale_allocates_sells_and_returns_warehouse_stock(stack: Stack) 
         sale = (await stack.flashsale.get(f"/admin/sales/{sale_id}", headers=admin_headers())).json()
         return sale if sale["settled_at"] else None
 
-    sale = await wait_for(settled)
+    sale = await wait_for(settled, timeout=30)
     assert sale["returned_units"] == 34
     allocation = await _allocation(stack, sale_id, "WH-ROUND")
     assert (allocation["allocated"], allocation["sold"], allocation["returned"], allocation["outstanding"]) == (
