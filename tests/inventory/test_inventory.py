@@ -176,6 +176,44 @@ async def test_allocating_more_than_available_is_refused_and_changes_nothing(inv
     await _reconciled(inventory, sku)
 
 
+async def test_allocation_totals_move_stock_once_and_refuse_what_cannot_be(inventory: httpx.AsyncClient) -> None:
+    sku = await _sku(inventory, 100)
+    h = admin_headers()
+    path = f"/admin/allocations/77/{sku}"
+    for _ in range(3):  # the same totals, sent again and again (retries, two replicas): applied once
+        first = await inventory.put(path, json={"allocated": 40}, headers=h)
+        assert first.status_code == 200 and first.json()["allocated"] == 40
+    assert (await _counters(inventory, sku))["available"] == 60
+    settled = await inventory.put(path, json={"allocated": 40, "sold": 15, "returned": 5}, headers=h)
+    assert settled.json() == {
+        "sale_id": 77,
+        "sku": sku,
+        "allocated": 40,
+        "sold": 15,
+        "returned": 5,
+        "outstanding": 20,
+    }
+    older = await inventory.put(path, json={"allocated": 40, "sold": 10}, headers=h)  # a late, older report
+    assert (older.json()["sold"], older.json()["returned"]) == (15, 5)  # never moves backwards
+    before = await _counters(inventory, sku)
+    assert (before["available"], before["allocated"], before["sold"]) == (65, 20, 15)
+
+    too_many = await inventory.put(path, json={"allocated": 200}, headers=h)
+    assert too_many.status_code == 409 and too_many.json()["code"] == "INSUFFICIENT_STOCK"
+    below_settled = await inventory.put(path, json={"allocated": 19}, headers=h)
+    assert below_settled.status_code == 409 and below_settled.json()["code"] == "ALLOCATION_EXCEEDED"
+    for bad in ({"allocated": -1}, {"allocated": "40"}, {"allocated": 40, "sold": -2}, {"sold": 3}, {}):
+        resp = await inventory.put(path, json=bad, headers=h)
+        assert resp.status_code == 422, (bad, resp.text)
+        assert resp.headers["content-type"] == "application/problem+json"
+    unknown = await inventory.put("/admin/allocations/77/NO-SUCH-SKU", json={"allocated": 1}, headers=h)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "SKU_NOT_FOUND"
+    customer = await inventory.put(path, json={"allocated": 1}, headers=customer_headers("nosy"))
+    assert customer.status_code == 403
+    assert await _counters(inventory, sku) == before
+    await _reconciled(inventory, sku)
+
+
 async def test_expired_hold_returns_its_units_by_itself(inventory: httpx.AsyncClient) -> None:
     sku = await _sku(inventory, 5)
     hold = await _hold(inventory, sku, "slow-buyer", "slow", quantity=4, ttl=1)
