@@ -14,7 +14,7 @@ service, so the warehouse ledger follows the sale.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from prometheus_client import Gauge
@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 
 from services.common.streams import trim_acknowledged
 from services.flashsale import errors
-from services.flashsale.models import Sale, SaleState
+from services.flashsale.models import LowStockPolicy, Sale, SaleState
 from services.flashsale.schemas import (
     AllocationView,
     OrderUnits,
@@ -43,6 +43,8 @@ DRIFT = Gauge(
 )
 UNSETTLED = Gauge("flashsale_unsettled_sales", "Sales whose units are not all sold or returned to the warehouse yet")
 JOB_LOCK_PREFIX = "fs:job:"
+# A pause reaches Redis before its commit: a live record with a paused Redis this recent may be one.
+STATE_SETTLE_TIME = timedelta(seconds=10)
 
 
 def utcnow() -> datetime:
@@ -276,6 +278,22 @@ class SaleReconciler:
                 log.error("the warehouse refused the settlement of sale %s: %s (%s)", sale.id, exc.detail, exc.code)
         return moved
 
+    async def _align_state(self, sale: Sale, counters: dict[str, str]) -> None:
+        """Bring Redis to the recorded state when an admin change reached only one side.
+
+        The record paused a sale Redis still sells: Redis follows the record. Redis paused a sale the record
+        says is live: the purchase script's own pause (alert_and_pause, threshold crossed) is recorded;
+        any other (a resume whose Redis write failed) is undone in Redis.
+        """
+        redis_state = counters.get("state", "")
+        if sale.state == SaleState.PAUSED.value and redis_state == SaleState.LIVE.value:
+            await self.store.advance_state(sale.id, expected=SaleState.LIVE.value, new=SaleState.PAUSED.value)
+        elif sale.state == SaleState.LIVE.value and redis_state == SaleState.PAUSED.value:
+            if sale.low_stock_policy == LowStockPolicy.ALERT_AND_PAUSE.value and counters.get("low_alerted") == "1":
+                await self.service.sync_auto_pause(sale.id)
+            elif sale.updated_at < utcnow() - STATE_SETTLE_TIME:  # not an admin pause still committing
+                await self.store.advance_state(sale.id, expected=SaleState.PAUSED.value, new=SaleState.LIVE.value)
+
     async def _settle_one(self, sale: Sale) -> int:
         if sale.state != SaleState.DRAFT.value:
             # Purchase events every consumer (the order service) acknowledged are no longer needed.
@@ -302,6 +320,7 @@ class SaleReconciler:
             if "remaining" not in counters:
                 return 0  # Redis lost data: reconciliation rebuilds it first
             sold = int(counters.get("sold", 0))
+            await self._align_state(sale, counters)
         totals = (sale.quantity, sold, returned)
         if self.service.inventory is not None and self._reported.get(sale.id) != totals:
             await self.service.inventory.set_allocation(

@@ -566,12 +566,17 @@ class FlashSaleService:
                 sale.ended_at = now
             if action in ("schedule", "start"):
                 await self._warm(sale, reset=False)
-            elif current != SaleState.DRAFT:  # a draft was never loaded into Redis
+            elif current != SaleState.DRAFT and action != "resume":
+                # Stopping selling goes to Redis first: if the commit then fails, the sale sells less, not more.
                 await self.store.set_state(sale.id, target.value)
             await session.flush()
             await session.refresh(sale)
             after = snapshot(sale)
             await self._audit(session, actor=actor, action=action, sale_id=sale_id, before=before, after=after)
+        if action == "resume":
+            # Selling again goes to Redis only once the record says so (a failed write here is put right by
+            # the settlement job, which brings Redis to the recorded state).
+            await self.store.set_state(sale.id, target.value)
         self.catalog[sale.id] = self._entry(sale)
         await self._notify("catalog")
         return after
