@@ -7,9 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
 
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.main import create_app
@@ -136,3 +139,30 @@ def test_rate_limiter_charges_new_and_refused_keys_but_not_accepted_or_in_flight
     limiter.end("u", "refused", accepted=False)
     assert not limiter.allow("u", "refused")  # retrying a refusal pays, and no token is left
     assert limiter.allow("someone-else", "k")  # buckets are per user
+
+
+async def test_redis_is_brought_back_to_the_recorded_state_when_an_admin_change_reached_one_side(
+    client: httpx.AsyncClient, redis: Redis, database: str
+) -> None:
+    """A resume whose Redis write failed (record live, Redis paused) and a pause whose Redis write was lost
+    (record paused, Redis live) are both put right by the settlement job, towards the record."""
+    resumed = await live_sale(client, quantity=5)
+    paused = await live_sale(client, quantity=5)
+    assert (await client.post(f"/admin/sales/{paused['id']}/pause", headers=admin_headers())).status_code == 200
+    await redis.hset(f"{{fs:{resumed['id']}}}:sale", "state", "paused")
+    await redis.hset(f"{{fs:{paused['id']}}}:sale", "state", "live")
+    dsn = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:  # the admin change committed a while ago: not one still in flight
+        await conn.execute("UPDATE sales SET updated_at = now() - interval '1 minute' WHERE id = $1", resumed["id"])
+    finally:
+        await conn.close()
+
+    async def aligned() -> bool:
+        states = [await redis.hget(f"{{fs:{s['id']}}}:sale", "state") for s in (resumed, paused)]
+        return states == ["live", "paused"]
+
+    await wait_for(aligned, timeout=15)
+    assert (await _buy(client, resumed["id"], "align-1", "k")).status_code == 202
+    refused = await _buy(client, paused["id"], "align-2", "k")
+    assert refused.status_code == 423 and refused.json()["code"] == "SALE_NOT_LIVE"
