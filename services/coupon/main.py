@@ -37,6 +37,9 @@ def create_app(settings: CouponSettings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(run_every(1.0, "claim stream discovery", claims.follower.sync, stop)),
             asyncio.create_task(orders.run()),
+            asyncio.create_task(
+                run_every(settings.restore_interval_seconds, "template restore", service.restore_lost_templates, stop)
+            ),
         ]
         freeze_startup_objects()
         try:

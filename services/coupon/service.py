@@ -258,6 +258,41 @@ class CouponService:
         }
         raise errors.ClaimWindowClosed(reasons.get(kind, kind))
 
+    async def restore_lost_templates(self) -> int:
+        """Rebuild the claim counters of templates Redis lost (a crash without persistence) from the wallets.
+
+        Until then their claims answer 404; afterwards the total and per-user limits count every coupon the
+        record holds. Claims Redis accepted but had not yet streamed to the record are lost with it.
+        """
+        async with self.sessions() as session:
+            # A template whose claim window closed cannot be claimed either way: only open ones are checked.
+            open_now = Template.valid_until.is_(None) | (Template.valid_until > utcnow())
+            templates = (await session.scalars(select(Template).where(open_now))).all()
+        if not templates:
+            return 0
+        lost = set(await self.store.missing([t.id for t in templates]))
+        restored = 0
+        for template in (t for t in templates if t.id in lost):
+            async with self.sessions() as session:
+                rows = (
+                    await session.execute(
+                        select(Coupon.user_id, func.count())
+                        .where(Coupon.template_id == template.id)
+                        .group_by(Coupon.user_id)
+                    )
+                ).all()
+            held = {str(user): int(n) for user, n in rows}
+            if await self.store.restore_template(
+                template_id=template.id, config=self._claim_config(template), claimed=sum(held.values()), held=held
+            ):
+                restored += 1
+                log.error(
+                    "template %s: claim counters were missing in Redis; rebuilt from %d recorded coupons",
+                    template.id,
+                    sum(held.values()),
+                )
+        return restored
+
     async def _persist_claims(self, claims: Sequence[dict[str, Any]]) -> None:
         """Write claimed coupons into wallets, once each (from the claim call, or later from the stream)."""
         if not claims:

@@ -42,6 +42,7 @@ class ClaimStore:
         self.redis = redis
         self._claim = redis.register_script((LUA_DIR / "claim.lua").read_text())
         self._load = redis.register_script((LUA_DIR / "load_template.lua").read_text())
+        self._restore = redis.register_script((LUA_DIR / "restore_template.lua").read_text())
 
     async def load_template(self, *, template_id: int, config: dict[str, Any]) -> None:
         """Write a template's claim configuration; its claim counters start at zero only the first time.
@@ -77,3 +78,24 @@ class ClaimStore:
     async def claimed(self, template_id: int) -> int:
         """How many coupons of a template were claimed."""
         return int(await self.redis.hget(template_key(template_id), "claimed") or 0)
+
+    async def missing(self, template_ids: list[int]) -> list[int]:
+        """The templates whose Redis counters are gone (Redis lost data)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for template_id in template_ids:
+                pipe.hexists(template_key(template_id), "total")
+            present = await pipe.execute()
+        return [t for t, here in zip(template_ids, present, strict=True) if not here]
+
+    async def restore_template(
+        self, *, template_id: int, config: dict[str, Any], claimed: int, held: dict[str, int]
+    ) -> bool:
+        """Rebuild a lost template's counters from the record; False when Redis has them (nothing written)."""
+        args: list[Any] = [claimed, len(config)]
+        for field, value in config.items():
+            args += [field, value]
+        for user_id, count in held.items():
+            args += [user_id, count]
+        res = await self._restore(keys=[template_key(template_id), claims_key(template_id)], args=args)
+        await self.redis.sadd(CLAIM_STREAM_REGISTRY, claim_stream(template_id))
+        return bool(res[0] == "RESTORED")

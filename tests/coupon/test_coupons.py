@@ -353,3 +353,26 @@ async def test_repricing_an_order_lets_go_of_a_coupon_that_no_longer_applies(cou
     assert again["rejections"][0]["code"] == "BELOW_THRESHOLD"
     wallet = (await coupons.get("/wallet", headers=customer_headers("repricer"))).json()
     assert wallet[0]["state"] == "available"
+
+
+async def test_claim_counters_lost_with_redis_are_rebuilt_from_the_wallets(
+    coupons: httpx.AsyncClient, redis: Redis
+) -> None:
+    template = await _template(coupons, total_quantity=5, per_user_limit=1)
+    tid = template["id"]
+    for n in range(3):
+        assert (await _claim(coupons, tid, f"lost-{n}")).status_code == 201
+    await wait_for(lambda: _wallet_size(coupons, "lost-2", 1))
+
+    await redis.delete(f"{{cp:{tid}}}:t", f"{{cp:{tid}}}:users")  # what a crash without persistence loses
+    assert (await _claim(coupons, tid, "lost-new")).status_code == 404
+
+    async def restored() -> bool:
+        return await redis.hget(f"{{cp:{tid}}}:t", "claimed") == "3"
+
+    await wait_for(restored, timeout=15)  # the restore job, every 5 s on every replica
+    again = await _claim(coupons, tid, "lost-0", key="after-crash")
+    assert again.status_code == 403 and again.json()["code"] == "CLAIM_LIMIT_REACHED"
+    results = [await _claim(coupons, tid, f"lost-late-{n}") for n in range(4)]
+    assert [r.status_code for r in results] == [201, 201, 409, 409]  # 3 + 2 = the 5 there are, not one more
+    assert (await _stats(coupons, tid))["claimed"] == 5
