@@ -22,11 +22,12 @@ RUN mkdir services && touch services/__init__.py \
 
 # Then the code: the package (Lua scripts and migrations included) and the sources beside it.
 COPY services ./services
+COPY gateway ./gateway
 RUN pip install --no-deps . \
  && rm -rf build *.egg-info \
- && python -c "import services.flashsale.main"
+ && python -c "import services.flashsale.main, gateway.main"
 
 USER app:app
-EXPOSE 8101 8111 8102 8112 8103 8113 8104 8114 8105 8115
+EXPOSE 8000 8101 8111 8102 8112 8103 8113 8104 8114 8105 8115
 CMD ["uvicorn", "services.flashsale.main:app", "--host", "0.0.0.0", "--port", "8102", "--no-access-log", \
      "--loop", "uvloop", "--http", "httptools"]

@@ -90,6 +90,13 @@ class ServiceSpec:
     # base URL, but this service does not wait for it, so two services may call each other (no start cycle).
     # In docker-compose.yml: http://<replica>:<port>, and no depends_on.
     calls: dict[str, str] = field(default_factory=dict)
+    # Env var -> service whose every replica it needs (a pool): the var gets their base URLs, comma-separated,
+    # and every one of them is ready before this service starts (the gateway's upstream pools).
+    pools: dict[str, str] = field(default_factory=dict)
+    # Environment every replica gets (e.g. the gateway's local-stack limits).
+    env: dict[str, str] = field(default_factory=dict)
+    # uvicorn worker processes per replica (one port shared by the workers).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.replica_env and len(self.replica_env) != len(self.ports):
@@ -102,12 +109,16 @@ class ServiceSpec:
     def env_of(self, replica: str) -> dict[str, str]:
         """The extra environment of one replica (by name)."""
         names = [name for name, _port in self.replicas()]
-        return dict(self.replica_env[names.index(replica)]) if self.replica_env else {}
+        return {**self.env, **(self.replica_env[names.index(replica)] if self.replica_env else {})}
+
+    def needs(self) -> list[str]:
+        """The replicas that must be ready before this service starts (links and pools)."""
+        pooled = [name for service in self.pools.values() for name, _port in spec_named(service).replicas()]
+        return [*self.links.values(), *pooled]
 
 
 # The stack in start order (a service after those it links to). A service joins with one line here
-# (and its replicas in docker-compose.yml), e.g.:
-#   ServiceSpec("gateway", "services.gateway.main:app", (8000,), "GATEWAY_", None),
+# (and its replicas in docker-compose.yml).
 SERVICES: tuple[ServiceSpec, ...] = (
     # Warehouse stock: SKUs, its ledger, allocations to sales, checkout holds, reconciliation. Its own database.
     ServiceSpec("inventory", "services.inventory.main:app", (8101, 8111), "INVENTORY_", "inventory"),
@@ -153,7 +164,28 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "ORDER_COUPON_URL": "coupon-1",  # prices orders that name coupons, and locks those coupons
         },
     ),
+    # The single entry point (/api/<service>/...): pools of every replica, health checks, failover, auth at the
+    # edge, rate limits, load shedding. Two worker processes share port 8000 (one would cap the stack at one
+    # core); each keeps its own view of the pools, the rate limits are shared in Redis.
+    ServiceSpec(
+        "gateway",
+        "gateway.main:app",
+        (8000,),
+        "GATEWAY_",
+        None,
+        pools={f"GATEWAY_{name.upper()}_URLS": name for name in ("inventory", "flashsale", "coupon", "order")},
+        env={
+            "GATEWAY_DEV_TOKENS": "true",  # POST /api/auth/token, for the demo and load tests (dev only)
+            # Every local client is 127.0.0.1: per-IP buckets sized for a whole crowd on one machine.
+            "GATEWAY_IP_RATE": "20000",
+            "GATEWAY_IP_BURST": "40000",
+            "GATEWAY_PURCHASE_IP_RATE": "20000",
+            "GATEWAY_PURCHASE_IP_BURST": "40000",
+        },
+        workers=2,
+    ),
 )
+GATEWAY_PREFIX = "/api"
 PAYMENT_DEADLINE_VAR = "ORDER_PAYMENT_DEADLINE_SECONDS"  # the order service's time to pay (default 900 s)
 DEMO_PAYMENT_DEADLINE = 20  # seconds: short enough that unpaid demo orders expire within the demo
 
@@ -743,6 +775,8 @@ def service_env(
     offset = port_offset()
     for var, target in {**spec.links, **spec.calls}.items():
         env[var] = f"http://{HOST}:{replica_port(target, offset)}"
+    for var, service in spec.pools.items():
+        env[var] = ",".join(f"http://{HOST}:{port}" for _name, port in spec_named(service).replicas(offset))
     env.update(overrides or {})
     return env
 
@@ -757,6 +791,7 @@ def uvicorn_command(spec: ServiceSpec, port: int) -> list[str]:
         "--loop", "uvloop",
         "--http", "httptools",
         "--timeout-graceful-shutdown", "10",
+        *(["--workers", str(spec.workers)] if spec.workers > 1 else []),
     ]  # fmt: skip
 
 
@@ -822,7 +857,7 @@ def start_services(
             ready.add(replica)
 
     for replica, (spec, port) in to_start.items():
-        wait_ready(list(spec.links.values()))
+        wait_ready(spec.needs())
         extra = overrides.get(spec.name, {})
         record = spawn(replica, uvicorn_command(spec, port), env=service_env(spec, replica, port, backends, extra))
         record.update(
@@ -1606,10 +1641,12 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     from services.common.config import BaseServiceSettings
 
     offset = port_offset()
-    bases = [f"http://{HOST}:{port}" for _name, port in spec_named("flashsale").replicas(offset)]
-    order_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("order").replicas(offset)]
-    coupon_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("coupon").replicas(offset)]
-    inventory_bases = [f"http://{HOST}:{port}" for _name, port in spec_named("inventory").replicas(offset)]
+    # Everything the demo asks goes through the gateway, like a storefront's and an ops console's calls.
+    gateway = f"http://{HOST}:{replica_port('gateway-1', offset)}{GATEWAY_PREFIX}"
+    bases, order_bases, coupon_bases, inventory_bases = (
+        [f"{gateway}/{name}"] for name in ("flashsale", "order", "coupon", "inventory")
+    )
+    say(f"the demo talks to the gateway only: {gateway}/<service>/...")
     primary_url = f"http://{HOST}:{replica_port(spec_named('order').links['ORDER_PAYSIM_PRIMARY_URL'], offset)}"
     settings = BaseServiceSettings()
     admin = {"authorization": f"Bearer {issue_token(settings, 'demo-admin', ['admin'])}"}
@@ -1673,7 +1710,7 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
             time.sleep(0.1)
         holders = claims.coupons if claims else {}
         say(
-            f"sale {sale_id} is live; {args.users:,} buyers x up to {args.attempts} attempts over {len(bases)} replicas"
+            f"sale {sale_id} is live; {args.users:,} buyers x up to {args.attempts} attempts through the gateway"
             + (f"; the {len(holders):,} coupon holders name their coupon in their purchase" if holders else "")
         )
 
@@ -1691,14 +1728,16 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
 
         rclient = redis.Redis.from_url(backends.redis_url, socket_timeout=5)
         try:
-            events = int(rclient.xlen(f"{{fs:{sale_id}}}:events"))
+            # Entries ever added (Redis 7): acknowledged purchase events are trimmed from the stream.
+            info: dict[str, Any] = rclient.xinfo_stream(f"{{fs:{sale_id}}}:events")
+            events = int(info.get("entries-added", info.get("length", 0)))
             reservations = int(rclient.hlen(f"{{fs:{sale_id}}}:res"))
         finally:
             rclient.close()
 
         say(
             f"{result.accepted:,} reservations; the buyers fetch their orders (long-poll) over "
-            f"{len(order_bases)} order replicas and pay {args.pay_share:.0%} of them"
+            f"the gateway and pay {args.pay_share:.0%} of them"
         )
         if args.fail_primary:
             _check(
@@ -1752,7 +1791,7 @@ def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
     say(f"  rejections        {rejected}")
     if result.transport_errors:
         say(f"  transport errors  {result.transport_errors:,} (no answer; the outcome of those is unknown)")
-    say(f"  events stream     {{fs:{sale_id}}}:events has {events:,} entries; reservations: {reservations:,}")
+    say(f"  events stream     {{fs:{sale_id}}}:events got {events:,} purchase events; reservations: {reservations:,}")
     say(f"  oversold = {max(oversold, 0)}  (units accepted - quantity = {oversold}, must be <= 0)")
 
     problems = []
@@ -1861,8 +1900,7 @@ def _orders_summary(args: argparse.Namespace, burst: BurstResult, orders: Orders
     expired, cancelled = settled.closed.get("expired", 0), settled.closed.get("cancelled", 0)
     say(
         f"  orders            {len(orders.orders):,} created for {burst.accepted:,} accepted reservations "
-        f"(fetched over {len(spec_named('order').ports)} replicas in {orders.fetch_elapsed:.2f}s)"
-        + (f"; not found: {missing}" if missing else "")
+        f"(fetched through the gateway in {orders.fetch_elapsed:.2f}s)" + (f"; not found: {missing}" if missing else "")
     )
     say(
         f"  paid              {len(orders.paid):,} (by provider: {by_provider}) in {orders.pay_elapsed:.2f}s; "

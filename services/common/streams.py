@@ -9,10 +9,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import orjson
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 log = logging.getLogger("service.streams")
 
@@ -38,6 +42,37 @@ Entry = tuple[str, dict[str, Any]]
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
 
 
+# Failures that mean "a dependency is unavailable right now". asyncpg's connection errors arrive as OSError
+# (refused, reset) or wrapped by SQLAlchemy as InterfaceError / OperationalError (a server shutting down or
+# starting up, a connection closed under a query).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    InterfaceError,
+    OperationalError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, starting up
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when a failure says a dependency is unavailable (connection refused or lost, timeout, a database
+    shutting down or starting up) rather than that the entry itself cannot be handled."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TRANSIENT_ERRORS):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @dataclass
 class StreamConsumer:
     """Reads one stream in a consumer group and hands each entry to its handler at least once.
@@ -45,9 +80,12 @@ class StreamConsumer:
     With a `batch_handler`, a whole read is handed over at once (one transaction for many events);
     if the batch fails, its entries are retried one by one through `handler`, so one bad entry does
     not hold the others back. An entry whose handler raises stays pending and is retried after
-    `claim_idle_ms`; after `max_deliveries` attempts it is copied to `<stream>:dead` and acknowledged.
-    Entries left pending by a crashed consumer are claimed the same way, and a consumer restarted
-    under its old name first finishes its own pending entries, so nothing is lost.
+    `claim_idle_ms`; its `max_deliveries`-th attempt is the last: failing that, it is copied to
+    `<stream>:dead` and acknowledged. A failure that says a dependency is down (`is_transient`: the
+    database stopped, a connection refused) is not the entry's fault: the consumer backs off, the entry
+    stays pending and is never dead-lettered for it, however long the outage lasts. Entries left pending
+    by a crashed consumer are claimed the same way, and a consumer restarted under its old name first
+    finishes its own pending entries, so nothing is lost.
     """
 
     redis: Redis
@@ -153,8 +191,8 @@ class StreamConsumer:
                 counts = await self._delivery_counts([e[0] for e in live])
                 retry = []
                 for entry_id, fields in live:
-                    if counts.get(entry_id, 0) > self.max_deliveries:
-                        await self._dead_letter(entry_id, fields)
+                    if counts.get(entry_id, 0) >= self.max_deliveries:
+                        handled += await self._handle(entry_id, fields, last_attempt=True)
                     else:
                         retry.append((entry_id, fields))
                 handled += await self._handle_all(retry)
@@ -176,7 +214,9 @@ class StreamConsumer:
         if self.batch_handler is not None and len(entries) > 1:
             try:
                 await self.batch_handler(entries)
-            except Exception:
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # a dependency is down: back off, the entries stay pending
                 log.warning("batch of %d from %s failed; retrying one by one", len(entries), self.stream)
             else:
                 await self.redis.xack(self.stream, self.group, *[e[0] for e in entries])
@@ -187,11 +227,16 @@ class StreamConsumer:
             handled += await self._handle(entry_id, fields)
         return handled
 
-    async def _handle(self, entry_id: str, fields: dict[str, Any]) -> int:
+    async def _handle(self, entry_id: str, fields: dict[str, Any], *, last_attempt: bool = False) -> int:
         try:
             await self.handler(entry_id, fields)
-        except Exception:
+        except Exception as exc:
             EVENTS_HANDLED.labels(self.stream, self.group, "error").inc()
+            if is_transient(exc):
+                raise  # a dependency is down: back off; this says nothing about the entry
+            if last_attempt:
+                await self._dead_letter(entry_id, fields)
+                return 0
             log.warning("handler failed for %s %s; will retry", self.stream, entry_id, exc_info=True)
             return 0
         await self.redis.xack(self.stream, self.group, entry_id)
@@ -203,7 +248,7 @@ class StreamConsumer:
         await self.redis.xadd(self.dead_letter_stream, dead)
         await self.redis.xack(self.stream, self.group, entry_id)
         EVENTS_HANDLED.labels(self.stream, self.group, "dead_letter").inc()
-        log.error("dead-lettered %s %s after %d deliveries", self.stream, entry_id, self.max_deliveries)
+        log.error("dead-lettered %s %s after %d deliveries", self.stream, entry_id, self.max_deliveries, exc_info=True)
 
 
 async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[str, bool]:

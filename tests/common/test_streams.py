@@ -5,9 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
+import pytest
 from redis.asyncio import Redis
 
-from services.common.streams import StreamConsumer, decode_event, encode_event, group_backlog, trim_acknowledged
+from services.common.streams import (
+    StreamConsumer,
+    decode_event,
+    encode_event,
+    group_backlog,
+    is_transient,
+    trim_acknowledged,
+)
 
 
 def _consumer(redis: Redis, stream: str, name: str, handler: Any, **kw: Any) -> StreamConsumer:
@@ -59,6 +68,53 @@ async def test_failing_entry_is_retried_then_dead_lettered(redis: Redis) -> None
     assert len(dead) == 1
     assert decode_event(dead[0][1])["poison"] is True
     assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_an_outage_longer_than_the_retries_dead_letters_nothing(redis: Redis) -> None:
+    """The database down for more attempts than max_deliveries: the entries wait, then are handled once."""
+    stream = f"test:{uuid.uuid4().hex}"
+    for n in range(3):
+        await redis.xadd(stream, encode_event("purchase.reserved", {"n": n}))
+    database_up = False
+    handled: list[int] = []
+
+    async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+        if not database_up:
+            raise ConnectionRefusedError("[Errno 111] Connect call failed ('127.0.0.1', 5432)")
+        handled.append(decode_event(fields)["n"])
+
+    async def handle_batch(entries: list[tuple[str, dict[str, Any]]]) -> None:
+        for entry_id, fields in entries:
+            await handle(entry_id, fields)
+
+    consumer = _consumer(redis, stream, "c1", handle, batch_handler=handle_batch, claim_idle_ms=0, max_deliveries=3)
+    await consumer.ensure_group()
+    with pytest.raises(ConnectionRefusedError):
+        await consumer.read_once()
+    for _ in range(8):  # far past max_deliveries
+        with pytest.raises(ConnectionRefusedError):
+            await consumer.claim_stale()
+    assert await redis.xlen(consumer.dead_letter_stream) == 0
+    assert (await redis.xpending(stream, "g"))["pending"] == 3
+
+    database_up = True
+    assert await consumer.claim_stale() == 3
+    assert sorted(handled) == [0, 1, 2]
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
+    assert await redis.xlen(consumer.dead_letter_stream) == 0
+
+
+def test_transient_failures_are_told_apart_from_bad_entries() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError("refused")
+        except ConnectionRefusedError as exc:
+            raise RuntimeError("wrapped by a library") from exc
+    except RuntimeError as wrapped:
+        assert is_transient(wrapped)
+    assert is_transient(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
+    assert not is_transient(ValueError("cannot process"))
+    assert not is_transient(KeyError("sale_id"))
 
 
 async def test_group_backlog_tells_which_streams_still_have_work(redis: Redis) -> None:
