@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := $(BIN)/python deploy/stack.py
 
-.PHONY: install demo up down status test lint bench bench-orders clean
+.PHONY: install demo up down status test lint bench bench-gateway bench-orders clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ test: install lint    ## ruff, mypy, then pytest against real Redis and PostgreS
 bench: install        ## purchase endpoint vs a trivial endpoint, same server setup, one run
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_purchase.py
+
+bench-gateway: install ## purchases through the gateway vs straight to flashsale, same setup, one run
+	$(STACK) backends --env-file .stack/backends.env
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_gateway.py
 
 bench-orders: install ## order creation throughput from a pre-filled purchase stream
 	$(STACK) backends --env-file .stack/backends.env
