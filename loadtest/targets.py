@@ -96,8 +96,12 @@ def gateway_targets(base: str) -> Targets:
 
 
 def direct_targets(offset: int | None = None) -> Targets:
-    """Every service on its own replicas (the launcher's ports + offset)."""
-    return Targets("direct", {name: replica_urls(name, offset) for name in SERVICES})
+    """Every service on its own replicas: LOADTEST_<SERVICE>_URLS (comma-separated), else the launcher's ports."""
+    bases = {}
+    for name in SERVICES:
+        listed = [u.strip().rstrip("/") for u in os.environ.get(f"LOADTEST_{name.upper()}_URLS", "").split(",")]
+        bases[name] = [u for u in listed if u] or replica_urls(name, offset)
+    return Targets("direct", bases)
 
 
 def resolve(mode: str | None = None, gateway: str | None = None) -> Targets:
