@@ -40,19 +40,9 @@ import shapes  # neighbours: Locust puts the locustfile's directory on sys.path
 # time.sleep yields to the other users: Locust monkey-patches the standard library with gevent.
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.env import Environment
+from report import BUSINESS_CODES
 from targets import Targets, resolve
 
-# Business answers: the system said no on purpose, correctly. Not failures of the system under test.
-EXPECTED = {
-    "SOLD_OUT",
-    "INSUFFICIENT_STOCK",
-    "SALE_NOT_LIVE",
-    "PURCHASE_LIMIT_EXCEEDED",
-    "ORDER_NOT_FOUND",  # the order of a fresh reservation is not created yet: keep polling
-    "ORDER_PRICING_PENDING",  # its coupons are still being applied: pay again shortly
-    "COUPON_SOLD_OUT",
-    "CLAIM_LIMIT_REACHED",
-}
 RETRY_SAME_KEY = {"RATE_LIMITED", "STOCK_UNAVAILABLE", "TRANSPORT", "HTTP_502", "HTTP_503", "HTTP_504"}
 ORDER_WAIT_SECONDS = 10
 ORDER_POLLS = 9  # up to ~90 s for an order: PostgreSQL may be down for 30 s in a drill
@@ -216,7 +206,7 @@ class ChainUser(FastHttpUser):
                 except ValueError:
                     answer = None
                 resp.success()
-            elif code in EXPECTED:
+            elif code in BUSINESS_CODES:
                 resp.success()
             else:
                 resp.failure(code)
