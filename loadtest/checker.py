@@ -19,8 +19,9 @@ Invariants, per sale:
 
 What it reads: flashsale `GET /admin/sales/{id}`, `/stats`, `/reconciliation`; order `GET /admin/sales/{id}/
 reservations` and `GET /admin/orders?sale_id=` (every order, every state); coupon `GET /admin/templates/{id}/
-stats`; Redis (read only): the purchase stream `{fs:<id>}:events` (one entry per accepted purchase) and the
-per-user counts `{fs:<id>}:bought`; and, with `--run`, the clients' log of 202 answers (accepted.jsonl).
+stats`; Redis (read only): the purchase stream `{fs:<id>}:events` (one entry per accepted purchase), the
+per-user counts `{fs:<id>}:bought` and the order consumers' dead letters `{fs:<id>}:events:dead`; and, with
+`--run`, the clients' log of 202 answers (accepted.jsonl).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class SaleFacts:
     bought: dict[str, int]  # Redis per-user counts
     acknowledged: dict[str, tuple[str, int]] = field(default_factory=dict)  # 202s the clients logged
     templates: dict[int, dict[str, Any]] = field(default_factory=dict)  # coupon template id -> stats
+    dead_letters: int = 0  # purchase events the order consumers gave up on (`<stream>:dead`)
 
 
 class Admin:
@@ -160,13 +162,14 @@ def collect(admin: Admin, redis: Redis, sale_id: int, acknowledged: dict[str, tu
     try:
         stream, entries = read_stream(redis, sale_id)
         raw: dict[bytes, bytes] = redis.hgetall(f"{{fs:{sale_id}}}:bought")  # type: ignore[assignment]
+        dead = int(redis.xlen(f"{{fs:{sale_id}}}:events:dead"))
     except RedisError as exc:
         raise CheckError(f"Redis: {exc}") from exc
     bought = {k.decode(): int(v) for k, v in raw.items()}
     template_ids = {int(d["template_id"]) for o in orders for d in _discounts(o)}
     templates = {tid: admin.get("coupon", f"/admin/templates/{tid}/stats") for tid in sorted(template_ids)}
     return SaleFacts(
-        sale, stats, reconciliation, reservations, orders, stream, entries, bought, acknowledged, templates
+        sale, stats, reconciliation, reservations, orders, stream, entries, bought, acknowledged, templates, dead
     )
 
 
@@ -237,7 +240,10 @@ def evaluate(facts: SaleFacts) -> list[Finding]:
         f"{len(accepted)} accepted purchases ({facts.stream_entries} stream entries, {len(facts.acknowledged)} "
         f"acknowledged to clients), {len(by_rid)} with an order"
         + (f"; WITHOUT an order: {_sample(missing)}" if missing else "")
-        + (f"; acknowledged but not in the stream (Redis lost them): {_sample(unlogged)}" if unlogged else ""),
+        + (f"; acknowledged but not in the stream (Redis lost them): {_sample(unlogged)}" if unlogged else "")
+        + (
+            f"; {facts.dead_letters} purchase events dead-lettered by the order consumers" if facts.dead_letters else ""
+        ),
     )
 
     # No duplicate orders.
