@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := $(BIN)/python deploy/stack.py
 
-.PHONY: install demo up down status test lint bench bench-gateway bench-orders clean
+.PHONY: install install-loadtest demo up down status test lint bench bench-gateway bench-orders clean \
+	loadtest loadtest-smoke check drills perf-table \
+	drill-baseline drill-kill-replica drill-postgres-down drill-payment-down drill-redis-restart
 
 install: $(VENV)/.installed
 
@@ -46,6 +48,40 @@ bench-gateway: install ## purchases through the gateway vs straight to flashsale
 bench-orders: install ## order creation throughput from a pre-filled purchase stream
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_orders.py
+
+# ---- load tests and failure drills (docs/loadtest.md). The drills bring up the stack with private Redis and
+# PostgreSQL (`stack.py up --private`; STACK_PORT_OFFSET applies) and leave it running: `make down` stops it.
+# Users at the normal peak, and the pre-sale test's multiple of it (5-10).
+LOADTEST_PEAK ?= 50
+LOADTEST_MULTIPLE ?= 5
+DRILL_ARGS ?=
+DRILLS := baseline kill-replica postgres-down payment-down redis-restart
+
+install-loadtest: $(VENV)/.installed-loadtest
+
+$(VENV)/.installed-loadtest: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,loadtest]"
+	touch $@
+
+loadtest: install-loadtest  ## a flash-crowd run with no fault (= make drill-baseline): report in loadtest/results/
+	$(BIN)/python loadtest/drills.py baseline --peak $(LOADTEST_PEAK) --multiple $(LOADTEST_MULTIPLE) $(DRILL_ARGS)
+
+$(addprefix drill-,$(DRILLS)): install-loadtest  ## one drill: load, fault, restore, drain, checker, report
+	$(BIN)/python loadtest/drills.py $(@:drill-%=%) --peak $(LOADTEST_PEAK) --multiple $(LOADTEST_MULTIPLE) $(DRILL_ARGS)
+
+drills: install-loadtest     ## every drill, one after another (each reports on its own)
+	for d in $(DRILLS); do $(MAKE) --no-print-directory drill-$$d || exit 1; done
+
+check: install              ## the checker over a run or sales: make check CHECK_ARGS="--run loadtest/results/<run>"
+	$(BIN)/python loadtest/checker.py $(or $(CHECK_ARGS),--all)
+
+loadtest-smoke: install     ## CI's short full-chain smoke on its own (part of `make test` too)
+	$(STACK) backends --env-file .stack/backends.env
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m pytest -q tests/loadtest
+
+perf-table: install         ## Redis floor, trivial ceiling, purchases direct / via gateway, row-lock baseline
+	$(STACK) backends --env-file .stack/backends.env
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/perf_table.py
 
 clean: down
 	rm -rf .stack $(VENV)
