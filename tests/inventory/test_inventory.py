@@ -239,7 +239,7 @@ async def test_one_low_stock_alert_per_crossing_rearmed_by_restock(inventory: ht
     async def alerts() -> list[dict[str, Any]]:
         entries = await redis.xrange("alerts")
         events = [decode_event(fields) for _id, fields in entries]
-        return [e for e in events if e["type"] == "stock.low" and e["sku"] == sku]
+        return [e for e in events if e["type"] == "stock.low" and e.get("sku") == sku]
 
     await _hold(inventory, sku, "a", "a1", quantity=5)
     await _hold(inventory, sku, "a", "a2", quantity=1)
