@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin, router
@@ -52,17 +51,9 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A plain (non-blocking) pool with short timeouts: the limiter fails open rather than wait.
-        redis = Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            max_connections=settings.redis_max_connections,
-            socket_timeout=settings.ratelimit_timeout,
-            socket_connect_timeout=settings.ratelimit_timeout,
-        )
-        proxy.limiter = RateLimiter(redis, settings)
+        limiter = RateLimiter(settings)
+        proxy.limiter = limiter
         checker = asyncio.create_task(HealthChecker(pools, settings).run())
-        app.state.limiter_redis = redis
         freeze_startup_objects()
         try:
             yield
@@ -73,7 +64,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
             proxy.limiter = None
             for pool in pools.values():
                 pool.close()
-            await redis.aclose()
+            await limiter.aclose()
 
     api = service_app(
         settings,

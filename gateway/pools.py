@@ -63,6 +63,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def release_probe(self) -> None:
+        """A probe ended without an answer to judge (the client left): free its slot."""
+        self.probes = max(0, self.probes - 1)
+
     def record(self, failure: bool, probe: bool, now: float) -> bool:
         """Count a call's outcome; True when this outcome opened the breaker."""
         if probe:

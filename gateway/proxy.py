@@ -294,6 +294,11 @@ class Proxy:
                 )
             except UpstreamError as exc:
                 error = exc
+            except BaseException:
+                # The client went away (cancelled): no verdict, but a half-open probe slot must be given back.
+                if probe:
+                    replica.breaker.release_probe()
+                raise
             finally:
                 replica.in_flight -= 1
             now = time.monotonic()

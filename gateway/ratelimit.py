@@ -7,10 +7,8 @@ import math
 import time
 from pathlib import Path
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from gateway.config import GatewaySettings
+from gateway.limiter_redis import LimiterRedis, LimiterRedisError
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -20,10 +18,14 @@ SCRIPT = (Path(__file__).parent / "lua" / "token_buckets.lua").read_text()
 class RateLimiter:
     """Decides whether a request may pass; returns the seconds to wait when it may not."""
 
-    def __init__(self, redis: Redis, settings: GatewaySettings) -> None:
-        self.redis = redis
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.redis = LimiterRedis(
+            settings.redis_url,
+            SCRIPT,
+            call_timeout=settings.ratelimit_timeout,
+            connect_timeout=settings.ratelimit_timeout,
+        )
         self.enabled = settings.ratelimit_enabled
-        self.script = redis.register_script(SCRIPT)
         self.retry_seconds = settings.ratelimit_retry_seconds
         self.closed_until = 0.0  # while Redis is failing, skip it instead of paying a timeout per request
         # Rates as the script takes them: tokens per second is milli-tokens per millisecond.
@@ -52,8 +54,8 @@ class RateLimiter:
             keys = [f"rl:{kind}:ip:{ip}"]
             args = [ip_rate, ip_burst]
         try:
-            wait_ms = int(await self.script(keys=keys, args=args))
-        except (RedisError, OSError, TimeoutError) as exc:
+            wait_ms = int(await self.redis.evalsha(keys, args))
+        except LimiterRedisError as exc:
             # DESIGN: the stock decision fails closed, the rate limiter fails open.
             self.closed_until = now + self.retry_seconds
             log.warning("rate limiter open: Redis failed (%s)", type(exc).__name__)
@@ -61,3 +63,7 @@ class RateLimiter:
         if wait_ms <= 0:
             return 0
         return max(1, math.ceil(wait_ms / 1000))
+
+    async def aclose(self) -> None:
+        """Close the Redis connection."""
+        await self.redis.aclose()

@@ -114,3 +114,14 @@ async def test_dev_token_endpoint_only_with_the_flag(start_gateway: Any, upstrea
         assert resp.status_code == 422
     with pytest.raises(ValueError, match="GATEWAY_DEV_TOKENS"):
         GatewaySettings(env="production", jwt_secret="a-real-secret-" * 4, dev_tokens=True)
+
+
+async def test_concurrent_requests_share_one_bucket_exactly(start_gateway: Any, upstreams: Any) -> None:
+    (echo,) = await upstreams("order")
+    gw = await start_gateway(order_urls=echo.url, user_rate=0.001, user_burst=10)
+    headers = customer_headers(f"burst-{uuid.uuid4().hex[:8]}")
+    async with httpx.AsyncClient(base_url=gw.url, limits=httpx.Limits(max_connections=50)) as client:
+        answers = await asyncio.gather(*(client.get("/api/order/orders", headers=headers) for _ in range(50)))
+    # Pipelined on one connection, each request still makes its own atomic take: exactly the burst passes.
+    assert sorted(r.status_code for r in answers) == [200] * 10 + [429] * 40
+    assert echo.total == 10
