@@ -97,6 +97,8 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     # uvicorn worker processes per replica (one port shared by the workers).
     workers: int = 1
+    # More uvicorn options of this service.
+    uvicorn_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.replica_env and len(self.replica_env) != len(self.ports):
@@ -183,6 +185,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "GATEWAY_PURCHASE_IP_BURST": "40000",
         },
         workers=2,
+        # The gateway decides who the client is (GATEWAY_TRUSTED_PROXY_HOPS), not uvicorn: a local client must
+        # not pick its own address for the per-IP limits with an X-Forwarded-For header.
+        uvicorn_args=("--no-proxy-headers",),
     ),
 )
 GATEWAY_PREFIX = "/api"
@@ -792,6 +797,7 @@ def uvicorn_command(spec: ServiceSpec, port: int) -> list[str]:
         "--http", "httptools",
         "--timeout-graceful-shutdown", "10",
         *(["--workers", str(spec.workers)] if spec.workers > 1 else []),
+        *spec.uvicorn_args,
     ]  # fmt: skip
 
 
