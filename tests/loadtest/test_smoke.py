@@ -1,9 +1,8 @@
 """CI's full-chain smoke: every service as a real process, a few Locust shoppers for ~15 s through the whole
 chain (sales, coupon, countdown, purchase, order, quote, payment), then the checker.
 
-The shoppers call the services directly (LOADTEST_MODE=direct with each service's URL): the gateway at this
-commit fails under uvloop (gateway/upstream.py asserts an asyncio.Transport), so the chain is driven without it
-until the gateway lands in the launcher; then LOADTEST_MODE=gateway with LOADTEST_GATEWAY is the one change.
+The shoppers go through a real gateway process (LOADTEST_MODE=gateway), the way storefronts do; the checker and
+the seeder use the same gateway for the admin APIs.
 
 It runs the same commands an SRE runs (loadtest/seed.py, locust -f loadtest/locustfile.py, loadtest/checker.py),
 as subprocesses: Locust patches the standard library with gevent, which must not happen inside pytest.
@@ -20,6 +19,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -36,7 +36,7 @@ SECONDS = 15
 
 @pytest.fixture(scope="module")
 async def services(paysim: PaySims) -> AsyncIterator[dict[str, str]]:
-    """inventory, coupon, order, flashsale (one replica each): service -> base URL."""
+    """inventory, coupon, order, flashsale (one replica each) and the gateway in front: name -> base URL."""
     for name in DATABASES.values():
         await drop_database(db_name_for(name))
     for service, name in DATABASES.items():
@@ -80,7 +80,23 @@ async def services(paysim: PaySims) -> AsyncIterator[dict[str, str]]:
                 "FLASHSALE_SCHEDULER_INTERVAL_SECONDS": "0.1",
             },
         )
-        yield {"inventory": inventory, "coupon": coupon, "order": order, "flashsale": flashsale}
+        gateway = await asyncio.to_thread(
+            start,
+            "gateway.main:app",
+            {
+                **{
+                    f"GATEWAY_{name.upper()}_URLS": url
+                    for name, url in (
+                        ("inventory", inventory),
+                        ("coupon", coupon),
+                        ("order", order),
+                        ("flashsale", flashsale),
+                    )
+                },
+                "GATEWAY_DEV_TOKENS": "true",
+            },
+        )
+        yield {"inventory": inventory, "coupon": coupon, "order": order, "flashsale": flashsale, "gateway": gateway}
     finally:
         await asyncio.to_thread(procs.stop_all)
 
@@ -98,10 +114,10 @@ def _aggregated(stats_csv: Path) -> dict[str, str]:
 async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str], tmp_path: Path) -> None:
     env = {
         **os.environ,
-        **{f"LOADTEST_{name.upper()}_URLS": url for name, url in services.items()},
         "APP_ENV": "test",
         "REDIS_URL": REDIS_URL,
-        "LOADTEST_MODE": "direct",
+        "LOADTEST_MODE": "gateway",
+        "LOADTEST_GATEWAY": services["gateway"],
         "LOADTEST_RUN_DIR": str(tmp_path),
         "LOADTEST_SHAPE": "smoke",
         "LOADTEST_NORMAL_PEAK": str(SHOPPERS),
@@ -132,3 +148,15 @@ async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str
     assert purchases.get("202", 0) >= 1
     assert outcomes["codes"]["GET /orders/by-reservation/{rid}"].get("200", 0) >= 1
     assert outcomes["codes"].get("POST /orders/{id}/pay", {}).get("200", 0) >= 1
+
+    # ...and all of it went through the gateway: its own count of proxied purchases answered 202.
+    async with httpx.AsyncClient(base_url=services["gateway"]) as client:
+        metrics = (await client.get("/metrics")).text
+    proxied = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gateway_requests_total{")
+        and 'route="flashsale.purchase"' in line
+        and 'status="202"' in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in proxied) >= purchases["202"]
