@@ -233,14 +233,21 @@ def evaluate(facts: SaleFacts) -> list[Finding]:
 
     # Every accepted purchase has exactly one order.
     missing = set(in_flight)
-    unlogged = set(facts.acknowledged) - set(facts.stream)  # a 202 the purchase stream does not hold
+    # A 202 that neither the purchase stream nor an order holds: Redis lost it. (Stream entries every consumer
+    # acknowledged are trimmed, so an accepted purchase with its order may be gone from the stream.)
+    unlogged = set(facts.acknowledged) - set(facts.stream) - set(by_rid)
     finding(
         "one_order_per_purchase",
         not missing,
-        f"{len(accepted)} accepted purchases ({facts.stream_entries} stream entries, {len(facts.acknowledged)} "
+        f"{len(accepted)} accepted purchases ({facts.stream_entries} stream entries not trimmed yet, "
+        f"{len(facts.acknowledged)} "
         f"acknowledged to clients), {len(by_rid)} with an order"
         + (f"; WITHOUT an order: {_sample(missing)}" if missing else "")
-        + (f"; acknowledged but not in the stream (Redis lost them): {_sample(unlogged)}" if unlogged else "")
+        + (
+            f"; acknowledged but in neither the stream nor an order (Redis lost them): {_sample(unlogged)}"
+            if unlogged
+            else ""
+        )
         + (
             f"; {facts.dead_letters} purchase events dead-lettered by the order consumers" if facts.dead_letters else ""
         ),

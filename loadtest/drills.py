@@ -1,7 +1,7 @@
 """Failure drills, one command each: load the whole chain, break one thing on purpose, restore it, let the queues
 drain, then ask the checker whether anything was oversold, lost or duplicated.
 
-    .venv/bin/python loadtest/drills.py DRILL [--peak 50 --multiple 5 --quantity 2000 --duration 90 ...]
+    .venv/bin/python loadtest/drills.py DRILL [--peak 50 --multiple 5 --quantity 250 --duration 90 ...]
 
 DRILL is one of:
   baseline       no fault: the reference run
@@ -254,7 +254,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("drill", choices=DRILLS)
     p.add_argument("--peak", type=int, default=int(os.environ.get("LOADTEST_NORMAL_PEAK", "50")))
     p.add_argument("--multiple", type=float, default=float(os.environ.get("LOADTEST_MULTIPLE", "5")))
-    p.add_argument("--quantity", type=int, default=2000, help="units on sale")
+    p.add_argument(
+        "--quantity", type=int, default=None, help="units on sale (default: one per user, so the crowd sells it out)"
+    )
     p.add_argument("--limit", type=int, default=2, help="per-user limit")
     p.add_argument("--duration", type=float, default=90.0, help="seconds of load")
     p.add_argument("--start-in", type=float, default=10.0, help="seconds from the load's start to the sale's")
@@ -268,7 +270,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         drill=a.drill,
         peak=a.peak,
         multiple=a.multiple,
-        quantity=a.quantity,
+        quantity=a.quantity if a.quantity is not None else max(10, round(a.peak * a.multiple)),
         limit=a.limit,
         duration=a.duration,
         start_in=a.start_in,
