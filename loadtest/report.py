@@ -26,7 +26,7 @@ BUSINESS_CODES = frozenset(
         "PURCHASE_LIMIT_EXCEEDED",
         "ORDER_NOT_FOUND",  # the order of a fresh reservation is not created yet: keep polling
         "ORDER_PRICING_PENDING",  # its coupons are still being applied: pay again shortly
-        "COUPON_SOLD_OUT",
+        "COUPONS_EXHAUSTED",  # every coupon of the template was claimed
         "CLAIM_LIMIT_REACHED",
     }
 )

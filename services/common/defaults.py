@@ -138,8 +138,14 @@ def service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     ready_checks: dict[str, ReadyCheck] | None = None,
     redis_down_code: str = "REDIS_UNAVAILABLE",
+    serves_without: frozenset[str] = frozenset(),
 ) -> FastAPI:
-    """A FastAPI app with the service defaults, as every service's `create_app` starts it."""
+    """A FastAPI app with the service defaults, as every service's `create_app` starts it.
+
+    `serves_without` names dependencies (`postgres`, `redis`) whose outage readiness reports as
+    `degraded` without failing: the service still does its main job without them, so a gateway must not
+    take it out of its pool for that.
+    """
     app = FastAPI(
         title=title,
         version="0.1.0",
@@ -149,7 +155,7 @@ def service_app(
         # we export Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    add_service_defaults(app, settings, ready_checks, redis_down_code=redis_down_code)
+    add_service_defaults(app, settings, ready_checks, redis_down_code=redis_down_code, serves_without=serves_without)
     return app
 
 
@@ -159,6 +165,7 @@ def add_service_defaults(
     ready_checks: dict[str, ReadyCheck] | None = None,
     *,
     redis_down_code: str = "REDIS_UNAVAILABLE",
+    serves_without: frozenset[str] = frozenset(),
 ) -> None:
     """Add health, readiness, metrics, logging, request ids, body limits and problem+json errors.
 
@@ -193,11 +200,13 @@ def add_service_defaults(
                 await check()
                 checks[name] = "ok"
             except Exception as exc:  # readiness must report, never raise
-                ok = False
-                checks[name] = f"error: {type(exc).__name__}"
+                degraded = name in serves_without
+                ok = ok and degraded
+                checks[name] = f"{'degraded' if degraded else 'error'}: {type(exc).__name__}"
         if not ok:
             return problem_response(503, "NOT_READY", "A dependency is not answering", extra={"checks": checks})
-        return Response(orjson.dumps({"status": "ok", "checks": checks}), media_type="application/json")
+        status = "degraded" if any(v != "ok" for v in checks.values()) else "ok"
+        return Response(orjson.dumps({"status": status, "checks": checks}), media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -7,9 +7,13 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -71,6 +75,37 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# Failures that mean "a dependency is unavailable right now". asyncpg's connection errors arrive as OSError
+# (refused, reset) or wrapped by SQLAlchemy as InterfaceError / OperationalError (a server shutting down or
+# starting up, a connection closed under a query).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    InterfaceError,
+    OperationalError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, starting up
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when a failure says a dependency is unavailable (connection refused or lost, timeout, a database
+    shutting down or starting up) rather than that the entry itself cannot be handled."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TRANSIENT_ERRORS):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 _HTTP_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHENTICATED",
@@ -127,6 +162,22 @@ def install_error_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             headers=getattr(exc, "headers", None),
         )
+
+    async def _dependency(request: Request, exc: Exception) -> Response:
+        if not is_transient(exc):
+            return await _unexpected(request, exc)
+        # The database (or another dependency) is down: say so, and when to come back; not a 500.
+        log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(
+            503,
+            "DEPENDENCY_UNAVAILABLE",
+            "A dependency of this service is not answering; retry shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "2"},
+        )
+
+    for kind in (DBAPIError, OSError, asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError):
+        app.add_exception_handler(kind, _dependency)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

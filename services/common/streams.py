@@ -9,14 +9,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from services.common.errors import is_transient
 
 log = logging.getLogger("service.streams")
 
@@ -40,37 +38,6 @@ def decode_event(fields: dict[str, Any]) -> dict[str, Any]:
 
 Entry = tuple[str, dict[str, Any]]
 BatchHandler = Callable[[list[Entry]], Awaitable[None]]
-
-
-# Failures that mean "a dependency is unavailable right now". asyncpg's connection errors arrive as OSError
-# (refused, reset) or wrapped by SQLAlchemy as InterfaceError / OperationalError (a server shutting down or
-# starting up, a connection closed under a query).
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    InterfaceError,
-    OperationalError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, starting up
-    asyncpg.exceptions.InterfaceError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when a failure says a dependency is unavailable (connection refused or lost, timeout, a database
-    shutting down or starting up) rather than that the entry itself cannot be handled."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, TRANSIENT_ERRORS):
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 @dataclass

@@ -95,6 +95,8 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         description="Flash sales: storefront views, the atomic purchase, and the admin lifecycle.",
         lifespan=lifespan,
         redis_down_code="STOCK_UNAVAILABLE",
+        # PostgreSQL down: the storefront (catalog in memory) and purchases (Redis) go on; only admin waits.
+        serves_without=frozenset({"postgres"}),
     )
 
     app.include_router(router.router)

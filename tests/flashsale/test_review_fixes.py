@@ -166,3 +166,36 @@ async def test_redis_is_brought_back_to_the_recorded_state_when_an_admin_change_
     assert (await _buy(client, resumed["id"], "align-1", "k")).status_code == 202
     refused = await _buy(client, paused["id"], "align-2", "k")
     assert refused.status_code == 423 and refused.json()["code"] == "SALE_NOT_LIVE"
+
+
+@pytest.fixture
+async def app_without_postgres(settings: FlashSaleSettings) -> AsyncIterator[FastAPI]:
+    broken = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/flashsale", "replica_id": "no-pg"}
+    )
+    application = create_app(broken)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_postgres_down_keeps_the_replica_ready_and_selling_and_admin_calls_get_503(
+    client: httpx.AsyncClient, app_without_postgres: FastAPI
+) -> None:
+    """DESIGN: purchases keep being accepted while Redis is up. A gateway must not take the replica out."""
+    sale = await live_sale(client, quantity=3)
+    transport = httpx.ASGITransport(app=app_without_postgres)
+    async with httpx.AsyncClient(transport=transport, base_url="http://no-pg") as broken:
+        ready = await broken.get("/healthz/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["postgres"].startswith("degraded")
+        assert ready.json()["checks"]["redis"] == "ok"
+        buy = await broken.post(
+            f"/sales/{sale['id']}/purchase", json={"quantity": 1}, headers=customer_headers("pg-down", "k")
+        )
+        assert buy.status_code == 202, buy.text
+        admin = await broken.get(f"/admin/sales/{sale['id']}", headers=admin_headers())
+        assert admin.status_code == 503, admin.text
+        assert admin.json()["code"] == "DEPENDENCY_UNAVAILABLE"
+        assert admin.headers["retry-after"] == "2"
+    assert (await sale_stats(client, sale["id"]))["reserved"] == 1
