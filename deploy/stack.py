@@ -99,6 +99,8 @@ class ServiceSpec:
     workers: int = 1
     # More uvicorn options of this service.
     uvicorn_args: tuple[str, ...] = ()
+    # uvicorn's --http: its HTTP protocol implementation (a name, or a class as module:attribute).
+    http: str = "httptools"
 
     def __post_init__(self) -> None:
         if self.replica_env and len(self.replica_env) != len(self.ports):
@@ -188,6 +190,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         # The gateway decides who the client is (GATEWAY_TRUSTED_PROXY_HOPS), not uvicorn: a local client must
         # not pick its own address for the per-IP limits with an X-Forwarded-For header.
         uvicorn_args=("--no-proxy-headers",),
+        # uvicorn's httptools protocol sending each answer in one send() (gateway/server.py).
+        http="gateway.server:GatewayHttpProtocol",
     ),
 )
 GATEWAY_PREFIX = "/api"
@@ -794,7 +798,7 @@ def uvicorn_command(spec: ServiceSpec, port: int) -> list[str]:
         "--port", str(port),
         "--no-access-log",
         "--loop", "uvloop",
-        "--http", "httptools",
+        "--http", spec.http,
         "--timeout-graceful-shutdown", "10",
         *(["--workers", str(spec.workers)] if spec.workers > 1 else []),
         *spec.uvicorn_args,

@@ -76,6 +76,8 @@ class GatewayServers(Servers):
 
     APP = "gateway.main:app"
     LOG_PREFIX = "gateway"
+    HTTP = "gateway.server:GatewayHttpProtocol"  # as the launcher and docker-compose.yml run it
+    EXTRA_ARGS = ("--no-proxy-headers",)
 
     def __init__(self, setup: str, *, redis_url: str, flashsale_url: str) -> None:
         super().__init__(setup, redis_url=redis_url, database_url="", user_rate=None)

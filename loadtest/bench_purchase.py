@@ -417,6 +417,8 @@ class Servers:
 
     APP = "services.flashsale.main:app"
     LOG_PREFIX = "server"  # logs go to loadtest/results/<LOG_PREFIX>-<replica>.log
+    HTTP = "httptools"  # uvicorn's --http: the protocol class the server runs
+    EXTRA_ARGS: tuple[str, ...] = ()
 
     def __init__(self, setup: str, *, redis_url: str, database_url: str, user_rate: float | None) -> None:
         self.setup = setup
@@ -456,10 +458,11 @@ class Servers:
             "--loop",
             "uvloop",
             "--http",
-            "httptools",
+            self.HTTP,
             "--no-access-log",
             "--log-level",
             "warning",
+            *self.EXTRA_ARGS,
             *extra,
         ]
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)

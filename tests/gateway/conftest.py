@@ -22,16 +22,19 @@ from redis.asyncio import Redis
 
 from gateway.config import GatewaySettings
 from gateway.main import create_app
+from gateway.server import GatewayHttpProtocol
 from tests.conftest import ROOT, TEST_REDIS_URL, free_port, redis_url_for
 
 # The gateway's limiter buckets live in a logical DB of this run's own, apart from the services' data.
 GATEWAY_REDIS_URL = redis_url_for(2)
 
 
-async def serve(app: Any, port: int) -> uvicorn.Server:
+async def serve(app: Any, port: int, http: Any = "auto") -> uvicorn.Server:
     """Serve an ASGI app on 127.0.0.1:port in this event loop; returns once it accepts connections."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on", http=http
+        )
     )
     task = asyncio.create_task(server.serve())
     server.task = task  # type: ignore[attr-defined]
@@ -186,7 +189,8 @@ async def start_gateway() -> AsyncIterator[Any]:
 
     async def start(**overrides: Any) -> Gateway:
         gateway = Gateway(gateway_settings(**overrides))
-        gateway.server = await serve(gateway.app, gateway.port)
+        # The protocol the launcher and docker-compose.yml run the gateway with.
+        gateway.server = await serve(gateway.app, gateway.port, http=GatewayHttpProtocol)
         started.append(gateway)
         return gateway
 
