@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -241,6 +242,7 @@ def measure(opts: Options, redis_url: str, fs_db: str, rowlock_db: str, tokens: 
             script_args=[*args[:2], f"{tag}rlw"],
             cpu_probe=lock_probe,
         )
+        time.sleep(1.0)  # requests wrk abandoned at the warm-up's stop still commit: not the measured run's rows
         before = asyncio.run(_rowlock_rows(rowlock_db))
         locked = run_wrk(
             wrk,
