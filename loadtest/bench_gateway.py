@@ -35,10 +35,8 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 # The script's own directory is on sys.path: bench_purchase is imported as its neighbour.
 from bench_purchase import (
@@ -56,6 +54,7 @@ from bench_purchase import (
     ensure_wrk,
     flush_redis,
     prepare_database,
+    report_header,
     run_wrk,
     running,
     verify_purchases,
@@ -268,22 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench_gateway: interrupted; servers stopped", file=sys.stderr)
         return 130
     ratio = print_table(runs, opts, gateway_setup)
-    report: dict[str, Any] = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "loadtest/bench_gateway.py", *(argv or sys.argv[1:])]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "params": {
-            "duration_s": opts.duration,
-            "warmup_s": opts.warmup,
-            "connections": opts.connections,
-            "threads": opts.threads,
-            "users": opts.users,
-            "gateway": GATEWAY_SETUPS[gateway_setup],
-        },
+    report = report_header("loadtest/bench_gateway.py", argv, load_before, opts)
+    report["params"]["gateway"] = GATEWAY_SETUPS[gateway_setup]
+    report |= {
         "ratio": round(ratio, 4),
         "aim": {"ratio": AIM_RATIO, "pass": ratio >= AIM_RATIO},
         "runs": [

@@ -849,6 +849,28 @@ def run_all(opts: Options, redis_url: str, database_url: str) -> list[Measuremen
         ]
 
 
+def report_header(
+    script: str, argv: Sequence[str] | None, load_before: Sequence[float], opts: Options
+) -> dict[str, Any]:
+    """What every benchmark's JSON report starts with: when, the exact command, the machine and the load."""
+    return {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, script, *(argv or sys.argv[1:])]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "params": {
+            "duration_s": opts.duration,
+            "warmup_s": opts.warmup,
+            "connections": opts.connections,
+            "threads": opts.threads,
+            "users": opts.users,
+        },
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when done, 1 on a failure or unverified purchases, 2 on a missed aim with --strict."""
     opts = parse_args(argv)
@@ -873,24 +895,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(m, opts)
     # The headline is the last round of the chosen setup; every measurement is in the JSON.
     main_result = [m for m in results if m.setup == opts.setup][-1]
-    report = {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "loadtest/bench_purchase.py", *(argv or sys.argv[1:])]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "params": {
-            "duration_s": opts.duration,
-            "warmup_s": opts.warmup,
-            "connections": opts.connections,
-            "threads": opts.threads,
-            "users": opts.users,
+    report = report_header("loadtest/bench_purchase.py", argv, load_before, opts)
+    report["params"].update(
+        {
             "sale_quantity": SALE_QUANTITY,
             "per_user_limit": PER_USER_LIMIT,
             "user_rate_per_second": opts.user_rate if opts.user_rate is not None else "service default",
-        },
+        }
+    )
+    report |= {
         **to_json(main_result),
         "measurements": [to_json(m) for m in results] if len(results) > 1 else None,
     }
