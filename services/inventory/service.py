@@ -385,10 +385,14 @@ class InventoryService:
 
     # ---------------------------------------------------------------- allocations to sales (admin)
 
-    async def _allocation(self, session: AsyncSession, sale_id: int, sku: str) -> Allocation:
+    async def _allocation(self, session: AsyncSession, sale_id: int, sku: str, *, create: bool = False) -> Allocation:
+        """A sale's allocation of a SKU, locked; an empty one when `create` and there is none yet."""
         allocation = await session.get(Allocation, (sale_id, sku), with_for_update=True)
         if allocation is None:
-            raise errors.AllocationNotFound(f"Sale {sale_id} has no allocation of {sku}")
+            if not create:
+                raise errors.AllocationNotFound(f"Sale {sale_id} has no allocation of {sku}")
+            allocation = Allocation(sale_id=sale_id, sku=sku, allocated=0, returned=0, sold=0)
+            session.add(allocation)
         return allocation
 
     async def allocate(self, *, actor: str, sale_id: int, sku: str, quantity: int) -> AllocationOut:
@@ -401,10 +405,7 @@ class InventoryService:
                     f"Only {row.available} of {sku} available; {quantity} asked", extra={"available": row.available}
                 )
             before = _counters(row)
-            allocation = await session.get(Allocation, (sale_id, sku), with_for_update=True)
-            if allocation is None:
-                allocation = Allocation(sale_id=sale_id, sku=sku, allocated=0, returned=0, sold=0)
-                session.add(allocation)
+            allocation = await self._allocation(session, sale_id, sku, create=True)
             allocation.allocated += quantity
             row.available -= quantity
             row.allocated += quantity
@@ -480,10 +481,7 @@ class InventoryService:
         async with self.sessions.begin() as session:
             row = await self._lock(session, sku)
             before = _counters(row)
-            allocation = await session.get(Allocation, (sale_id, sku), with_for_update=True)
-            if allocation is None:
-                allocation = Allocation(sale_id=sale_id, sku=sku, allocated=0, returned=0, sold=0)
-                session.add(allocation)
+            allocation = await self._allocation(session, sale_id, sku, create=True)
             sold_now = max(allocation.sold, sold or 0)
             returned_now = max(allocation.returned, returned or 0)
             if sold_now + returned_now > allocated:
