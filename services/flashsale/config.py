@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import BaseServiceSettings
-
-DEV_WEBHOOK_KEY = "dev-only-webhook-signing-key"
+from services.common.webhooks import WebhookSettings
 
 
-class FlashSaleSettings(BaseServiceSettings):
+class FlashSaleSettings(WebhookSettings):
     """Everything flashsale reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix="FLASHSALE_", extra="ignore", populate_by_name=True)
@@ -25,8 +22,6 @@ class FlashSaleSettings(BaseServiceSettings):
     status_cache_seconds: float = 0.2
     catalog_refresh_seconds: float = 1.0
     scheduler_interval_seconds: float = 0.25
-    alert_webhooks: str = Field("", description="Comma-separated URLs that receive stock alerts")
-    webhook_signing_key: str = DEV_WEBHOOK_KEY
     webhook_max_attempts: int = 6
     # The warehouse: a sale's quantity is an allocation of the SKU's stock in the inventory service
     # (empty: sales are not backed by a warehouse, e.g. a shop without the inventory service).
@@ -45,14 +40,3 @@ class FlashSaleSettings(BaseServiceSettings):
     auto_rebuild_lost_sales: bool = True
     order_events_stream: str = "orders:events"
     alerts_stream: str = "alerts"
-
-    @property
-    def webhook_urls(self) -> list[str]:
-        """Configured alert webhook URLs."""
-        return [u.strip() for u in self.alert_webhooks.split(",") if u.strip()]
-
-    @model_validator(mode="after")
-    def _refuse_default_webhook_key(self) -> FlashSaleSettings:
-        if not self.is_dev and self.webhook_urls and self.webhook_signing_key == DEV_WEBHOOK_KEY:
-            raise ValueError("FLASHSALE_WEBHOOK_SIGNING_KEY must be set outside dev mode")
-        return self

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import BaseServiceSettings
-from services.common.webhooks import DEV_SIGNING_KEY
+from services.common.webhooks import WebhookSettings
 
 
-class InventorySettings(BaseServiceSettings):
+class InventorySettings(WebhookSettings):
     """Everything the inventory service reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix="INVENTORY_", extra="ignore", populate_by_name=True)
@@ -26,8 +25,6 @@ class InventorySettings(BaseServiceSettings):
     sweep_batch: int = 200
     recent_ledger_entries: int = 20
     # Low-stock alerts and replenishment reminders leave through an outbox table; every replica relays it.
-    alert_webhooks: str = Field("", description="Comma-separated URLs that receive low-stock alerts and reminders")
-    webhook_signing_key: str = DEV_SIGNING_KEY
     webhook_timeout_seconds: float = 5.0
     # Webhook delivery: attempts per alert before it is marked failed, and the backoff between them
     # (base * 2**attempt, capped). The stream is retried until Redis takes it; it never gives up.
@@ -44,15 +41,3 @@ class InventorySettings(BaseServiceSettings):
     # a drifted Redis mirror is only a copy and is rewritten from PostgreSQL when auto_repair_mirror is on.
     reconcile_interval_seconds: float = 60.0
     auto_repair_mirror: bool = True
-
-    @property
-    def webhook_urls(self) -> list[str]:
-        """Configured alert webhook URLs."""
-        return [u.strip() for u in self.alert_webhooks.split(",") if u.strip()]
-
-    @model_validator(mode="after")
-    def _refuse_default_webhook_key(self) -> InventorySettings:
-        # Receivers trust the signature; a well-known key would let anyone forge a stock alert.
-        if not self.is_dev and self.webhook_urls and self.webhook_signing_key == DEV_SIGNING_KEY:
-            raise ValueError("INVENTORY_WEBHOOK_SIGNING_KEY must be set outside dev mode")
-        return self
