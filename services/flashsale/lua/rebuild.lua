@@ -1,7 +1,7 @@
 -- Rebuild a sale's counters from the order record (reconciliation's repair mode), atomically.
 -- The order record says which reservations hold units (reserved), were paid (sold) or gave them back
--- (released). Reservations Redis holds that the record does not know yet (accepted, order not created
--- yet) are kept as they are: they are real. Everything else is recomputed:
+-- (released); where Redis is already further along (paid or released after the record was read), Redis's
+-- state stands. Reservations only Redis holds are kept as they are: they are real. Then:
 --   remaining = quantity - returned - reserved - sold
 -- A negative remaining (more units promised than exist) is never "fixed" by selling less than zero:
 -- remaining becomes 0 and the script reports the excess for a human.
@@ -10,44 +10,57 @@
 --       then N field/value pairs, then (reservation id, user id, quantity, stock) per known reservation
 local quantity, returned, ncfg = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local before = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '-1')
-local known, bought = {}, {}
-local reserved, sold, released = 0, 0, 0
+-- What Redis holds now: reservation id -> {user, quantity, state}.
+local held = {}
+local current = redis.call('HGETALL', KEYS[3])
+for j = 1, #current, 2 do
+  local uid, qty, st = string.match(current[j + 1], '^(.*)|(%d+)|(%a+)$')
+  if uid then held[current[j]] = {uid, tonumber(qty), st} end
+end
+-- Each reservation's state is the later of the record's and Redis's: a state never moves backwards
+-- (Redis may already have applied a payment or a release the record snapshot was taken before).
+local state_of = {}
+local owner = {}
+local units = {}
 local first = 5 + 2 * ncfg
 for i = first, #ARGV, 4 do
   local rid, uid, qty, stock = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  known[rid] = true
-  if stock == 'reserved' then
+  local st = stock == 'sold' and 'paid' or stock
+  local h = held[rid]
+  if st == 'reserved' and h and h[3] ~= 'reserved' then st = h[3] end
+  state_of[rid], owner[rid], units[rid] = st, uid, qty
+end
+-- Reservations only Redis knows (accepted, order not created yet; or paid before the snapshot was sent
+-- back): they are real and count as Redis says.
+local in_flight = 0
+for rid, h in pairs(held) do
+  if not state_of[rid] then
+    state_of[rid], owner[rid], units[rid] = h[3], h[1], h[2]
+    if h[3] == 'reserved' then in_flight = in_flight + h[2] end
+  end
+end
+local bought = {}
+local reserved, sold, released = 0, 0, 0
+for rid, st in pairs(state_of) do
+  local qty, uid = units[rid], owner[rid]
+  if st == 'reserved' then
     reserved = reserved + qty
     bought[uid] = (bought[uid] or 0) + qty
-  elseif stock == 'sold' then
+  elseif st == 'paid' then
     sold = sold + qty
     bought[uid] = (bought[uid] or 0) + qty
   else
     released = released + qty
   end
 end
-local in_flight = 0
-local current = redis.call('HGETALL', KEYS[3])
-for j = 1, #current, 2 do
-  if not known[current[j]] then
-    local uid, qty, st = string.match(current[j + 1], '^(.*)|(%d+)|(%a+)$')
-    if st == 'reserved' then
-      qty = tonumber(qty)
-      in_flight = in_flight + qty
-      bought[uid] = (bought[uid] or 0) + qty
-    end
-  end
-end
-reserved = reserved + in_flight
 local remaining = quantity - returned - reserved - sold
 local excess = 0
 if remaining < 0 then
   excess = -remaining
   remaining = 0
 end
-for i = first, #ARGV, 4 do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2] .. '|' ..
-    (ARGV[i + 3] == 'sold' and 'paid' or ARGV[i + 3]))
+for rid, st in pairs(state_of) do
+  redis.call('HSET', KEYS[3], rid, owner[rid] .. '|' .. units[rid] .. '|' .. st)
 end
 redis.call('DEL', KEYS[2])
 for uid, qty in pairs(bought) do
