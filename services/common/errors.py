@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -88,22 +89,27 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, starting up
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, out of memory or disk
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure: retrying succeeds
+    SQLAlchemyTimeoutError,  # no pooled connection free in time
 )
+# A statement cut off by statement_timeout fails the same way every time: the entry's fault, not an outage.
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (asyncpg.exceptions.QueryCanceledError,)
 
 
 def is_transient(exc: BaseException) -> bool:
     """True when a failure says a dependency is unavailable (connection refused or lost, timeout, a database
     shutting down or starting up) rather than that the entry itself cannot be handled."""
-    seen: set[int] = set()
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, TRANSIENT_ERRORS):
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
         current = current.__cause__ or current.__context__
-    return False
+    if any(isinstance(e, NOT_TRANSIENT) for e in chain):  # libraries wrap it in errors that look transient
+        return False
+    return any(
+        isinstance(e, TRANSIENT_ERRORS) or (isinstance(e, DBAPIError) and e.connection_invalidated) for e in chain
+    )
 
 
 _HTTP_CODES = {

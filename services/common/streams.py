@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,17 +241,18 @@ async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[st
     return out
 
 
-async def trim_acknowledged(redis: Redis, stream: str) -> int:
+async def trim_acknowledged(redis: Redis, stream: str, *, required_groups: Sequence[str] = ()) -> int:
     """Drop the entries of `stream` that every consumer group has read and acknowledged; returns how many.
 
     The oldest entry still needed is the oldest pending one of any group, or the entry after a group's
-    last delivered one. A stream without groups is left alone: its consumer may not have started yet.
+    last delivered one. Nothing is trimmed while a group in `required_groups` does not exist yet (its
+    service may not have started, and will read from the stream's start), nor from a stream without groups.
     """
     try:
         groups = await redis.xinfo_groups(stream)
     except ResponseError:
         return 0  # no such stream
-    if not groups:
+    if not groups or not set(required_groups) <= {str(g["name"]) for g in groups}:
         return 0
     keep_from: list[tuple[int, int]] = []
     for group in groups:

@@ -14,7 +14,8 @@ service, so the warehouse ledger follows the sale.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, datetime
 
 import orjson
 from prometheus_client import Gauge
@@ -43,8 +44,10 @@ DRIFT = Gauge(
 )
 UNSETTLED = Gauge("flashsale_unsettled_sales", "Sales whose units are not all sold or returned to the warehouse yet")
 JOB_LOCK_PREFIX = "fs:job:"
-# A pause reaches Redis before its commit: a live record with a paused Redis this recent may be one.
-STATE_SETTLE_TIME = timedelta(seconds=10)
+# How often an ended sale with Redis showing nothing reserved asks the order record whether it may settle.
+RECORD_CHECK_SECONDS = 5.0
+# The consumer groups that must have read a purchase stream before its entries may be trimmed.
+PURCHASE_STREAM_GROUPS = ("order",)
 
 
 def utcnow() -> datetime:
@@ -61,6 +64,8 @@ class SaleReconciler:
         self.settings = service.settings
         # (allocated, sold, returned) last reported to the warehouse per sale: unchanged totals are not resent.
         self._reported: dict[int, tuple[int, int, int]] = {}
+        # When an ended sale's order record may be asked again whether any order is still open.
+        self._next_record_check: dict[int, float] = {}
 
     async def _leader(self, job: str, seconds: float) -> bool:
         """One replica runs a periodic job per tick (the jobs are idempotent; this only saves work)."""
@@ -278,27 +283,37 @@ class SaleReconciler:
                 log.error("the warehouse refused the settlement of sale %s: %s (%s)", sale.id, exc.detail, exc.code)
         return moved
 
-    async def _align_state(self, sale: Sale, counters: dict[str, str]) -> None:
+    async def _align_state(self, sale_id: int, counters: dict[str, str]) -> None:
         """Bring Redis to the recorded state when an admin change reached only one side.
 
         The record paused a sale Redis still sells: Redis follows the record. Redis paused a sale the record
         says is live: the purchase script's own pause (alert_and_pause, threshold crossed) is recorded;
-        any other (a resume whose Redis write failed) is undone in Redis.
+        any other (a resume whose Redis write failed) is undone in Redis. The row is read under its update
+        lock, after any admin change in progress committed (a pause writes Redis before its commit).
         """
         redis_state = counters.get("state", "")
-        if sale.state == SaleState.PAUSED.value and redis_state == SaleState.LIVE.value:
-            await self.store.advance_state(sale.id, expected=SaleState.LIVE.value, new=SaleState.PAUSED.value)
-        elif sale.state == SaleState.LIVE.value and redis_state == SaleState.PAUSED.value:
-            if sale.low_stock_policy == LowStockPolicy.ALERT_AND_PAUSE.value and counters.get("low_alerted") == "1":
-                await self.service.sync_auto_pause(sale.id)
-            elif sale.updated_at < utcnow() - STATE_SETTLE_TIME:  # not an admin pause still committing
-                await self.store.advance_state(sale.id, expected=SaleState.PAUSED.value, new=SaleState.LIVE.value)
+        if redis_state not in (SaleState.LIVE.value, SaleState.PAUSED.value):
+            return
+        if redis_state == SaleState.PAUSED.value and counters.get("low_alerted") == "1":
+            await self.service.sync_auto_pause(sale_id)  # the script's own pause (it checks the policy too)
+        async with self.service.sessions.begin() as session:
+            sale = await session.scalar(select(Sale).where(Sale.id == sale_id).with_for_update())
+            if sale is None or sale.state == redis_state:
+                return
+            current = (await self.store.live_status(sale_id)).get("state")  # as it is now, under the lock
+            policy_pauses = sale.low_stock_policy == LowStockPolicy.ALERT_AND_PAUSE.value
+            script_pause = policy_pauses and counters.get("low_alerted") == "1"
+            if sale.state == SaleState.PAUSED.value and current == SaleState.LIVE.value:
+                await self.store.advance_state(sale_id, expected=SaleState.LIVE.value, new=SaleState.PAUSED.value)
+            elif sale.state == SaleState.LIVE.value and current == SaleState.PAUSED.value and not script_pause:
+                await self.store.advance_state(sale_id, expected=SaleState.PAUSED.value, new=SaleState.LIVE.value)
 
     async def _settle_one(self, sale: Sale) -> int:
-        if sale.state != SaleState.DRAFT.value:
-            # Purchase events every consumer (the order service) acknowledged are no longer needed.
-            await trim_acknowledged(self.store.redis, events_stream(sale.id))
-        sold, returned, reserved = 0, sale.returned_units, 1
+        if sale.state == SaleState.DRAFT.value:
+            await self._report_to_warehouse(sale.id, sold=None, returned=None)
+            return 1
+        # Purchase events every consumer (the order service) acknowledged are no longer needed.
+        await trim_acknowledged(self.store.redis, events_stream(sale.id), required_groups=PURCHASE_STREAM_GROUPS)
         if sale.state == SaleState.ENDED.value:
             drained = await self.store.drain_ended(sale.id)
             if drained is None:
@@ -306,30 +321,70 @@ class SaleReconciler:
                 if "state" in status:  # the end never reached Redis: put it there, drain next time
                     await self.store.set_state(sale.id, SaleState.ENDED.value)
                 return 0
-            returned_redis, reserved, sold = drained
-            if returned_redis > sale.returned_units:
-                async with self.service.sessions.begin() as session:
-                    await session.execute(
-                        update(Sale)
-                        .where(Sale.id == sale.id, Sale.returned_units < returned_redis)
-                        .values(returned_units=returned_redis)
-                    )
-                returned = returned_redis
-        elif sale.state != SaleState.DRAFT.value:
+            _returned, reserved, sold = drained
+        else:
             counters = await self.store.counters(sale.id)
             if "remaining" not in counters:
                 return 0  # Redis lost data: reconciliation rebuilds it first
-            sold = int(counters.get("sold", 0))
-            await self._align_state(sale, counters)
-        totals = (sale.quantity, sold, returned)
-        if self.service.inventory is not None and self._reported.get(sale.id) != totals:
-            await self.service.inventory.set_allocation(
-                sale_id=sale.id, sku=sale.sku, allocated=sale.quantity, sold=sold, returned=returned
-            )
-            self._reported[sale.id] = totals
+            reserved, sold = 1, int(counters.get("sold", 0))
+            await self._align_state(sale.id, counters)
+        await self._report_to_warehouse(sale.id, sold=sold, returned=None)
         if sale.state == SaleState.ENDED.value and reserved == 0:
-            async with self.service.sessions.begin() as session:
-                await session.execute(update(Sale).where(Sale.id == sale.id).values(settled_at=utcnow()))
-            log.info("sale %s settled: %d sold, %d returned", sale.id, sold, returned)
-            self._reported.pop(sale.id, None)
+            await self._settle_ended(sale, redis_sold=sold)
         return 1
+
+    async def _report_to_warehouse(self, sale_id: int, *, sold: int | None, returned: int | None) -> None:
+        """Bring the warehouse allocation to the sale's quantity and these running totals."""
+        if self.service.inventory is None:
+            return
+        async with self.service.sessions.begin() as session:
+            # The quantity is read under a share lock held across the call: an add_stock committing meanwhile
+            # (it allocates under the row's update lock) waits, and is never undone by an older quantity.
+            row = (
+                await session.execute(
+                    select(Sale.quantity, Sale.sku).where(Sale.id == sale_id).with_for_update(read=True)
+                )
+            ).one()
+            totals = (int(row.quantity), sold or 0, returned or 0)
+            if self._reported.get(sale_id) == totals:
+                return
+            await self.service.inventory.set_allocation(
+                sale_id=sale_id, sku=row.sku, allocated=row.quantity, sold=sold, returned=returned
+            )
+        self._reported[sale_id] = totals
+
+    async def _settle_ended(self, sale: Sale, *, redis_sold: int) -> None:
+        """Settle an ended sale once no reservation is open by the record: the units not paid go back.
+
+        Redis saying nothing is reserved is not enough: after a Redis crash that lost its last second, an
+        order may still await payment for a reservation Redis forgot. With the order record configured,
+        settlement waits until the record has no open order either, and counts what was paid from it.
+        """
+        paid = redis_sold
+        if self.service.orders is not None:
+            now = time.monotonic()
+            if now < self._next_record_check.get(sale.id, 0.0):
+                return
+            self._next_record_check[sale.id] = now + RECORD_CHECK_SECONDS
+            record = await self.service.orders.sale_reservations(sale.id)
+            known = {r["reservation_id"] for r in record["reservations"]}
+            held = await self.store.reservations(sale.id)
+            in_flight = sum(q for rid, (_u, q, st) in held.items() if st == "reserved" and rid not in known)
+            if int(record["reserved_units"]) or in_flight:
+                log.info("sale %s ended; %s unit(s) still await payment", sale.id, record["reserved_units"])
+                return
+            paid = int(record["sold_units"])
+        returned = sale.quantity - paid
+        if returned < 0:
+            log.error("sale %s: %d paid of %d units: oversold; not settled, for a human", sale.id, paid, sale.quantity)
+            return
+        await self._report_to_warehouse(sale.id, sold=paid, returned=returned)
+        async with self.service.sessions.begin() as session:
+            await session.execute(
+                update(Sale)
+                .where(Sale.id == sale.id, Sale.settled_at.is_(None))
+                .values(returned_units=returned, settled_at=utcnow())
+            )
+        log.info("sale %s settled: %d sold, %d returned to the warehouse", sale.id, paid, returned)
+        self._reported.pop(sale.id, None)
+        self._next_record_check.pop(sale.id, None)

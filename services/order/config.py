@@ -24,8 +24,10 @@ class OrderSettings(BaseServiceSettings):
     # Where flashsale lists the purchase streams of its sales, and where order events go.
     purchase_stream_registry: str = "fs:streams"
     events_stream: str = "orders:events"
-    # How often entries every consumer group acknowledged are trimmed from the events stream.
+    # How often entries every consumer group acknowledged are trimmed from the events stream, and the groups
+    # that must exist (and have read an entry) before it may go.
     stream_trim_seconds: float = 10.0
+    events_stream_groups: str = "flashsale,coupon"
     consumer_batch: int = 500
     consumer_claim_idle_ms: int = 5_000
     stream_discovery_seconds: float = 1.0

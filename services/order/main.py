@@ -69,7 +69,11 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                 run_every(
                     settings.stream_trim_seconds,
                     "order events trim",
-                    lambda: trim_acknowledged(redis, settings.events_stream),
+                    lambda: trim_acknowledged(
+                        redis,
+                        settings.events_stream,
+                        required_groups=[g.strip() for g in settings.events_stream_groups.split(",") if g.strip()],
+                    ),
                     stop,
                 )
             ),

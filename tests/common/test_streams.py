@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import sqlalchemy.exc
 from redis.asyncio import Redis
 
 from services.common.streams import (
@@ -115,6 +116,35 @@ def test_transient_failures_are_told_apart_from_bad_entries() -> None:
     assert is_transient(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
     assert not is_transient(ValueError("cannot process"))
     assert not is_transient(KeyError("sale_id"))
+    assert is_transient(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
+    assert is_transient(asyncpg.exceptions.TooManyConnectionsError("too many clients"))
+    assert is_transient(sqlalchemy.exc.TimeoutError("QueuePool limit of size 10 overflow 0 reached"))
+    try:  # a statement timeout, wrapped by SQLAlchemy as an OperationalError: the entry's fault every time
+        try:
+            raise asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
+        except asyncpg.exceptions.QueryCanceledError as exc:
+            raise sqlalchemy.exc.OperationalError("SELECT ...", {}, exc) from exc
+    except sqlalchemy.exc.OperationalError as wrapped:
+        assert not is_transient(wrapped)
+
+
+async def test_nothing_is_trimmed_before_every_required_group_exists(redis: Redis) -> None:
+    stream = "test:trim-required"
+    await redis.delete(stream)
+    for n in range(4):
+        await redis.xadd(stream, {"n": str(n)})
+    await redis.xgroup_create(stream, "flashsale", id="0")
+    read = await redis.xreadgroup("flashsale", "c1", {stream: ">"}, count=10)
+    await redis.xack(stream, "flashsale", *[entry_id for entry_id, _ in read[0][1]])
+    # coupon has not started yet: it will create its group at 0 and must find every entry
+    assert await trim_acknowledged(redis, stream, required_groups=["flashsale", "coupon"]) == 0
+    assert await redis.xlen(stream) == 4
+    await redis.xgroup_create(stream, "coupon", id="0")
+    assert await trim_acknowledged(redis, stream, required_groups=["flashsale", "coupon"]) == 0  # unread by coupon
+    read = await redis.xreadgroup("coupon", "c1", {stream: ">"}, count=10)
+    await redis.xack(stream, "coupon", *[entry_id for entry_id, _ in read[0][1]])
+    assert await trim_acknowledged(redis, stream, required_groups=["flashsale", "coupon"]) == 4
+    await redis.delete(stream)
 
 
 async def test_group_backlog_tells_which_streams_still_have_work(redis: Redis) -> None:

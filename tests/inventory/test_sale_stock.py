@@ -312,6 +312,48 @@ async def test_the_periodic_job_rebuilds_a_live_sale_whose_redis_data_is_gone(st
     assert any(e["action"] == "reconcile_repair" and e["actor"] == "system" for e in audit)
 
 
+async def test_settlement_counts_what_the_record_says_was_paid_when_redis_forgot_a_reservation(stack: Stack) -> None:
+    """Redis lost a reservation whose order exists (a crash losing its last second); the buyer still pays.
+    Redis then shows nothing reserved and 2 sold; the warehouse must still get 3 sold, 7 returned."""
+    await _sku(stack, "WH-FORGOT", 20)
+    sale_id = (await _sale(stack, "WH-FORGOT", 10, per_user_limit=1)).json()["id"]
+    assert (await stack.flashsale.post(f"/admin/sales/{sale_id}/start", headers=admin_headers())).status_code == 200
+    orders = {}
+    for n in range(3):
+        resp = await _buy(stack, sale_id, f"forgot-{n}")
+        assert resp.status_code == 202
+        orders[f"forgot-{n}"] = (
+            resp.json()["reservation_id"],
+            await _order(stack, f"forgot-{n}", resp.json()["reservation_id"]),
+        )
+    rid, _ = orders["forgot-2"]
+    # What Redis forgets with its last second: the reservation, and the counters it moved.
+    await stack.redis.hdel(f"{{fs:{sale_id}}}:res", rid)
+    await stack.redis.hincrby(f"{{fs:{sale_id}}}:sale", "reserved", -1)
+    await stack.redis.hincrby(f"{{fs:{sale_id}}}:sale", "remaining", 1)
+    await stack.redis.hdel(f"{{fs:{sale_id}}}:bought", "forgot-2")
+    for user, (_rid, order) in orders.items():
+        paid = await stack.orders.post(f"/orders/{order['id']}/pay", headers=customer_headers(user, f"pay-{user}"))
+        assert paid.status_code == 200 and paid.json()["state"] == "paid", paid.text
+
+    async def two_confirmed() -> bool:
+        return bool((await _reconciliation(stack, sale_id))["redis"]["sold"] == 2)
+
+    await wait_for(two_confirmed)  # the third confirmation finds nothing in Redis
+    assert (await stack.flashsale.post(f"/admin/sales/{sale_id}/stop", headers=admin_headers())).status_code == 200
+
+    async def settled() -> dict[str, Any] | None:
+        sale = (await stack.flashsale.get(f"/admin/sales/{sale_id}", headers=admin_headers())).json()
+        return sale if sale["settled_at"] else None
+
+    sale = await wait_for(settled, timeout=30)
+    assert sale["returned_units"] == 7
+    allocation = await _allocation(stack, sale_id, "WH-FORGOT")
+    assert (allocation["sold"], allocation["returned"], allocation["outstanding"]) == (3, 7, 0)
+    counters = await _counters(stack, "WH-FORGOT")
+    assert (counters["available"], counters["sold"], counters["allocated"]) == (17, 3, 0)
+
+
 async def test_reconciliation_needs_admin_and_a_known_sale(stack: Stack) -> None:
     customer = await stack.flashsale.get("/admin/sales/1/reconciliation", headers=customer_headers("nosy"))
     assert customer.status_code == 403
