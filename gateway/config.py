@@ -39,6 +39,8 @@ class GatewaySettings(BaseServiceSettings):
     order_timeout: float = 10.0
     purchase_timeout: float = 2.0
     connect_timeout: float = 0.5
+    # A request body must be in within this long (a client trickling it would otherwise hold a pool slot).
+    body_timeout_seconds: float = 10.0
 
     # Pooled keep-alive connections kept idle per replica.
     max_idle_per_replica: int = 256

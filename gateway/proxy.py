@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -78,6 +79,20 @@ def _is_purchase(method: str, rest: str) -> bool:
     return method == "POST" and rest.startswith("/sales/") and rest.endswith("/purchase") and rest.count("/") == 3
 
 
+class _ClientGone(Exception):
+    """The client disconnected before its request body was in."""
+
+
+class _BodyTooLarge(Exception):
+    """The request body passed the limit."""
+
+
+def is_internal_path(rest: str) -> bool:
+    """A service's own health and metrics endpoints are for the gateway and the monitoring, not the internet."""
+    first = rest.lstrip("/").split("/", 1)[0].lower()
+    return first in ("metrics", "healthz")
+
+
 class Proxy:
     """Routes `/api/<service>/<rest>` to `<rest>` on a replica of the service's pool."""
 
@@ -86,6 +101,7 @@ class Proxy:
         self.verifier = verifier
         self.limiter: RateLimiter | None = None  # set by the lifespan once Redis is opened
         self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout_seconds
         self.timeouts = {name: settings.timeout_for(name) for name in SERVICES}
         self.purchase_timeout = settings.purchase_timeout
         self.retry_after = b"%d" % settings.shed_retry_after_seconds
@@ -126,7 +142,9 @@ class Proxy:
         # One pass over the client's headers: what to forward, and what the gateway itself needs.
         rid = b""
         authorization = None
+        duplicate_auth = False
         keyed = False
+        chunked = False
         forwarded_for = b""
         declared = -1
         connection_tokens: list[bytes] = []
@@ -141,8 +159,11 @@ class Proxy:
                     forwarded_for = value
                 elif name == b"connection":
                     connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+                elif name == b"transfer-encoding":
+                    chunked = True
                 continue
             if name == b"authorization":
+                duplicate_auth = authorization is not None
                 authorization = value
             elif name == b"idempotency-key":
                 keyed = True
@@ -150,8 +171,14 @@ class Proxy:
         if not rid:
             rid = os.urandom(16).hex().encode()  # uuid4().hex costs ~15x more, on every request
 
+        if duplicate_auth:
+            # The gateway and a service could each pick another one: who is calling must be unambiguous.
+            await errors.send_problem(
+                send, 400, errors.BAD_REQUEST, "Send one Authorization header", instance=path, request_id=rid
+            )
+            return 400, "unmatched", "none", rid, None
         pool = self.pools.get(service)
-        if pool is None or has_dot_segment(rest):
+        if pool is None or has_dot_segment(rest) or is_internal_path(rest):
             await errors.send_problem(
                 send, 404, errors.NOT_FOUND, f"No route for {path}", instance=path, request_id=rid
             )
@@ -176,6 +203,34 @@ class Proxy:
                 )
                 return 403, route, "none", rid, principal.user_id
         user_id = principal.user_id if principal is not None else None
+
+        # The body is read before a pool slot is taken, and within a deadline: a client trickling its body
+        # must not hold a slot (enough of them would shut the service out for everyone).
+        if declared > self.max_body:
+            await self._too_large(send, path, rid)
+            return 413, route, "none", rid, user_id
+        try:
+            if declared > 0 or chunked:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._read_body(receive)
+            else:
+                body = await self._read_body(receive)
+        except TimeoutError:
+            await errors.send_problem(
+                send,
+                408,
+                errors.REQUEST_TIMEOUT,
+                "The request body did not arrive in time",
+                instance=path,
+                request_id=rid,
+                headers=[(b"connection", b"close")],
+            )
+            return 408, route, "none", rid, user_id
+        except _BodyTooLarge:
+            await self._too_large(send, path, rid)
+            return 413, route, "none", rid, user_id
+        except _ClientGone:
+            return 499, route, "none", rid, user_id
 
         # Load shedding before anything that costs: past the limit answer at once, never queue.
         if pool.in_flight >= pool.max_in_flight:
@@ -207,25 +262,11 @@ class Proxy:
                     )
                     return 429, route, "none", rid, user_id
 
-            if declared > self.max_body:
-                await self._too_large(send, path, rid)
-                return 413, route, "none", rid, user_id
-            body = NO_BODY
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return 499, route, "none", rid, user_id  # the client went away
-                chunk: bytes = message.get("body", NO_BODY)
-                body = body + chunk if body else chunk
-                more = message.get("more_body", False)
-                if len(body) > self.max_body:
-                    await self._too_large(send, path, rid)
-                    return 413, route, "none", rid, user_id
-
             # Everything but the Host line is the same on a retry to another replica.
             if connection_tokens:
                 forward = [h for h in forward if h.split(b":", 1)[0] not in connection_tokens]
+                # A key the client listed in Connection is not forwarded: such a POST is not safe to resend.
+                keyed = keyed and b"idempotency-key" not in connection_tokens
             raw_path: bytes = scope.get("raw_path") or b""
             prefix = self.prefixes[service]
             target = raw_path[len(prefix) :] if raw_path.startswith(prefix) else quote(rest).encode()
@@ -344,6 +385,23 @@ class Proxy:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
         return status, route, replica.url, rid, user_id
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole request body, at most max_body bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientGone
+            chunk: bytes = message.get("body", NO_BODY)
+            if chunk:
+                size += len(chunk)
+                if size > self.max_body:
+                    raise _BodyTooLarge
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _unavailable(
         self,

@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.head = False
         self.framed = False  # Content-Length or chunked: the parser knows where the answer ends
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -84,7 +85,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(UpstreamClosed("connection closed by the upstream"))
 
     def data_received(self, data: bytes) -> None:
-        """Feed the parser; a malformed answer breaks the connection."""
+        """Feed the parser; a malformed answer, or bytes nobody asked for, break the connection."""
+        if self.waiter is None:
+            # Nothing was asked on this idle connection: never let such bytes run into the next answer.
+            self.abort(UpstreamClosed("unexpected bytes on an idle connection"))
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -142,6 +147,10 @@ class _Connection(asyncio.Protocol):
         return waiter
 
 
+# Idle pooled connections older than this are not reused: below uvicorn's 5 s keep-alive timeout.
+MAX_IDLE_SECONDS = 4.0
+
+
 class ReplicaClient:
     """Keep-alive connections to one replica's base URL."""
 
@@ -172,11 +181,18 @@ class ReplicaClient:
         loop = asyncio.get_running_loop()
         conn = None
         idle = self.idle
+        now = loop.time()
         while idle:
             candidate = idle.pop()  # the most recently used connection is the least likely to be stale
-            if not candidate.closed:
-                conn = candidate
-                break
+            if candidate.closed:
+                continue
+            if now - candidate.idle_since > MAX_IDLE_SECONDS:
+                # The replica may be closing it (uvicorn drops idle connections after 5 s): a request sent on
+                # it could fail with nothing to tell whether it was acted on.
+                candidate.abort(UpstreamClosed("idle too long"))
+                continue
+            conn = candidate
+            break
         if conn is None:
             conn = await self._connect(loop)
         waiter = conn.send(head_bytes + body if body else head_bytes, head, loop)
@@ -193,6 +209,7 @@ class ReplicaClient:
             timer.cancel()
         if conn.keep_alive and not conn.closed and len(idle) < self.max_idle:
             conn.waiter = None
+            conn.idle_since = loop.time()
             idle.append(conn)
         elif not conn.closed:
             conn.closed = True
