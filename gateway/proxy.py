@@ -373,6 +373,8 @@ class Proxy:
         has_rid = False
         for name, value in response.headers:
             if name not in DROP_RESPONSE:
+                if name == b"location":
+                    value = self._public_location(value, pool.name, replica.url)
                 headers.append((name, value))
                 if name == b"x-request-id":
                     has_rid = True
@@ -385,6 +387,15 @@ class Proxy:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
         return status, route, replica.url, rid, user_id
+
+    def _public_location(self, location: bytes, service: str, replica_url: str) -> bytes:
+        """A redirect as the client must follow it: through the gateway, never to a replica's own address."""
+        own = replica_url.encode()
+        if location.startswith(own):
+            location = location[len(own) :] or b"/"
+        if location.startswith(b"/") and not location.startswith(b"//"):
+            return self.prefixes[service] + location
+        return location
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole request body, at most max_body bytes."""

@@ -119,6 +119,8 @@ class Upstream:
         out = [(b"content-type", b"application/json"), (b"x-upstream", self.name.encode())]
         if "x-echo-header" in headers:
             out.append((b"x-custom", headers["x-echo-header"].encode()))
+        if "x-echo-location" in headers:
+            out.append((b"location", headers["x-echo-location"].encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": orjson.dumps(answer)})
 

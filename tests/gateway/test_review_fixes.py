@@ -86,3 +86,17 @@ async def test_an_idle_upstream_connection_is_not_reused_after_its_keep_alive(
         assert (await client.post("/api/order/orders/1/pay", json={})).status_code == 200
     assert stale.closed
     assert a.total == 2
+
+
+async def test_redirects_point_through_the_gateway_not_at_a_replica(start_gateway: Any, upstreams: Any) -> None:
+    (a,) = await upstreams("a")
+    gw = await start_gateway(order_urls=a.url)
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        for location, public in (
+            (f"{a.url}/orders?x=1", "/api/order/orders?x=1"),
+            ("/orders/7", "/api/order/orders/7"),
+            ("https://pay.example/checkout", "https://pay.example/checkout"),
+        ):
+            resp = await client.get("/api/order/orders", headers={"x-echo-status": "307", "x-echo-location": location})
+            assert resp.status_code == 307
+            assert resp.headers["location"] == public
