@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from prometheus_client import Gauge
@@ -97,10 +98,7 @@ class SaleReconciler:
         orders: OrderUnits | None = None
         in_flight = 0
         if self.service.orders is not None and sale.state != SaleState.DRAFT.value:
-            record = await self.service.orders.sale_reservations(sale.id)
-            known = {r["reservation_id"] for r in record["reservations"]}
-            held = await self.store.reservations(sale.id)
-            in_flight = sum(q for rid, (_u, q, st) in held.items() if st == "reserved" and rid not in known)
+            record, in_flight = await self._record(sale.id)
             orders = OrderUnits(
                 reserved=int(record["reserved_units"]),
                 sold=int(record["sold_units"]),
@@ -164,13 +162,24 @@ class SaleReconciler:
             problems=problems,
         )
 
+    async def _record(self, sale_id: int) -> tuple[dict[str, Any], int]:
+        """The order record of a sale, and the units Redis reserved whose order is not created yet (in flight)."""
+        assert self.service.orders is not None
+        record = await self.service.orders.sale_reservations(sale_id)
+        known = {r["reservation_id"] for r in record["reservations"]}
+        held = await self.store.reservations(sale_id)
+        in_flight = sum(q for rid, (_u, q, st) in held.items() if st == "reserved" and rid not in known)
+        return record, in_flight
+
+    async def _unsettled(self, limit: int) -> list[Sale]:
+        """Sales not settled yet (draft, warm, or ended with units still to settle), oldest first."""
+        async with self.service.sessions() as session:
+            query = select(Sale).where(Sale.settled_at.is_(None)).order_by(Sale.id).limit(limit)
+            return list((await session.scalars(query)).all())
+
     async def report_all(self) -> list[SaleReconciliation]:
         """Every sale not settled yet (warm, or ended with units still to settle)."""
-        async with self.service.sessions() as session:
-            sales = (
-                await session.scalars(select(Sale).where(Sale.settled_at.is_(None)).order_by(Sale.id).limit(500))
-            ).all()
-        return [await self._report(sale) for sale in sales]
+        return [await self._report(sale) for sale in await self._unsettled(500)]
 
     # ---------------------------------------------------------------- repair
 
@@ -267,10 +276,7 @@ class SaleReconciler:
         sale settled once nothing can change any more. Running totals: every step may be repeated."""
         if not await self._leader("settle", self.settings.allocation_sync_seconds):
             return 0
-        async with self.service.sessions() as session:
-            sales = (
-                await session.scalars(select(Sale).where(Sale.settled_at.is_(None)).order_by(Sale.id).limit(200))
-            ).all()
+        sales = await self._unsettled(200)
         UNSETTLED.set(len(sales))
         moved = 0
         for sale in sales:
@@ -366,10 +372,7 @@ class SaleReconciler:
             if now < self._next_record_check.get(sale.id, 0.0):
                 return
             self._next_record_check[sale.id] = now + RECORD_CHECK_SECONDS
-            record = await self.service.orders.sale_reservations(sale.id)
-            known = {r["reservation_id"] for r in record["reservations"]}
-            held = await self.store.reservations(sale.id)
-            in_flight = sum(q for rid, (_u, q, st) in held.items() if st == "reserved" and rid not in known)
+            record, in_flight = await self._record(sale.id)
             if int(record["reserved_units"]) or in_flight:
                 log.info("sale %s ended; %s unit(s) still await payment", sale.id, record["reserved_units"])
                 return

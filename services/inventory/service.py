@@ -473,9 +473,10 @@ class InventoryService:
     ) -> AllocationOut:
         """Bring a sale's allocation to the totals the sale reports (the flashsale service's sync).
 
-        Running totals make the call idempotent: repeating it, or a late copy of an older one, moves
-        nothing backwards. `sold` and `returned` only grow; `allocated` follows the sale's quantity
-        (more is taken from available, less is given back) but never below what was sold or returned.
+        Running totals make the call idempotent: repeating it changes nothing, and a late copy of an older
+        one moves `sold` and `returned` nothing backwards (they only grow). `allocated` follows the latest
+        call (more is taken from available, less is given back) but never below what was sold or returned;
+        flashsale sends it while holding the sale's row lock, so an older quantity cannot arrive late.
         """
         effects = AfterCommit()
         async with self.sessions.begin() as session:
@@ -496,26 +497,22 @@ class InventoryService:
                     f"Only {row.available} of {sku} available; {grow} more asked for sale {sale_id}",
                     extra={"available": row.available},
                 )
+            sell, give_back = sold_now - allocation.sold, returned_now - allocation.returned
             moves = [
                 (LedgerKind.ALLOCATE if grow > 0 else LedgerKind.RETURN, abs(grow)),
-                (LedgerKind.SELL, sold_now - allocation.sold),
-                (LedgerKind.RETURN, returned_now - allocation.returned),
+                (LedgerKind.SELL, sell),
+                (LedgerKind.RETURN, give_back),
             ]
-            row.available -= grow
-            row.allocated += grow
-            allocation.allocated = allocated
-            row.allocated -= (sold_now - allocation.sold) + (returned_now - allocation.returned)
-            row.sold += sold_now - allocation.sold
-            row.available += returned_now - allocation.returned
-            allocation.sold, allocation.returned = sold_now, returned_now
-            changed = False
+            row.available += give_back - grow
+            row.allocated += grow - sell - give_back
+            row.sold += sell
+            allocation.allocated, allocation.sold, allocation.returned = allocated, sold_now, returned_now
             for kind, quantity in moves:
                 if quantity > 0:
-                    changed = True
                     await self._record(
                         session, effects, row, kind=kind, quantity=quantity, actor=actor, ref=str(sale_id)
                     )
-            if changed:
+            if any(quantity > 0 for _kind, quantity in moves):
                 await self._audit(
                     session,
                     actor=actor,
