@@ -49,8 +49,10 @@ from bench_purchase import (
     Servers,
     Verification,
     WrkResult,
+    add_load_arguments,
     bench_database_url,
     bench_redis_url,
+    check_load_arguments,
     ensure_wrk,
     flush_redis,
     prepare_database,
@@ -129,18 +131,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
     """Read the options; the defaults are what `make bench-gateway` runs."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--gateway", choices=sorted(GATEWAY_SETUPS), default="reuseport", help="gateway processes")
-    p.add_argument("--duration", type=int, default=12, help="seconds of each measured run")
-    p.add_argument("--warmup", type=int, default=6, help="seconds of each warm-up run")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections (both paths)")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (both paths)")
-    p.add_argument("--users", type=int, default=20_000, help="distinct customers the tokens rotate over")
+    add_load_arguments(p, duration=12, warmup=6)
     p.add_argument("--redis-db", type=int, default=6, help="Redis logical DB of the benchmark (flushed)")
     p.add_argument("--database", default="flashsale_bench_gw", help="PostgreSQL database (recreated)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_gateway.json", help="JSON results file")
     p.add_argument("--strict", action="store_true", help="exit 2 when the aim is missed")
     a = p.parse_args(argv)
-    if a.threads < 1 or a.connections < a.threads or a.duration < 1 or a.warmup < 0 or a.users < 1:
-        p.error("need threads >= 1, connections >= threads, duration >= 1, warmup >= 0, users >= 1")
+    check_load_arguments(p, a)
     opts = Options(
         setup="reuseport",
         compare_setups=False,

@@ -106,16 +106,27 @@ class Options:
     rounds: int
 
 
+def add_load_arguments(p: argparse.ArgumentParser, *, duration: int, warmup: int) -> None:
+    """The wrk load every benchmark of loadtest/ takes: duration, warm-up, connections, threads, users."""
+    p.add_argument("--duration", type=int, default=duration, help="seconds of each measured run")
+    p.add_argument("--warmup", type=int, default=warmup, help="seconds of each warm-up run")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (every run)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (every run)")
+    p.add_argument("--users", type=int, default=20_000, help="distinct customers the tokens rotate over")
+
+
+def check_load_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse a load wrk cannot run (exits with argparse's usage error)."""
+    if a.threads < 1 or a.connections < a.threads or a.duration < 1 or a.warmup < 0 or a.users < 1:
+        p.error("need threads >= 1, connections >= threads, duration >= 1, warmup >= 0, users >= 1")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Read the options; the defaults are what `make bench` runs."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--setup", choices=SETUPS, default=DEFAULT_SETUP, help="server setup (default: %(default)s)")
     p.add_argument("--compare-setups", action="store_true", help="measure every server setup instead of one")
-    p.add_argument("--duration", type=int, default=12, help="seconds of each measured run")
-    p.add_argument("--warmup", type=int, default=8, help="seconds of each warm-up run")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections (both endpoints)")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (both endpoints)")
-    p.add_argument("--users", type=int, default=20_000, help="distinct customers the tokens rotate over")
+    add_load_arguments(p, duration=12, warmup=8)
     p.add_argument("--redis-db", type=int, default=5, help="Redis logical DB of the benchmark (flushed)")
     p.add_argument("--database", default="flashsale_bench", help="PostgreSQL database of the benchmark (recreated)")
     p.add_argument(
@@ -128,8 +139,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--strict", action="store_true", help="exit 2 when an aim is missed")
     p.add_argument("--rounds", type=int, default=1, help="measure this many times (setups interleaved)")
     a = p.parse_args(argv)
-    if a.threads < 1 or a.connections < a.threads or a.duration < 1 or a.warmup < 0 or a.users < 1 or a.rounds < 1:
-        p.error("need threads >= 1, connections >= threads, duration >= 1, warmup >= 0, users >= 1, rounds >= 1")
+    check_load_arguments(p, a)
+    if a.rounds < 1:
+        p.error("need rounds >= 1")
     return Options(
         setup=a.setup,
         compare_setups=a.compare_setups,

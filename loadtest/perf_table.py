@@ -47,8 +47,10 @@ from bench_purchase import (
     Options,
     Servers,
     WrkResult,
+    add_load_arguments,
     bench_database_url,
     bench_redis_url,
+    check_load_arguments,
     ensure_wrk,
     flush_redis,
     prepare_database,
@@ -313,15 +315,12 @@ def print_table(rows: list[Row], opts: Options) -> dict[str, float | None]:
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, int]:
     """The options; the defaults are what `make perf-table` runs."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run")
-    p.add_argument("--warmup", type=int, default=4, help="seconds of each warm-up run")
-    p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--users", type=int, default=20_000)
+    add_load_arguments(p, duration=10, warmup=4)
     p.add_argument("--floor-requests", type=int, default=200_000, help="redis-benchmark calls")
     p.add_argument("--redis-db", type=int, default=7, help="Redis logical DB of the run (flushed)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "perf_table.json")
     a = p.parse_args(argv)
+    check_load_arguments(p, a)
     opts = Options(
         setup="reuseport",
         compare_setups=False,
