@@ -30,4 +30,4 @@ RUN pip install --no-deps . \
 USER app:app
 EXPOSE 8000 8101 8111 8102 8112 8103 8113 8104 8114 8105 8115
 CMD ["uvicorn", "services.flashsale.main:app", "--host", "0.0.0.0", "--port", "8102", "--no-access-log", \
-     "--loop", "uvloop", "--http", "httptools"]
+     "--loop", "uvloop", "--http", "services.common.server:CoalescingHttpProtocol"]

@@ -58,6 +58,7 @@ LOG_DIR = STACK_DIR / "logs"
 DEFAULT_ENV_FILE = STACK_DIR / "backends.env"
 
 HOST = "127.0.0.1"
+HTTP_PROTOCOL = "services.common.server:CoalescingHttpProtocol"  # uvicorn --http of every process
 DEFAULT_REDIS_URL = f"redis://{HOST}:6379/0"
 DEFAULT_DATABASE_URL = f"postgresql+asyncpg://postgres@{HOST}:5432/postgres"
 PRIVATE_REDIS_PORT = 6390
@@ -99,8 +100,9 @@ class ServiceSpec:
     workers: int = 1
     # More uvicorn options of this service.
     uvicorn_args: tuple[str, ...] = ()
-    # uvicorn's --http: its HTTP protocol implementation (a name, or a class as module:attribute).
-    http: str = "httptools"
+    # uvicorn's --http: its HTTP protocol implementation (a name, or a class as module:attribute). Every service
+    # runs uvicorn's httptools protocol with each answer sent in one send() (services/common/server.py).
+    http: str = HTTP_PROTOCOL
 
     def __post_init__(self) -> None:
         if self.replica_env and len(self.replica_env) != len(self.ports):
@@ -190,8 +192,6 @@ SERVICES: tuple[ServiceSpec, ...] = (
         # The gateway decides who the client is (GATEWAY_TRUSTED_PROXY_HOPS), not uvicorn: a local client must
         # not pick its own address for the per-IP limits with an X-Forwarded-For header.
         uvicorn_args=("--no-proxy-headers",),
-        # uvicorn's httptools protocol sending each answer in one send() (gateway/server.py).
-        http="gateway.server:GatewayHttpProtocol",
     ),
 )
 GATEWAY_PREFIX = "/api"

@@ -5,7 +5,7 @@
 What one run does (the machinery is bench_purchase.py's, imported, not copied):
 1. recreates the database `flashsale_bench_gw` and flushes logical DB 6 (`--redis-db`) of the Redis in REDIS_URL;
 2. starts flashsale as bench_purchase's default setup: two replicas, each uvicorn process with its own
-   SO_REUSEPORT socket on one port (uvloop, httptools, no access log);
+   SO_REUSEPORT socket on one port (uvloop, httptools with one send() per answer, no access log);
 3. starts the gateway (`gateway.main:app`) the same way: two processes on one SO_REUSEPORT port (`--gateway
    single` for one), its flashsale pool pointing at the flashsale port, rate limiting ON (one Lua call in
    Redis per request, per-user purchase bucket at its default), the per-IP buckets raised because every
@@ -77,7 +77,6 @@ class GatewayServers(Servers):
 
     APP = "gateway.main:app"
     LOG_PREFIX = "gateway"
-    HTTP = "gateway.server:GatewayHttpProtocol"  # as the launcher and docker-compose.yml run it
     EXTRA_ARGS = ("--no-proxy-headers",)
 
     def __init__(self, setup: str, *, redis_url: str, flashsale_url: str) -> None:

@@ -5,7 +5,8 @@
 What one run does:
 1. recreates a dedicated database (`flashsale_bench`, migrated with `services.common.migrate`) and flushes
    logical DB 5 (`--redis-db`) of the Redis in REDIS_URL: only that DB is flushed;
-2. starts the flashsale service with uvicorn (uvloop, httptools, no access log) in the server setup below;
+2. starts the flashsale service with uvicorn (uvloop, httptools with one send() per answer, no access log) in
+   the server setup below;
 3. mints 20,000 customer tokens and one admin token, and seeds each purchase run with its own sale through
    the admin API (10,000,000 units so it never sells out, per-user limit 1000, started now);
 4. drives both endpoints with wrk on this machine, same threads and connections: a warm-up of each, then a
@@ -429,7 +430,7 @@ class Servers:
 
     APP = "services.flashsale.main:app"
     LOG_PREFIX = "server"  # logs go to loadtest/results/<LOG_PREFIX>-<replica>.log
-    HTTP = "httptools"  # uvicorn's --http: the protocol class the server runs
+    HTTP = "services.common.server:CoalescingHttpProtocol"  # uvicorn's --http, as the launcher runs services
     EXTRA_ARGS: tuple[str, ...] = ()
 
     def __init__(self, setup: str, *, redis_url: str, database_url: str, user_rate: float | None) -> None:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from gateway.config import GatewaySettings
 from gateway.main import create_app
-from gateway.server import GatewayHttpProtocol
+from services.common.server import CoalescingHttpProtocol
 from tests.conftest import ROOT, TEST_REDIS_URL, free_port, redis_url_for
 
 # The gateway's limiter buckets live in a logical DB of this run's own, apart from the services' data.
@@ -192,7 +192,7 @@ async def start_gateway() -> AsyncIterator[Any]:
     async def start(**overrides: Any) -> Gateway:
         gateway = Gateway(gateway_settings(**overrides))
         # The protocol the launcher and docker-compose.yml run the gateway with.
-        gateway.server = await serve(gateway.app, gateway.port, http=GatewayHttpProtocol)
+        gateway.server = await serve(gateway.app, gateway.port, http=CoalescingHttpProtocol)
         started.append(gateway)
         return gateway
 

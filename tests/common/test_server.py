@@ -1,4 +1,4 @@
-"""gateway.server: uvicorn's protocol with one send() per answer still speaks HTTP/1.1 correctly."""
+"""services.common.server: uvicorn's protocol with one send() per answer still speaks HTTP/1.1 correctly."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from tests.conftest import ROOT, free_port
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    """tests.gateway.server_app served by uvicorn with --http gateway.server:GatewayHttpProtocol."""
+    """tests.common.server_app served by uvicorn with --http services.common.server:CoalescingHttpProtocol."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "tests.gateway.server_app:app", "--port", str(port), "--loop", "uvloop"]
-    cmd += ["--http", "gateway.server:GatewayHttpProtocol", "--no-access-log", "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "uvicorn", "tests.common.server_app:app", "--port", str(port), "--loop", "uvloop"]
+    cmd += ["--http", "services.common.server:CoalescingHttpProtocol", "--no-access-log", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,4 +1,4 @@
-"""A small ASGI app for the gateway server's tests: plain, streamed, large and slow answers."""
+"""A small ASGI app for the tests of services.common.server: plain, streamed, large and slow answers."""
 
 from __future__ import annotations
 
