@@ -104,6 +104,9 @@ class GatewaySettings(BaseServiceSettings):
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySettings:
+        for name in ("user", "ip", "purchase_user", "purchase_ip"):
+            if getattr(self, f"{name}_rate") <= 0 or getattr(self, f"{name}_burst") < 1:
+                raise ValueError(f"GATEWAY_{name.upper()}_RATE must be > 0 and GATEWAY_{name.upper()}_BURST >= 1")
         if self.dev_tokens and not self.is_dev:
             raise ValueError("GATEWAY_DEV_TOKENS=true is only allowed with APP_ENV=dev|test")
         for service in SERVICES:

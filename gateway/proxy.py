@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
+from random import getrandbits
 from typing import Any
 from urllib.parse import quote
 
@@ -169,7 +169,8 @@ class Proxy:
                 keyed = True
             forward.append(name + b": " + value)
         if not rid:
-            rid = os.urandom(16).hex().encode()  # uuid4().hex costs ~15x more, on every request
+            # A unique id, not a secret: no system call (os.urandom) or uuid4 (~7x slower) on every request.
+            rid = b"%032x" % getrandbits(128)
 
         if duplicate_auth:
             # The gateway and a service could each pick another one: who is calling must be unambiguous.

@@ -1,7 +1,13 @@
-"""Per-user and per-IP token buckets in Redis, one Lua call per request; the limiter fails open."""
+"""Per-user and per-IP token buckets in Redis; the limiter fails open.
+
+The checks made in one event-loop iteration go to Redis as one script call (gateway/lua/token_buckets.lua):
+under a crowd a gateway process decides several requests per round trip, and Redis runs the script once
+for all of them instead of once per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -13,6 +19,9 @@ from gateway.limiter_redis import LimiterRedis, LimiterRedisError
 log = logging.getLogger("gateway.ratelimit")
 
 SCRIPT = (Path(__file__).parent / "lua" / "token_buckets.lua").read_text()
+
+# One request's part of a batch: its bucket keys, its script arguments, and where its answer goes.
+_Check = tuple[list[str], list[str], "asyncio.Future[int]"]
 
 
 class RateLimiter:
@@ -28,41 +37,70 @@ class RateLimiter:
         self.enabled = settings.ratelimit_enabled
         self.retry_seconds = settings.ratelimit_retry_seconds
         self.closed_until = 0.0  # while Redis is failing, skip it instead of paying a timeout per request
-        # Rates as the script takes them: tokens per second is milli-tokens per millisecond.
-        self.general = (
-            (str(settings.user_rate), str(settings.user_burst)),
-            (str(settings.ip_rate), str(settings.ip_burst)),
-        )
-        self.purchase = (
-            (str(settings.purchase_user_rate), str(settings.purchase_user_burst)),
-            (str(settings.purchase_ip_rate), str(settings.purchase_ip_burst)),
-        )
+        # Rates as the script takes them, per request: how many buckets, then (rate per second, burst) each.
+        user_rate, user_burst = str(settings.user_rate), str(settings.user_burst)
+        ip_rate, ip_burst = str(settings.ip_rate), str(settings.ip_burst)
+        p_user_rate, p_user_burst = str(settings.purchase_user_rate), str(settings.purchase_user_burst)
+        p_ip_rate, p_ip_burst = str(settings.purchase_ip_rate), str(settings.purchase_ip_burst)
+        self.args = {
+            (False, True): ["2", user_rate, user_burst, ip_rate, ip_burst],
+            (False, False): ["1", ip_rate, ip_burst],
+            (True, True): ["2", p_user_rate, p_user_burst, p_ip_rate, p_ip_burst],
+            (True, False): ["1", p_ip_rate, p_ip_burst],
+        }
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[_Check] = []
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def check(self, user_id: str | None, ip: str, purchase: bool) -> int:
         """0 when the request may pass, else the Retry-After seconds; fails open when Redis does not answer."""
         if not self.enabled:
             return 0
-        now = time.monotonic()
-        if now < self.closed_until:
+        if time.monotonic() < self.closed_until:
             return 0
-        (user_rate, user_burst), (ip_rate, ip_burst) = self.purchase if purchase else self.general
         kind = "p" if purchase else "g"
-        if user_id is not None:
-            keys = [f"rl:{kind}:u:{user_id}", f"rl:{kind}:ip:{ip}"]
-            args = [user_rate, user_burst, ip_rate, ip_burst]
-        else:
-            keys = [f"rl:{kind}:ip:{ip}"]
-            args = [ip_rate, ip_burst]
-        try:
-            wait_ms = int(await self.redis.evalsha(keys, args))
-        except LimiterRedisError as exc:
-            # DESIGN: the stock decision fails closed, the rate limiter fails open.
-            self.closed_until = now + self.retry_seconds
-            log.warning("rate limiter open: Redis failed (%s)", type(exc).__name__)
-            return 0
+        ip_key = f"rl:{kind}:ip:{ip}"
+        keys = [f"rl:{kind}:u:{user_id}", ip_key] if user_id is not None else [ip_key]
+        loop = self.loop
+        if loop is None:
+            # Kept: on Python 3.11 every lookup of the running loop is a getpid() system call.
+            loop = self.loop = asyncio.get_running_loop()
+        answer: asyncio.Future[int] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((keys, self.args[purchase, user_id is not None], answer))
+        wait_ms = await answer
         if wait_ms <= 0:
             return 0
         return max(1, math.ceil(wait_ms / 1000))
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        assert self.loop is not None
+        task = self.loop.create_task(self._decide(batch))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _decide(self, batch: list[_Check]) -> None:
+        keys: list[str] = []
+        args = [str(len(batch))]
+        for check_keys, check_args, _answer in batch:
+            keys += check_keys
+            args += check_args
+        waits: list[int] = []
+        try:
+            waits = [int(w) for w in await self.redis.evalsha(keys, args)]
+        except LimiterRedisError as exc:
+            # DESIGN: the stock decision fails closed, the rate limiter fails open.
+            self.closed_until = time.monotonic() + self.retry_seconds
+            log.warning("rate limiter open: Redis failed (%s)", type(exc).__name__)
+        finally:
+            # Whatever happened (an answer of the wrong shape included), no request is left waiting.
+            if len(waits) != len(batch):
+                waits = [0] * len(batch)
+            for (_keys, _args, answer), wait in zip(batch, waits, strict=True):
+                if not answer.done():
+                    answer.set_result(wait)
 
     async def aclose(self) -> None:
         """Close the Redis connection."""

@@ -66,6 +66,8 @@ class _Connection(asyncio.Protocol):
         self.head = False
         self.framed = False  # Content-Length or chunked: the parser knows where the answer ends
         self.idle_since = 0.0
+        # The loop it was opened in, kept: on Python 3.11 each lookup of the running loop is a getpid() call.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -172,15 +174,18 @@ class ReplicaClient:
                 _transport, conn = await loop.create_connection(_Connection, self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectError(f"connect to {self.host}:{self.port} failed: {type(exc).__name__}") from None
+        conn.loop = loop
         return conn
 
     async def request(
         self, head_bytes: bytes, body: bytes, *, answer_within: float, head: bool = False
     ) -> UpstreamResponse:
         """Send one request (`head_bytes` is the request line and headers) and return the complete answer."""
-        loop = asyncio.get_running_loop()
         conn = None
         idle = self.idle
+        loop = idle[-1].loop if idle else None
+        if loop is None:
+            loop = asyncio.get_running_loop()
         now = loop.time()
         while idle:
             candidate = idle.pop()  # the most recently used connection is the least likely to be stale

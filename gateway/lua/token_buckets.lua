@@ -1,38 +1,46 @@
--- Token buckets, all checked and taken in one call (one Redis round trip per request).
--- KEYS[i]: a bucket (hash: m = milli-tokens left, t = last refill in ms, Redis server time).
--- ARGV[2i-1]: refill rate in tokens per second (the same number is milli-tokens per millisecond);
--- ARGV[2i]: burst (bucket size) in tokens.
--- Returns 0 when every bucket had a token (one was taken from each), else the milliseconds until
--- the emptiest bucket holds one again (nothing is taken: a refused request does not drain the others).
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local left = {}
-local wait = 0
-for i = 1, #KEYS do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i]) * 1000
-  local state = redis.call('HMGET', KEYS[i], 'm', 't')
-  local milli = tonumber(state[1])
-  local last = tonumber(state[2])
-  if milli == nil or last == nil then
-    milli = burst
+-- The rate limits of a batch of requests, decided in one call (one Redis round trip per event-loop
+-- iteration of a gateway process, however many requests it holds).
+-- Each bucket is a token bucket kept as GCRA: one string key holding its theoretical arrival time
+-- (TAT, in ms of Redis server time). A bucket of `burst` tokens refilled at `rate` per second lets a
+-- request pass when TAT + 1000/rate - now <= burst * 1000/rate; passing moves TAT on by 1000/rate.
+-- KEYS: the buckets of every request, request after request.
+-- ARGV[1]: the number of requests; then, per request, its number of buckets n and n pairs (rate, burst).
+-- Returns, per request, 0 when every one of its buckets had a token (one was taken from each), else the
+-- milliseconds until the emptiest holds one again (nothing is taken: a refused request drains nothing).
+-- Requests are decided in order, so two of one user in the same batch see each other's take.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local out = {}
+local arg = 2
+local key = 0
+for r = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[arg])
+  arg = arg + 1
+  local wait = 0
+  local tats = {}
+  for b = 1, n do
+    local interval = 1000 / tonumber(ARGV[arg])
+    local burst = tonumber(ARGV[arg + 1])
+    arg = arg + 2
+    local tat = tonumber(redis.call('GET', KEYS[key + b]) or 0)
+    if tat < now then
+      tat = now
+    end
+    tats[b] = tat + interval
+    local over = tats[b] - now - burst * interval
+    if over > wait then
+      wait = over
+    end
+  end
+  if wait > 0 then
+    out[r] = math.ceil(wait)
   else
-    milli = math.min(burst, milli + math.max(0, now - last) * rate)
+    for b = 1, n do
+      -- Gone once the bucket would be full again anyway.
+      redis.call('SET', KEYS[key + b], string.format('%.3f', tats[b]), 'PX', math.ceil(tats[b] - now) + 1000)
+    end
+    out[r] = 0
   end
-  if milli < 1000 then
-    local need = math.ceil((1000 - milli) / rate)
-    if need > wait then wait = need end
-  end
-  left[i] = milli
+  key = key + n
 end
-if wait > 0 then
-  return wait
-end
-for i = 1, #KEYS do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  redis.call('HSET', KEYS[i], 'm', math.floor(left[i] - 1000), 't', now)
-  -- Gone once it would be full again anyway.
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
-end
-return 0
+return out
