@@ -14,7 +14,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import Receive, Scope, Send
 
 from gateway import errors
-from gateway.auth import bearer_principal, has_dot_segment, is_admin_path
+from gateway.auth import bearer_token, has_dot_segment, is_admin_path
 from gateway.config import SERVICES, GatewaySettings
 from gateway.pools import Pool, Replica
 from gateway.ratelimit import RateLimiter
@@ -188,9 +188,20 @@ class Proxy:
         route = "flashsale.purchase" if purchase else service
 
         principal: Principal | None = None
+        client_ip = self._client_ip(scope, forwarded_for)
+        ip_charged = False
         if authorization is not None:
             try:
-                principal = bearer_principal(self.verifier, authorization)
+                token = bearer_token(authorization)
+                if self.limiter is not None and not self.verifier.is_cached(token):
+                    # A token this process has not verified costs a signature check: the client's IP bucket pays
+                    # for it first, so a flood of made-up tokens from one address meets its bucket, not our CPU.
+                    ip_charged = True
+                    wait = await self.limiter.check(None, client_ip, purchase)
+                    if wait:
+                        await self._rate_limited(send, path, rid, wait)
+                        return 429, route, "none", rid, None
+                principal = self.verifier.verify(token)
             except Unauthenticated as exc:
                 await self._unauthenticated(send, exc.detail, path, rid)
                 return 401, route, "none", rid, None
@@ -248,19 +259,10 @@ class Proxy:
             return 503, route, "none", rid, user_id
         pool.in_flight += 1
         try:
-            client_ip = self._client_ip(scope, forwarded_for)
             if self.limiter is not None:
-                wait = await self.limiter.check(user_id, client_ip, purchase)
+                wait = await self.limiter.check(user_id, client_ip, purchase, ip_charged)
                 if wait:
-                    await errors.send_problem(
-                        send,
-                        429,
-                        errors.RATE_LIMITED,
-                        "Too many requests; slow down",
-                        instance=path,
-                        request_id=rid,
-                        headers=[(b"retry-after", b"%d" % wait)],
-                    )
+                    await self._rate_limited(send, path, rid, wait)
                     return 429, route, "none", rid, user_id
 
             # Everything but the Host line is the same on a retry to another replica.
@@ -436,6 +438,17 @@ class Proxy:
             headers=[(b"retry-after", self.retry_after)],
         )
         return status, route, "none", rid, user_id
+
+    async def _rate_limited(self, send: Send, path: str, rid: bytes, wait: int) -> None:
+        await errors.send_problem(
+            send,
+            429,
+            errors.RATE_LIMITED,
+            "Too many requests; slow down",
+            instance=path,
+            request_id=rid,
+            headers=[(b"retry-after", b"%d" % wait)],
+        )
 
     async def _unauthenticated(self, send: Send, detail: str, path: str, rid: bytes) -> None:
         await errors.send_problem(

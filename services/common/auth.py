@@ -60,6 +60,11 @@ class TokenVerifier:
         """The key that checks this token's signature (a subclass may pick one from a key set)."""
         return self.key
 
+    def is_cached(self, token: str) -> bool:
+        """True when `token` was verified here recently and has not expired: verify() will not check a signature."""
+        cached = self.cache.get(token)
+        return cached is not None and cached.expires_at > time.time()
+
     def verify(self, token: str) -> Principal:
         """Return the principal for a valid token or raise Unauthenticated."""
         now = time.time()

@@ -10,7 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from gateway.auth import EdgeTokenVerifier, bearer_principal, is_admin_path
+from gateway.auth import EdgeTokenVerifier, bearer_token, is_admin_path
 from services.common.auth import Unauthenticated
 from tests.gateway.conftest import gateway_settings
 
@@ -29,7 +29,7 @@ def test_jwks_file_keys_are_picked_by_kid(tmp_path: Path) -> None:
     claims = {"sub": "u-1", "roles": ["customer"], "exp": int(time.time()) + 60}
     for kid, key in keys.items():
         token = jwt.encode(claims, key, algorithm="HS256", headers={"kid": kid})
-        principal = bearer_principal(verifier, f"Bearer {token}".encode())
+        principal = verifier.verify(bearer_token(f"Bearer {token}".encode()))
         assert principal.user_id == "u-1" and principal.roles == {"customer"}
     unknown = jwt.encode(claims, keys["k1"], algorithm="HS256", headers={"kid": "nope"})
     with pytest.raises(Unauthenticated):

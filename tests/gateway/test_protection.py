@@ -125,3 +125,29 @@ async def test_concurrent_requests_share_one_bucket_exactly(start_gateway: Any, 
     # Pipelined on one connection, each request still makes its own atomic take: exactly the burst passes.
     assert sorted(r.status_code for r in answers) == [200] * 10 + [429] * 40
     assert echo.total == 10
+
+
+async def test_made_up_tokens_meet_the_ip_bucket_before_any_signature_check(start_gateway: Any, upstreams: Any) -> None:
+    (echo,) = await upstreams("flashsale")
+    gw = await start_gateway(flashsale_urls=echo.url, ip_rate=0.001, ip_burst=3, trusted_proxy_hops=1)
+    attacker = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    forged = customer_headers("mallory")["Authorization"][:-4] + "AAAA"  # a token whose signature is wrong
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        statuses = []
+        for n in range(6):
+            headers = {"Authorization": f"{forged}{n}", "X-Forwarded-For": attacker}
+            statuses.append((await client.get("/api/flashsale/sales", headers=headers)).status_code)
+        # Three signature checks, then the address's bucket answers without looking at the token.
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        refused = await client.get(
+            "/api/flashsale/sales", headers={"Authorization": forged, "X-Forwarded-For": attacker}
+        )
+        assert refused.json()["code"] == "RATE_LIMITED" and int(refused.headers["retry-after"]) >= 1
+        assert echo.total == 0  # none of it reached the service
+
+        # A real customer behind another address pays one IP token per request, the first one included
+        # (the token's first sight charged the IP before the check; the check then took the user's token only).
+        honest = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+        headers = {**customer_headers(f"shopper-{uuid.uuid4().hex[:8]}"), "X-Forwarded-For": honest}
+        statuses = [(await client.get("/api/flashsale/sales", headers=headers)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
