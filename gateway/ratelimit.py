@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from gateway.config import GatewaySettings
-from gateway.limiter_redis import LimiterRedis, LimiterRedisError
+from services.common.script_pipe import ScriptPipe, ScriptPipeError, ScriptReplyError
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -28,7 +28,7 @@ class RateLimiter:
     """Decides whether a request may pass; returns the seconds to wait when it may not."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.redis = LimiterRedis(
+        self.redis = ScriptPipe(
             settings.redis_url,
             SCRIPT,
             call_timeout=settings.ratelimit_timeout,
@@ -100,7 +100,7 @@ class RateLimiter:
         waits: list[int] = []
         try:
             waits = [int(w) for w in await self.redis.evalsha(keys, args)]
-        except LimiterRedisError as exc:
+        except (ScriptPipeError, ScriptReplyError) as exc:
             # DESIGN: the stock decision fails closed, the rate limiter fails open.
             self.closed_until = time.monotonic() + self.retry_seconds
             log.warning("rate limiter open: Redis failed (%s)", type(exc).__name__)

@@ -185,7 +185,7 @@ class FlashSaleService:
         self.settings = settings
         self.redis = redis
         self.sessions = sessions
-        self.store = StockStore(redis)
+        self.store = StockStore(redis, settings.redis_url)
         self.sold_out = SoldOutFlags(settings.sold_out_cache_seconds)
         self.limiter = UserRateLimiter(settings.user_rate_per_second, settings.user_rate_burst)
         self.catalog: dict[int, CatalogEntry] = {}
@@ -202,10 +202,11 @@ class FlashSaleService:
             await self.inventory.set_allocation(sale_id=sale.id, sku=sale.sku, allocated=sale.quantity)
 
     async def aclose(self) -> None:
-        """Close the clients of other services."""
+        """Close the clients of other services and the purchase connection."""
         for client in (self.inventory, self.orders):
             if client is not None:
                 await client.aclose()
+        await self.store.aclose()
 
     # ---------------------------------------------------------------- the purchase
 

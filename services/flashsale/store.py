@@ -6,15 +6,13 @@ Redis Cluster slot.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+
+from services.common.script_pipe import ScriptPipe
 
 LUA_DIR = Path(__file__).parent / "lua"
 STREAM_REGISTRY = "fs:streams"
@@ -55,73 +53,6 @@ def alerts_stream(sale_id: int) -> str:
     return f"{_tag(sale_id)}:alerts"
 
 
-class BatchedScript:
-    """Runs one Lua script for many concurrent callers in a single pipelined round trip.
-
-    Calls made in the same event-loop iteration are sent together (`EVALSHA` each, no MULTI): every
-    script run stays atomic on its own, and the per-command client overhead is paid once per batch.
-    Under a crowd this roughly halves the CPU a purchase costs; alone, a call waits one loop tick.
-    """
-
-    def __init__(self, redis: Redis, source: str, max_batch: int = 256) -> None:
-        self.redis = redis
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self.max_batch = max_batch
-        self._pending: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
-        """Run the script; resolves when its batch comes back."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((keys, args, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        return await future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for keys, args, _future in batch:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            return results
-
-    async def _run(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        try:
-            results = await self._send(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted or was flushed: load the script and run the refused calls again.
-                await self.redis.script_load(self.source)
-                again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-                for i, r in zip(again, await self._send([batch[i] for i in again]), strict=True):
-                    results[i] = r
-        except BaseException as exc:
-            for _keys, _args, future in batch:
-                if not future.done():
-                    lost = exc if isinstance(exc, Exception) else RedisConnectionError("purchase batch cancelled")
-                    future.set_exception(lost)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_keys, _args, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-
 @dataclass(frozen=True, slots=True)
 class PurchaseOutcome:
     """What the purchase script decided."""
@@ -160,9 +91,13 @@ class RebuildOutcome:
 class StockStore:
     """The activity stock of every sale, in Redis."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, redis_url: str) -> None:
         self.redis = redis
-        self._purchase = BatchedScript(redis, (LUA_DIR / "purchase.lua").read_text())
+        # The purchase decision, on the hot path: concurrent purchases share one pipelined connection (every
+        # call of an event-loop iteration in one write); the other scripts go through the redis-py pool.
+        self._purchase = ScriptPipe(
+            redis_url, (LUA_DIR / "purchase.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
+        )
         self._release = redis.register_script((LUA_DIR / "release.lua").read_text())
         self._confirm = redis.register_script((LUA_DIR / "confirm.lua").read_text())
         self._warm = redis.register_script((LUA_DIR / "warm.lua").read_text())
@@ -170,6 +105,10 @@ class StockStore:
         self._advance = redis.register_script((LUA_DIR / "advance_state.lua").read_text())
         self._drain = redis.register_script((LUA_DIR / "drain.lua").read_text())
         self._rebuild = redis.register_script((LUA_DIR / "rebuild.lua").read_text())
+
+    async def aclose(self) -> None:
+        """Close the purchase connection (the redis-py pool is the caller's)."""
+        await self._purchase.aclose()
 
     async def reserve_stock(
         self,
@@ -185,8 +124,8 @@ class StockStore:
         event_extra: str = "",
     ) -> PurchaseOutcome:
         """Run the purchase script: one round trip, all-or-nothing."""
-        res = await self._purchase(
-            keys=[
+        res = await self._purchase.evalsha(
+            [
                 sale_key(sale_id),
                 bought_key(sale_id),
                 reservations_key(sale_id),
@@ -194,7 +133,7 @@ class StockStore:
                 events_stream(sale_id),
                 alerts_stream(sale_id),
             ],
-            args=[
+            [
                 user_id,
                 quantity,
                 request_fingerprint,

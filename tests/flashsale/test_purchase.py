@@ -171,3 +171,31 @@ async def test_same_key_with_other_coupons_is_another_request(client: httpx.Asyn
     assert first.content == same.content
     assert other.status_code == 422
     assert other.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_purchases_go_on_after_redis_drops_its_scripts_and_the_connection(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    sale = await live_sale(client, quantity=10)
+    url = f"/sales/{sale['id']}/purchase"
+    first = await client.post(url, json={"quantity": 1}, headers=customer_headers("pipe-a", key="1"))
+    assert first.status_code == 202
+
+    await redis.script_flush()  # as after a Redis restart: the purchase script is gone (NOSCRIPT)
+    second = await client.post(url, json={"quantity": 1}, headers=customer_headers("pipe-b", key="1"))
+    assert second.status_code == 202, second.text
+
+    # Redis drops the purchase connection (the one whose last command ran the script): the next purchase
+    # goes out on a new one.
+    killed = 0
+    for entry in await redis.client_list():
+        if entry.get("cmd") == "evalsha":
+            killed += await redis.client_kill_filter(_id=entry["id"])
+    assert killed >= 1
+    await asyncio.sleep(0.1)
+    third = await client.post(url, json={"quantity": 1}, headers=customer_headers("pipe-c", key="1"))
+    assert third.status_code == 202, third.text
+
+    # Three units sold, each reservation once, nothing lost on the way.
+    assert (await sale_stats(client, sale["id"]))["remaining"] == 7
+    assert await redis.hlen(f"{{fs:{sale['id']}}}:res") == 3

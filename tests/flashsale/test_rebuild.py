@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from services.flashsale.store import StockStore, bought_key, reservations_key, sale_key
+from tests.conftest import TEST_REDIS_URL
 
 SALE = 990_001
 
@@ -14,7 +15,7 @@ async def _seed(redis: Redis, reservations: dict[str, str]) -> StockStore:
     await redis.hset(sale_key(SALE), mapping={"remaining": 0, "quantity": 10, "state": "live", "incarnation": "1"})
     if reservations:
         await redis.hset(reservations_key(SALE), mapping=reservations)
-    return StockStore(redis)
+    return StockStore(redis, TEST_REDIS_URL)
 
 
 async def test_payments_and_releases_redis_applied_after_the_snapshot_stand(redis: Redis) -> None:

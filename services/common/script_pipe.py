@@ -1,38 +1,50 @@
-"""One pipelined Redis connection for the rate limiter's single script call (RESP via hiredis).
+"""One Lua script run over one pipelined Redis connection (RESP parsed by hiredis, in C).
 
-Why not redis-py: measured on the proxy path, redis-py's asyncio client (pool checkout, per-call timeout
-scope, command packing in Python) cost the gateway more CPU per request than everything else it does, and
-cut throughput through the gateway by more than half. The limiter sends one command shape, so this is
-a FIFO of futures over one connection: every concurrent request writes its EVALSHA at once (pipelining),
-hiredis parses the answers in C, and each answer resolves the oldest waiting future.
+The hot paths of the platform each run one script per request: flashsale's purchase decision and the
+gateway's rate limits. redis-py's asyncio client pays for a pool checkout, a timeout scope per reply and
+command packing in Python on every call: measured under load it cost flashsale ~40 us per purchase at the
+batch sizes a crowd makes, and the gateway more CPU per request than everything else it does. Here every
+call made in one event-loop iteration leaves in one write (pipelining), hiredis parses the answers, and each
+answer resolves the oldest waiting call: a FIFO of futures over one connection, ~10 us per call.
+
+Failures: a call that gets no answer within `call_timeout` fails the connection, and every call waiting on
+it, with ScriptPipeError (a redis ConnectionError, so callers handle it like any Redis outage); the next
+call reconnects. An error reply raises ScriptReplyError (a redis ResponseError). A Redis that lost its
+scripts (restart, SCRIPT FLUSH) gets the script loaded again and the call is sent once more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
-log = logging.getLogger("gateway.ratelimit")
+
+class ScriptPipeError(RedisConnectionError):
+    """Redis did not answer the call (down, slow, or the connection broke)."""
 
 
-class LimiterRedisError(Exception):
-    """Redis did not answer the call (down, slow, or an error reply)."""
+class ScriptReplyError(ResponseError):
+    """Redis answered the call with an error."""
 
 
 class _RespConnection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, encoding: str | None) -> None:
         self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader()
+        self.reader = hiredis.Reader(encoding=encoding) if encoding else hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.closed = False
         self.outgoing: list[bytes] = []
+        # The loop it was opened in, kept: on Python 3.11 each lookup of the running loop is a getpid() call.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -45,25 +57,26 @@ class _RespConnection(asyncio.Protocol):
             try:
                 reply = reader.gets()
             except hiredis.ProtocolError:
-                self.fail(LimiterRedisError("protocol error"))
+                self.fail(ScriptPipeError("protocol error"))
                 return
             if reply is False:
                 return
             if not waiting:
                 continue
             future = waiting.popleft()
-            if not future.done():  # a timed-out call already failed open
+            if not future.done():  # a caller that gave up (cancelled) no longer waits
                 if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(LimiterRedisError(str(reply)))
+                    future.set_exception(ScriptReplyError(str(reply)))
                 else:
                     future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(LimiterRedisError("connection lost"))
+        self.fail(ScriptPipeError("connection lost"))
 
     def queue(self, command: bytes) -> asyncio.Future[Any]:
         """Queue a packed command; everything queued in one loop iteration leaves in one write."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(future)
         if not self.outgoing:
@@ -72,12 +85,12 @@ class _RespConnection(asyncio.Protocol):
         return future
 
     def flush(self) -> None:
-        """Write what was queued (one syscall for the requests of a whole loop iteration)."""
+        """Write what was queued (one syscall for the calls of a whole loop iteration)."""
         outgoing, self.outgoing = self.outgoing, []
         if self.transport is not None and not self.closed:
             self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
-    def fail(self, exc: LimiterRedisError) -> None:
+    def fail(self, exc: ScriptPipeError) -> None:
         self.closed = True
         while self.waiting:
             future = self.waiting.popleft()
@@ -87,15 +100,17 @@ class _RespConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-class LimiterRedis:
+class ScriptPipe:
     """Runs one Lua script by SHA over a single pipelined connection, reconnecting on demand."""
 
-    def __init__(self, url: str, script: str, *, call_timeout: float, connect_timeout: float) -> None:
+    def __init__(
+        self, url: str, script: str, *, call_timeout: float, connect_timeout: float, decode: bool = False
+    ) -> None:
         self.url = url
         parts = urlsplit(url)
         self.scheme = parts.scheme
         if self.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"REDIS_URL scheme {self.scheme!r} is not supported by the rate limiter")
+            raise ValueError(f"REDIS_URL scheme {self.scheme!r} is not supported (redis://, rediss://, unix://)")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.path = parts.path
@@ -108,17 +123,22 @@ class LimiterRedis:
         self.sha = hashlib.sha1(self.script).hexdigest().encode()  # Redis names scripts by SHA-1
         self.call_timeout = call_timeout
         self.connect_timeout = connect_timeout
+        self.encoding = "utf-8" if decode else None
         self.conn: _RespConnection | None = None
         self.connecting: asyncio.Future[_RespConnection] | None = None
 
     async def _connect(self) -> _RespConnection:
         loop = asyncio.get_running_loop()
+        encoding = self.encoding
         async with asyncio.timeout(self.connect_timeout):
             if self.scheme == "unix":
-                _t, conn = await loop.create_unix_connection(_RespConnection, self.path)
+                _t, conn = await loop.create_unix_connection(lambda: _RespConnection(encoding), self.path)
             else:
                 tls = ssl.create_default_context() if self.scheme == "rediss" else None
-                _t, conn = await loop.create_connection(_RespConnection, self.host, self.port, ssl=tls)
+                _t, conn = await loop.create_connection(
+                    lambda: _RespConnection(encoding), self.host, self.port, ssl=tls
+                )
+            conn.loop = loop
             # Set-up commands go first on the pipe; their answers are awaited like any other.
             setup: list[tuple[Any, ...]] = []
             if self.password is not None:
@@ -126,12 +146,12 @@ class LimiterRedis:
             if self.db:
                 setup.append(("SELECT", self.db))
             setup.append(("SCRIPT", "LOAD", self.script))
-            futures = [self._send(conn, command) for command in setup]
-            await asyncio.gather(*futures)
+            try:
+                await asyncio.gather(*[conn.queue(_pack(*command)) for command in setup])
+            except BaseException:
+                conn.fail(ScriptPipeError("set-up failed"))
+                raise
         return conn
-
-    def _send(self, conn: _RespConnection, command: tuple[Any, ...]) -> asyncio.Future[Any]:
-        return conn.queue(hiredis.pack_command(command))
 
     async def _connection(self) -> _RespConnection:
         conn = self.conn
@@ -142,21 +162,37 @@ class LimiterRedis:
             self.connecting = asyncio.ensure_future(self._connect())
         try:
             conn = await asyncio.shield(self.connecting)
-        except (OSError, TimeoutError, LimiterRedisError) as exc:
-            raise LimiterRedisError(f"connect failed: {type(exc).__name__}") from None
+        except (OSError, TimeoutError, ResponseError) as exc:
+            raise ScriptPipeError(f"connect failed: {type(exc).__name__}: {exc}") from None
         finally:
             self.connecting = None
         self.conn = conn
         return conn
 
-    async def evalsha(self, keys: list[str], args: list[str]) -> Any:
-        """EVALSHA the script with `keys` and `args`; raises LimiterRedisError when Redis does not answer in time."""
+    async def evalsha(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        """Run the script with `keys` and `args` and return its answer.
+
+        Raises ScriptPipeError when Redis does not answer in time, ScriptReplyError for an error reply.
+        """
+        try:
+            return await self._call(keys, args)
+        except ScriptReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # Redis lost its scripts (restarted, or SCRIPT FLUSH): load it again, then send the call once more.
+        conn = await self._connection()
+        await self._await(conn, conn.queue(_pack("SCRIPT", "LOAD", self.script)))
+        return await self._call(keys, args)
+
+    async def _call(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         conn = self.conn
         if conn is None or conn.closed:
             conn = await self._connection()
-        command: tuple[Any, ...] = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        future = conn.queue(hiredis.pack_command(command))
-        timer = asyncio.get_running_loop().call_later(self.call_timeout, _expire, future, conn)
+        return await self._await(conn, conn.queue(_pack("EVALSHA", self.sha, len(keys), *keys, *args)))
+
+    async def _await(self, conn: _RespConnection, future: asyncio.Future[Any]) -> Any:
+        assert conn.loop is not None
+        timer = conn.loop.call_later(self.call_timeout, _expire, future, conn)
         try:
             return await future
         finally:
@@ -169,7 +205,13 @@ class LimiterRedis:
         self.conn = None
 
 
+def _pack(*parts: Any) -> bytes:
+    """One command in RESP (hiredis's type hints take a tuple of one part only)."""
+    packed: bytes = hiredis.pack_command(parts)
+    return packed
+
+
 def _expire(future: asyncio.Future[Any], conn: _RespConnection) -> None:
     # A Redis that stops answering must not pile up callers on a connection: drop it, reconnect later.
     if not future.done():
-        conn.fail(LimiterRedisError("no answer in time"))
+        conn.fail(ScriptPipeError("no answer in time"))
