@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from random import getrandbits
 from typing import Any
@@ -93,6 +94,33 @@ def is_internal_path(rest: str) -> bool:
     return first in ("metrics", "healthz")
 
 
+class RefusedAddresses:
+    """Client addresses whose rate limit ran out on refused tokens, until their Retry-After passes (this process)."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}
+
+    def wait(self, ip: str) -> int:
+        """Seconds this address must still wait (0: none)."""
+        until = self.until.get(ip)
+        if until is None:
+            return 0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self.until[ip]
+            return 0
+        return max(1, math.ceil(left))
+
+    def block(self, ip: str, seconds: int) -> None:
+        """Remember that `ip` was refused for `seconds`."""
+        now = time.monotonic()
+        if len(self.until) >= self.MAX:  # bounded: forget the addresses whose wait is over, else all of them
+            self.until = {k: v for k, v in self.until.items() if v > now} if len(self.until) < 2 * self.MAX else {}
+        self.until[ip] = now + seconds
+
+
 class Proxy:
     """Routes `/api/<service>/<rest>` to `<rest>` on a replica of the service's pool."""
 
@@ -108,6 +136,7 @@ class Proxy:
         self.proxy_hops = settings.trusted_proxy_hops
         self.access_log = settings.access_log
         self.prefixes = {name: f"/api/{name}".encode() for name in SERVICES}
+        self.refused_ips = RefusedAddresses()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one proxied request."""
@@ -189,20 +218,23 @@ class Proxy:
 
         principal: Principal | None = None
         client_ip = self._client_ip(scope, forwarded_for)
-        ip_charged = False
         if authorization is not None:
             try:
                 token = bearer_token(authorization)
-                if self.limiter is not None and not self.verifier.is_cached(token):
-                    # A token this process has not verified costs a signature check: the client's IP bucket pays
-                    # for it first, so a flood of made-up tokens from one address meets its bucket, not our CPU.
-                    ip_charged = True
-                    wait = await self.limiter.check(None, client_ip, purchase)
-                    if wait:
-                        await self._rate_limited(send, path, rid, wait)
-                        return 429, route, "none", rid, None
+                # A token not verified here yet costs a signature check; an address whose refused tokens have
+                # emptied its bucket gets its 429 without one, so made-up tokens meet the bucket, not our CPU.
+                wait = 0 if self.verifier.is_cached(token) else self.refused_ips.wait(client_ip)
+                if wait:
+                    await self._rate_limited(send, path, rid, wait)
+                    return 429, route, "none", rid, None
                 principal = self.verifier.verify(token)
             except Unauthenticated as exc:
+                # A refused token takes a token from the address's bucket like any other request.
+                wait = await self.limiter.check(None, client_ip, purchase) if self.limiter is not None else 0
+                if wait:
+                    self.refused_ips.block(client_ip, wait)
+                    await self._rate_limited(send, path, rid, wait)
+                    return 429, route, "none", rid, None
                 await self._unauthenticated(send, exc.detail, path, rid)
                 return 401, route, "none", rid, None
         if is_admin_path(rest):
@@ -260,7 +292,7 @@ class Proxy:
         pool.in_flight += 1
         try:
             if self.limiter is not None:
-                wait = await self.limiter.check(user_id, client_ip, purchase, ip_charged)
+                wait = await self.limiter.check(user_id, client_ip, purchase)
                 if wait:
                     await self._rate_limited(send, path, rid, wait)
                     return 429, route, "none", rid, user_id

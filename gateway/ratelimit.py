@@ -42,35 +42,29 @@ class RateLimiter:
         ip_rate, ip_burst = str(settings.ip_rate), str(settings.ip_burst)
         p_user_rate, p_user_burst = str(settings.purchase_user_rate), str(settings.purchase_user_burst)
         p_ip_rate, p_ip_burst = str(settings.purchase_ip_rate), str(settings.purchase_ip_burst)
-        # Keyed by (purchase route, user bucket, IP bucket).
+        # Keyed by (purchase route, a user known).
         self.args = {
-            (False, True, True): ["2", user_rate, user_burst, ip_rate, ip_burst],
-            (False, False, True): ["1", ip_rate, ip_burst],
-            (False, True, False): ["1", user_rate, user_burst],
-            (True, True, True): ["2", p_user_rate, p_user_burst, p_ip_rate, p_ip_burst],
-            (True, False, True): ["1", p_ip_rate, p_ip_burst],
-            (True, True, False): ["1", p_user_rate, p_user_burst],
+            (False, True): ["2", user_rate, user_burst, ip_rate, ip_burst],
+            (False, False): ["1", ip_rate, ip_burst],
+            (True, True): ["2", p_user_rate, p_user_burst, p_ip_rate, p_ip_burst],
+            (True, False): ["1", p_ip_rate, p_ip_burst],
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: list[_Check] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def check(self, user_id: str | None, ip: str, purchase: bool, ip_charged: bool = False) -> int:
+    async def check(self, user_id: str | None, ip: str, purchase: bool) -> int:
         """0 when the request may pass, else the Retry-After seconds; fails open when Redis does not answer.
 
-        Takes a token from the user's bucket (when there is a user) and from the IP's, unless `ip_charged`
-        says this request already paid its IP token (see Proxy: before an unknown token's signature check).
+        Takes a token from the user's bucket (when there is a user) and from the IP's.
         """
         if not self.enabled:
             return 0
         if time.monotonic() < self.closed_until:
             return 0
         kind = "p" if purchase else "g"
-        user_bucket = user_id is not None
-        ip_bucket = not (ip_charged and user_bucket)
-        keys = [f"rl:{kind}:u:{user_id}"] if user_bucket else []
-        if ip_bucket:
-            keys.append(f"rl:{kind}:ip:{ip}")
+        ip_key = f"rl:{kind}:ip:{ip}"
+        keys = [f"rl:{kind}:u:{user_id}", ip_key] if user_id is not None else [ip_key]
         loop = self.loop
         if loop is None:
             # Kept: on Python 3.11 every lookup of the running loop is a getpid() system call.
@@ -78,7 +72,7 @@ class RateLimiter:
         answer: asyncio.Future[int] = loop.create_future()
         if not self.pending:
             loop.call_soon(self._flush)
-        self.pending.append((keys, self.args[purchase, user_bucket, ip_bucket], answer))
+        self.pending.append((keys, self.args[purchase, user_id is not None], answer))
         wait_ms = await answer
         if wait_ms <= 0:
             return 0
