@@ -6,10 +6,10 @@ What one run does (the machinery is bench_purchase.py's, imported, not copied):
 1. recreates the database `flashsale_bench_gw` and flushes logical DB 6 (`--redis-db`) of the Redis in REDIS_URL;
 2. starts flashsale as bench_purchase's default setup: two replicas, each uvicorn process with its own
    SO_REUSEPORT socket on one port (uvloop, httptools with one send() per answer, no access log);
-3. starts the gateway (`gateway.main:app`) the same way: two processes on one SO_REUSEPORT port (`--gateway
-   single` for one), its flashsale pool pointing at the flashsale port, rate limiting ON (one Lua call in
-   Redis per request, per-user purchase bucket at its default), the per-IP buckets raised because every
-   request comes from 127.0.0.1;
+3. starts the gateway (`gateway.main:app`) the same way: one process (`--gateway reuseport` for two on one
+   SO_REUSEPORT port), its flashsale pool pointing at the flashsale port, rate limiting ON (the limits of
+   every request of a loop iteration in one Lua call, per-user purchase bucket at its default), the per-IP
+   buckets raised because every request comes from 127.0.0.1;
 4. mints 20,000 customer tokens; each purchase run gets its own sale (10,000,000 units, limit 1000/user);
 5. drives both paths with wrk on this machine, same threads, connections and Lua script: a warm-up of each,
    then a measured run of `POST /sales/{id}/purchase` straight at flashsale and of
@@ -20,7 +20,10 @@ What one run does (the machinery is bench_purchase.py's, imported, not copied):
 
 The flashsale processes serve both runs: the only difference between them is the gateway in the path. On a
 machine with 2 cores the gateway's own CPU competes with flashsale's, so the ratio is mostly the gateway's
-CPU cost per request (see docs/adr/0003-gateway.md).
+CPU cost per request (see docs/adr/0003-gateway.md). Why one gateway process by default: at these rates one
+process uses about half a core, and on 2 cores shared with flashsale, Redis and wrk it costs ~30 % less CPU
+per request than two (~105 us against ~140-180 us: more requests per event-loop iteration and per limiter
+call, one token cache instead of two half-warm ones); size gateway workers by the cores given to the gateway.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ class Run:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
     """Read the options; the defaults are what `make bench-gateway` runs."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--gateway", choices=sorted(GATEWAY_SETUPS), default="reuseport", help="gateway processes")
+    p.add_argument("--gateway", choices=sorted(GATEWAY_SETUPS), default="single", help="gateway processes")
     add_load_arguments(p, duration=12, warmup=6)
     p.add_argument("--redis-db", type=int, default=6, help="Redis logical DB of the benchmark (flushed)")
     p.add_argument("--database", default="flashsale_bench_gw", help="PostgreSQL database (recreated)")
