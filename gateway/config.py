@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
@@ -82,6 +82,9 @@ class GatewaySettings(BaseServiceSettings):
     ratelimit_retry_seconds: float = 1.0
     # How many X-Forwarded-For hops to trust for the client IP (0: the TCP peer is the client).
     trusted_proxy_hops: int = 0
+
+    # Each worker publishes its view of the pools to Redis this often, for GET /admin/upstreams.
+    view_interval_seconds: float = Field(2.0, gt=0)
 
     # RS256 in production: JWT_PUBLIC_KEY (PEM) or a JWKS file picked by the token's `kid`.
     jwks_file: str = ""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin, router
@@ -16,6 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
+from gateway.views import ViewPublisher, worker_name
 from services.common.background import freeze_startup_objects
 from services.common.defaults import service_app
 
@@ -49,22 +51,29 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     verifier = EdgeTokenVerifier(settings)
     proxy = Proxy(settings, pools, verifier)
 
+    worker = worker_name(settings.replica_id)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = RateLimiter(settings)
         proxy.limiter = limiter
-        checker = asyncio.create_task(HealthChecker(pools, settings).run())
+        views_redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        publisher = ViewPublisher(views_redis, worker, pools, settings.view_interval_seconds)
+        app.state.view_publisher = publisher
+        tasks = [asyncio.create_task(HealthChecker(pools, settings).run()), asyncio.create_task(publisher.run())]
         freeze_startup_objects()
         try:
             yield
         finally:
-            checker.cancel()
-            with suppress(asyncio.CancelledError):
-                await checker
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             proxy.limiter = None
             for pool in pools.values():
                 pool.close()
             await limiter.aclose()
+            await views_redis.aclose()
 
     api = service_app(
         settings,
@@ -74,6 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     )
     api.state.settings = settings
     api.state.pools = pools
+    api.state.worker = worker
     api.state.token_verifier = verifier
     api.include_router(admin.router)
     if settings.dev_tokens:

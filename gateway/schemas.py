@@ -30,4 +30,11 @@ class DevTokenOut(BaseModel):
 class UpstreamsOut(BaseModel):
     """Every pool, each replica's health, ejections and breaker state."""
 
-    pools: list[dict[str, Any]]
+    worker: str = Field(description="The gateway worker that answered")
+    pools: list[dict[str, Any]] = Field(description="The pools as the worker that answered sees them")
+    workers: list[dict[str, Any]] = Field(description="Every live worker's view: worker, reported_at, pools")
+    replicas: list[dict[str, Any]] = Field(
+        description="Per replica: workers seeing it, and in how many it is available, unhealthy, ejected, "
+        "behind an open breaker"
+    )
+    workers_error: str | None = Field(None, description="Why other workers' views are missing, if they are")

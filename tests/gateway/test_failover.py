@@ -181,3 +181,53 @@ def _now() -> float:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_admin_view_shows_every_gateway_workers_pools(start_gateway: Any, upstreams: Any) -> None:
+    bad, good = await upstreams("bad", "good")
+    bad.mode = "500"
+    shared = {
+        "inventory_urls": f"{bad.url},{good.url}",
+        "eject_consecutive_failures": 2,
+        "eject_base_seconds": 30,
+        "eject_max_seconds": 60,
+        "unhealthy_threshold": 1000,
+        "breaker_min_calls": 1000,
+        "view_interval_seconds": 0.2,
+    }
+    first, second = await start_gateway(**shared), await start_gateway(**shared)
+    async with httpx.AsyncClient() as client:
+        # Only the first gateway sees the failures and ejects the bad replica.
+        for n in range(6):
+            await client.get(f"{first.url}/api/inventory/skus/{n}/availability")
+        assert first.pools["inventory"].primaries[0].ejections == 1
+        assert second.pools["inventory"].primaries[0].ejections == 0
+
+        async def view_from_second() -> dict[str, Any] | None:
+            resp = await client.get(f"{second.url}/admin/upstreams", headers=admin_headers())
+            assert resp.status_code == 200
+            body: dict[str, Any] = resp.json()
+            for worker in body["workers"]:
+                if worker["worker"] == first.app.api.state.worker:
+                    inventory = next(p for p in worker["pools"] if p["pool"] == "inventory")
+                    if inventory["replicas"][0]["ejected"]:
+                        return body
+            return None
+
+        # Asked of the second gateway, the answer tells (within a publishing interval) that the first one
+        # has the replica ejected.
+        view = await wait_for(view_from_second, timeout=5)
+        assert view["worker"] == second.app.api.state.worker
+        own = next(p for p in view["pools"] if p["pool"] == "inventory")
+        assert [r["ejected"] for r in own["replicas"]] == [False, False]
+        theirs = next(w for w in view["workers"] if w["worker"] == first.app.api.state.worker)
+        inventory = next(p for p in theirs["pools"] if p["pool"] == "inventory")
+        assert [r["ejected"] for r in inventory["replicas"]] == [True, False]
+        summary = {r["url"]: r for r in view["replicas"] if r["pool"] == "inventory"}
+        assert summary[bad.url]["workers"] == 2 and summary[bad.url]["ejected_in"] == 1
+        assert summary[bad.url]["available_in"] == 1
+        assert summary[good.url]["available_in"] == 2 and summary[good.url]["ejected_in"] == 0
+        assert view["workers_error"] is None
+
+        # The view is admin-only, like every /admin path.
+        assert (await client.get(f"{second.url}/admin/upstreams")).status_code == 401

@@ -1,0 +1,106 @@
+"""Every gateway worker's view of the upstream pools, shared through Redis for `GET /admin/upstreams`.
+
+Each worker process keeps its own pools: its own health checks, passive ejections and breakers. A request
+to `/admin/upstreams` reaches one worker of one gateway, so on its own it would show that worker's view
+only. Every worker therefore writes its view to Redis every `GATEWAY_VIEW_INTERVAL_SECONDS` (one key per
+worker, expiring after three intervals, so a dead worker drops out), and the endpoint answers with all of
+them plus, per replica, in how many workers it is available, unhealthy, ejected or behind an open breaker.
+Publishing fails quietly: the admin view is never a reason for the proxy path to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.pools import Pool, monotonic
+
+log = logging.getLogger("gateway.views")
+
+KEY_PREFIX = "gw:view:"
+
+
+def worker_name(replica_id: str) -> str:
+    """This worker's name: the gateway replica, the process, and a suffix for gateways sharing a process."""
+    return f"{replica_id or 'gateway'}/{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def local_view(worker: str, pools: Iterable[Pool]) -> dict[str, Any]:
+    """This worker's pools as the admin view shows them."""
+    now = monotonic()
+    return {"worker": worker, "reported_at": time.time(), "pools": [pool.status(now) for pool in pools]}
+
+
+class ViewPublisher:
+    """Writes this worker's view to Redis on a timer; reads every worker's."""
+
+    def __init__(self, redis: Redis, worker: str, pools: dict[str, Pool], interval: float) -> None:
+        self.redis = redis
+        self.worker = worker
+        self.pools = pools
+        self.interval = interval
+        self.ttl_ms = max(1, int(interval * 3 * 1000))
+
+    async def publish(self) -> None:
+        """Write the view once."""
+        view = local_view(self.worker, self.pools.values())
+        await self.redis.set(KEY_PREFIX + self.worker, orjson.dumps(view), px=self.ttl_ms)
+
+    async def run(self) -> None:
+        """Publish forever; a Redis failure is logged (once a minute at most) and retried next tick."""
+        last_warning = 0.0
+        while True:
+            try:
+                await self.publish()
+            except (RedisError, OSError) as exc:
+                if time.monotonic() - last_warning > 60:
+                    last_warning = time.monotonic()
+                    log.warning("could not publish the upstream view: %s", type(exc).__name__)
+            await asyncio.sleep(self.interval)
+
+    async def all_views(self) -> list[dict[str, Any]]:
+        """Every live worker's last view (this one's as of now, the others' as last published)."""
+        views = []
+        keys = [key async for key in self.redis.scan_iter(match=KEY_PREFIX + "*", count=100)]
+        own = KEY_PREFIX + self.worker
+        others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
+        for raw in await self.redis.mget(others) if others else []:
+            if raw:
+                views.append(orjson.loads(raw))
+        return views
+
+
+def summarize(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per replica: how many workers see it, and in how many it is available, unhealthy, ejected, breaker-open."""
+    by_replica: dict[tuple[str, str], dict[str, Any]] = {}
+    for view in views:
+        for pool in view["pools"]:
+            for replica in pool["replicas"]:
+                entry = by_replica.setdefault(
+                    (pool["pool"], replica["url"]),
+                    {
+                        "pool": pool["pool"],
+                        "url": replica["url"],
+                        "tier": replica["tier"],
+                        "workers": 0,
+                        "available_in": 0,
+                        "unhealthy_in": 0,
+                        "ejected_in": 0,
+                        "breaker_open_in": 0,
+                    },
+                )
+                entry["workers"] += 1
+                entry["available_in"] += bool(replica["available"])
+                entry["unhealthy_in"] += not replica["healthy"]
+                entry["ejected_in"] += bool(replica["ejected"])
+                entry["breaker_open_in"] += replica["breaker"]["state"] == "open"
+    return list(by_replica.values())
