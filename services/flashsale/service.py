@@ -458,17 +458,47 @@ class FlashSaleService:
 
     async def create_sale(self, *, actor: str, data: SaleCreate) -> dict[str, Any]:
         """Create a sale in draft."""
-        async with self.sessions.begin() as session:
-            sale = Sale(**data.model_dump(), state=SaleState.DRAFT.value)
-            session.add(sale)
-            await session.flush()
-            await session.refresh(sale)
-            await self._allocate(sale)
-            after = snapshot(sale)
-            await self._audit(session, actor=actor, action="create", sale_id=sale.id, after=after)
+        allocated: tuple[int, str] | None = None
+        try:
+            async with self.sessions.begin() as session:
+                sale = Sale(**data.model_dump(), state=SaleState.DRAFT.value)
+                session.add(sale)
+                await session.flush()
+                await session.refresh(sale)
+                allocated = (sale.id, sale.sku)
+                await self._allocate(sale)
+                after = snapshot(sale)
+                await self._audit(session, actor=actor, action="create", sale_id=sale.id, after=after)
+        except BaseException as exc:
+            # A refusal by the warehouse changed nothing; anything else after the call (an unanswered call
+            # included: it may have been applied) may have left stock allocated to a sale that never exists.
+            if allocated is not None and self.inventory is not None and not isinstance(exc, errors.DependencyRefused):
+                await self._release_unborn_allocation(*allocated)
+            raise
         self.catalog[sale.id] = self._entry(sale)
         await self._notify("catalog")
         return after
+
+    async def _release_unborn_allocation(self, sale_id: int, sku: str) -> None:
+        """Give back the warehouse stock allocated to a sale whose creation did not commit.
+
+        Sale ids come from a sequence and are never reused, so nothing else can ever settle that allocation:
+        left alone, its units would stay out of the warehouse's available stock for good. Released only when
+        the sale row is known to be absent (a COMMIT whose answer was lost may have succeeded)."""
+        assert self.inventory is not None
+        try:
+            async with self.sessions() as session:
+                exists = await session.scalar(select(Sale.id).where(Sale.id == sale_id))
+        except Exception as exc:  # the database is unreachable: whether the sale exists cannot be told
+            log.error("sale %s: creation failed and its allocation of %s is kept (%s)", sale_id, sku, exc)
+            return
+        if exists is not None:
+            return
+        try:
+            await self.inventory.set_allocation(sale_id=sale_id, sku=sku, allocated=0)
+            log.warning("sale %s was not created: its allocation of %s went back to the warehouse", sale_id, sku)
+        except Exception as exc:
+            log.error("sale %s was not created and its allocation of %s could not be released: %s", sale_id, sku, exc)
 
     async def _locked(self, session: AsyncSession, sale_id: int) -> Sale:
         sale = await session.scalar(select(Sale).where(Sale.id == sale_id).with_for_update())

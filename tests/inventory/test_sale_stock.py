@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -359,3 +360,40 @@ async def test_reconciliation_needs_admin_and_a_known_sale(stack: Stack) -> None
     assert customer.status_code == 403
     missing = await stack.flashsale.post("/admin/sales/999999/reconciliation/repair", headers=admin_headers())
     assert missing.status_code == 404 and missing.json()["code"] == "SALE_NOT_FOUND"
+
+
+async def test_a_sale_whose_creation_fails_after_allocating_gives_the_stock_back(stack: Stack) -> None:
+    await _sku(stack, "SKU-UNBORN", 50)
+    # The sale's audit entry is refused by the database for one admin: the creation fails after the
+    # warehouse has already allocated its units, inside the same transaction.
+    dsn = db_url_for("flashsale_sales").replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            CREATE OR REPLACE FUNCTION refuse_doomed() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.actor = 'ops-doomed' THEN RAISE EXCEPTION 'audit store refused'; END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER refuse_doomed BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION refuse_doomed();
+            """
+        )
+        body = sale_body(sku="SKU-UNBORN", quantity=30)
+        failed = await stack.flashsale.post("/admin/sales", json=body, headers=admin_headers("ops-doomed"))
+        assert failed.status_code == 500
+        assert failed.headers["content-type"] == "application/problem+json"
+        # No sale exists, and none of the SKU's units are held for it.
+        listed = await stack.flashsale.get("/admin/sales", headers=admin_headers())
+        assert all(s["sku"] != "SKU-UNBORN" for s in listed.json())
+        counters = await _counters(stack, "SKU-UNBORN")
+        assert (counters["available"], counters["allocated"]) == (50, 0)
+
+        # The same sale by another admin is created and takes its 30 units.
+        created = await _sale(stack, "SKU-UNBORN", 30)
+        assert created.status_code == 201, created.text
+        counters = await _counters(stack, "SKU-UNBORN")
+        assert (counters["available"], counters["allocated"]) == (20, 30)
+    finally:
+        await conn.execute("DROP TRIGGER IF EXISTS refuse_doomed ON audit_log")
+        await conn.close()
