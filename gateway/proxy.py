@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import time
+from collections import OrderedDict
 from random import getrandbits
 from typing import Any
 from urllib.parse import quote
@@ -100,7 +101,7 @@ class RefusedAddresses:
     MAX = 100_000
 
     def __init__(self) -> None:
-        self.until: dict[str, float] = {}
+        self.until: OrderedDict[str, float] = OrderedDict()
 
     def wait(self, ip: str) -> int:
         """Seconds this address must still wait (0: none)."""
@@ -115,10 +116,10 @@ class RefusedAddresses:
 
     def block(self, ip: str, seconds: int) -> None:
         """Remember that `ip` was refused for `seconds`."""
-        now = time.monotonic()
-        if len(self.until) >= self.MAX:  # bounded: forget the addresses whose wait is over, else all of them
-            self.until = {k: v for k, v in self.until.items() if v > now} if len(self.until) < 2 * self.MAX else {}
-        self.until[ip] = now + seconds
+        self.until.pop(ip, None)
+        self.until[ip] = time.monotonic() + seconds
+        if len(self.until) > self.MAX:  # bounded: the address blocked longest ago is forgotten first
+            self.until.popitem(last=False)
 
 
 class Proxy:

@@ -1,15 +1,18 @@
 -- The rate limits of a batch of requests, decided in one call (one Redis round trip per event-loop
 -- iteration of a gateway process, however many requests it holds).
 -- Each bucket is a token bucket kept as GCRA: one string key holding its theoretical arrival time
--- (TAT, in ms of Redis server time). A bucket of `burst` tokens refilled at `rate` per second lets a
--- request pass when TAT + 1000/rate - now <= burst * 1000/rate; passing moves TAT on by 1000/rate.
+-- (TAT, in whole microseconds of Redis server time). A bucket of `burst` tokens refilled at `rate` per
+-- second lets a request pass when TAT + I - now <= burst * I, with I = 1e6/rate rounded to whole
+-- microseconds; passing moves TAT on by I. Whole microseconds (~1.8e15 now) are exact in Lua's doubles
+-- (below 2^53); fractional milliseconds are not, and their rounding refused requests that should pass.
 -- KEYS: the buckets of every request, request after request.
 -- ARGV[1]: the number of requests; then, per request, its number of buckets n and n pairs (rate, burst).
 -- Returns, per request, 0 when every one of its buckets had a token (one was taken from each), else the
--- milliseconds until the emptiest holds one again (nothing is taken: a refused request drains nothing).
+-- milliseconds (rounded up) until the emptiest holds one again (nothing is taken: a refused request
+-- drains nothing).
 -- Requests are decided in order, so two of one user in the same batch see each other's take.
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local out = {}
 local arg = 2
 local key = 0
@@ -19,7 +22,7 @@ for r = 1, tonumber(ARGV[1]) do
   local wait = 0
   local tats = {}
   for b = 1, n do
-    local interval = 1000 / tonumber(ARGV[arg])
+    local interval = math.floor(1000000 / tonumber(ARGV[arg]) + 0.5)
     local burst = tonumber(ARGV[arg + 1])
     arg = arg + 2
     local tat = tonumber(redis.call('GET', KEYS[key + b]) or 0)
@@ -33,11 +36,11 @@ for r = 1, tonumber(ARGV[1]) do
     end
   end
   if wait > 0 then
-    out[r] = math.ceil(wait)
+    out[r] = math.ceil(wait / 1000)
   else
     for b = 1, n do
       -- Gone once the bucket would be full again anyway.
-      redis.call('SET', KEYS[key + b], string.format('%.3f', tats[b]), 'PX', math.ceil(tats[b] - now) + 1000)
+      redis.call('SET', KEYS[key + b], string.format('%.0f', tats[b]), 'PX', math.ceil((tats[b] - now) / 1000) + 1000)
     end
     out[r] = 0
   end

@@ -21,9 +21,9 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -107,18 +107,21 @@ class ScriptPipe:
         self, url: str, script: str, *, call_timeout: float, connect_timeout: float, decode: bool = False
     ) -> None:
         self.url = url
-        parts = urlsplit(url)
-        self.scheme = parts.scheme
-        if self.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"REDIS_URL scheme {self.scheme!r} is not supported (redis://, rediss://, unix://)")
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
-        self.path = parts.path
-        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-        db = query.get("db") if self.scheme == "unix" else parts.path.lstrip("/")
-        self.db = int(db) if db else 0
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
+        # Read the way redis-py reads it, so the pipe reaches the same server and database as the service's
+        # other Redis calls; options the pipe cannot honour are refused at start-up, not ignored.
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        connection_class = options.pop("connection_class", None)
+        self.tls: ssl.SSLContext | None = None
+        if connection_class is SSLConnection:
+            self.tls = _tls_context(options.pop("ssl_cert_reqs", "required"), options.pop("ssl_ca_certs", None))
+        self.path: str | None = options.pop("path", None)
+        self.host = str(options.pop("host", None) or "127.0.0.1")
+        self.port = int(options.pop("port", None) or 6379)
+        self.db = int(options.pop("db", None) or 0)
+        self.username: str | None = options.pop("username", None)
+        self.password: str | None = options.pop("password", None)
+        if options:
+            raise ValueError(f"REDIS_URL options {sorted(options)} are not supported by the script pipe")
         self.script = script.encode()
         self.sha = hashlib.sha1(self.script).hexdigest().encode()  # Redis names scripts by SHA-1
         self.call_timeout = call_timeout
@@ -131,12 +134,11 @@ class ScriptPipe:
         loop = asyncio.get_running_loop()
         encoding = self.encoding
         async with asyncio.timeout(self.connect_timeout):
-            if self.scheme == "unix":
+            if self.path is not None:
                 _t, conn = await loop.create_unix_connection(lambda: _RespConnection(encoding), self.path)
             else:
-                tls = ssl.create_default_context() if self.scheme == "rediss" else None
                 _t, conn = await loop.create_connection(
-                    lambda: _RespConnection(encoding), self.host, self.port, ssl=tls
+                    lambda: _RespConnection(encoding), self.host, self.port, ssl=self.tls
                 )
             conn.loop = loop
             # Set-up commands go first on the pipe; their answers are awaited like any other.
@@ -157,17 +159,22 @@ class ScriptPipe:
         conn = self.conn
         if conn is not None and not conn.closed:
             return conn
-        # One connect at a time: concurrent callers wait for the same one.
-        if self.connecting is None:
-            self.connecting = asyncio.ensure_future(self._connect())
+        # One connect at a time: concurrent callers wait for the same one. Its outcome is taken by a callback,
+        # not by the callers, so a caller cancelled meanwhile neither loses the connection nor starts another.
+        connecting = self.connecting
+        if connecting is None:
+            connecting = self.connecting = asyncio.ensure_future(self._connect())
+            connecting.add_done_callback(self._connected)
         try:
-            conn = await asyncio.shield(self.connecting)
+            return await asyncio.shield(connecting)
         except (OSError, TimeoutError, ResponseError) as exc:
             raise ScriptPipeError(f"connect failed: {type(exc).__name__}: {exc}") from None
-        finally:
+
+    def _connected(self, connecting: asyncio.Future[_RespConnection]) -> None:
+        if self.connecting is connecting:
             self.connecting = None
-        self.conn = conn
-        return conn
+        if not connecting.cancelled() and connecting.exception() is None:
+            self.conn = connecting.result()
 
     async def evalsha(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         """Run the script with `keys` and `args` and return its answer.
@@ -203,6 +210,17 @@ class ScriptPipe:
         if self.conn is not None and self.conn.transport is not None:
             self.conn.transport.close()
         self.conn = None
+
+
+def _tls_context(cert_reqs: str, ca_certs: str | None) -> ssl.SSLContext:
+    """TLS as redis-py sets it up from `ssl_cert_reqs` / `ssl_ca_certs` (verified by default)."""
+    tls = ssl.create_default_context(cafile=ca_certs)
+    if cert_reqs in ("none", "optional"):
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE if cert_reqs == "none" else ssl.CERT_OPTIONAL
+    elif cert_reqs != "required":
+        raise ValueError(f"ssl_cert_reqs={cert_reqs!r} is not one of none, optional, required")
+    return tls
 
 
 def _pack(*parts: Any) -> bytes:

@@ -21,12 +21,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 class CoalescingTransport:
     """A transport whose writes within one loop iteration go out as one write of the real transport."""
 
-    __slots__ = ("_buffer", "_loop", "_scheduled", "_transport")
+    __slots__ = ("_buffer", "_buffered", "_loop", "_scheduled", "_transport")
+
+    # Past this many bytes queued in one iteration, write at once: a large or fast-streamed body goes to the
+    # real transport, whose buffer uvicorn's flow control (pause_writing) watches.
+    MAX_BUFFERED = 64 * 1024
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._buffer: list[bytes] = []
+        self._buffered = 0
         self._scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -34,7 +39,10 @@ class CoalescingTransport:
         if not data:
             return
         self._buffer.append(bytes(data))
-        if not self._scheduled:
+        self._buffered += len(data)
+        if self._buffered > self.MAX_BUFFERED:
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
@@ -45,6 +53,7 @@ class CoalescingTransport:
             return
         data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer.clear()
+        self._buffered = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -55,7 +64,7 @@ class CoalescingTransport:
 
     def get_write_buffer_size(self) -> int:
         """Bytes not sent yet, queued here or in the real transport (uvicorn's flow control reads it)."""
-        return sum(len(b) for b in self._buffer) + self._transport.get_write_buffer_size()
+        return self._buffered + self._transport.get_write_buffer_size()
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (pause/resume reading, get_extra_info, is_closing, abort, ...) is the real transport's.

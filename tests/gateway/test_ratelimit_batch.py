@@ -50,3 +50,16 @@ async def test_purchase_buckets_are_apart_from_the_general_ones() -> None:
         assert await limiter.check(user, "10.1.1.1", purchase=False) == 0  # browsing still passes
     finally:
         await limiter.aclose()
+
+
+async def test_rates_whose_interval_is_not_a_whole_number_of_milliseconds_still_pass_their_burst() -> None:
+    # 6/s is an interval of 166.67 ms: rounding in fractional milliseconds once refused such buckets' tokens.
+    for burst in (1, 5):
+        limiter = RateLimiter(gateway_settings(redis_url=GATEWAY_REDIS_URL, ip_rate=6, ip_burst=burst))
+        ip = f"10.77.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+        try:
+            waits = await asyncio.gather(*[limiter.check(None, ip, purchase=False) for _ in range(burst + 1)])
+            assert waits[:burst] == [0] * burst
+            assert waits[burst] == 1  # the next token comes within a second
+        finally:
+            await limiter.aclose()
