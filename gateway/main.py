@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -18,7 +18,7 @@ from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
 from gateway.views import ViewPublisher, worker_name
-from services.common.background import freeze_startup_objects
+from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
 
 log = logging.getLogger("gateway")
@@ -60,15 +60,17 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         views_redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
         publisher = ViewPublisher(views_redis, worker, pools, settings.view_interval_seconds)
         app.state.view_publisher = publisher
-        tasks = [asyncio.create_task(HealthChecker(pools, settings).run()), asyncio.create_task(publisher.run())]
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(HealthChecker(pools, settings).run()),
+            asyncio.create_task(run_every(settings.view_interval_seconds, "upstream view", publisher.publish, stop)),
+        ]
         freeze_startup_objects()
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+            # Bounded: redis-py can swallow a cancellation that lands mid-command.
+            await stop_background(stop, tasks)
             proxy.limiter = None
             for pool in pools.values():
                 pool.close()

@@ -5,13 +5,11 @@ to `/admin/upstreams` reaches one worker of one gateway, so on its own it would 
 only. Every worker therefore writes its view to Redis every `GATEWAY_VIEW_INTERVAL_SECONDS` (one key per
 worker, expiring after three intervals, so a dead worker drops out), and the endpoint answers with all of
 them plus, per replica, in how many workers it is available, unhealthy, ejected or behind an open breaker.
-Publishing fails quietly: the admin view is never a reason for the proxy path to stop.
+A failed publish is logged and tried again next interval: the admin view never stops the proxy path.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import time
 import uuid
@@ -20,11 +18,8 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.pools import Pool, monotonic
-
-log = logging.getLogger("gateway.views")
 
 KEY_PREFIX = "gw:view:"
 
@@ -41,7 +36,7 @@ def local_view(worker: str, pools: Iterable[Pool]) -> dict[str, Any]:
 
 
 class ViewPublisher:
-    """Writes this worker's view to Redis on a timer; reads every worker's."""
+    """Writes this worker's view to Redis; reads every worker's."""
 
     def __init__(self, redis: Redis, worker: str, pools: dict[str, Pool], interval: float) -> None:
         self.redis = redis
@@ -51,21 +46,9 @@ class ViewPublisher:
         self.ttl_ms = max(1, int(interval * 3 * 1000))
 
     async def publish(self) -> None:
-        """Write the view once."""
+        """Write the view once (run_every calls it each interval; a failure is retried next time)."""
         view = local_view(self.worker, self.pools.values())
         await self.redis.set(KEY_PREFIX + self.worker, orjson.dumps(view), px=self.ttl_ms)
-
-    async def run(self) -> None:
-        """Publish forever; a Redis failure is logged (once a minute at most) and retried next tick."""
-        last_warning = 0.0
-        while True:
-            try:
-                await self.publish()
-            except (RedisError, OSError) as exc:
-                if time.monotonic() - last_warning > 60:
-                    last_warning = time.monotonic()
-                    log.warning("could not publish the upstream view: %s", type(exc).__name__)
-            await asyncio.sleep(self.interval)
 
     async def all_views(self) -> list[dict[str, Any]]:
         """Every live worker's last view (this one's as of now, the others' as last published)."""
