@@ -300,6 +300,8 @@ class RegistryFollower:
         self.make_consumer = make_consumer
         self.idle_seconds = idle_seconds
         self._consumers: dict[str, tuple[StreamConsumer, asyncio.Task[None]]] = {}
+        # One sync at a time: two interleaved ones could stop a consumer twice or start two for one stream.
+        self._syncing = asyncio.Lock()
 
     @property
     def followed(self) -> set[str]:
@@ -308,6 +310,10 @@ class RegistryFollower:
 
     async def sync(self) -> None:
         """Start consumers where there is work; stop idle ones that have none left."""
+        async with self._syncing:
+            await self._sync()
+
+    async def _sync(self) -> None:
         registry: set[str] = await self.redis.smembers(self.registry)  # type: ignore[assignment]
         now = time.monotonic()
         idle = [s for s, (c, _t) in self._consumers.items() if now - c.last_active > self.idle_seconds]
