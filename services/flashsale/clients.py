@@ -63,6 +63,11 @@ class InventoryClient(_AdminClient):
             body["returned"] = returned
         return await self._call("PUT", f"/admin/allocations/{sale_id}/{sku}", json=body)
 
+    async def open_allocations(self) -> list[dict[str, Any]]:
+        """Every allocation the warehouse still counts as holding units, of any sale."""
+        body: Any = await self._call("GET", "/admin/allocations")
+        return list(body)
+
     async def allocation(self, *, sale_id: int, sku: str) -> dict[str, Any] | None:
         """The sale's allocation as the warehouse records it, or None when it has none."""
         try:

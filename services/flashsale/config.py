@@ -38,5 +38,8 @@ class FlashSaleSettings(WebhookSettings):
     # A warm sale whose Redis data is gone (Redis lost data) is rebuilt from the record automatically;
     # any other drift is only reported.
     auto_rebuild_lost_sales: bool = True
+    # Stock the warehouse still counts as allocated to a sale id flashsale has no sale for (its creation died
+    # between the allocation and the commit) is given back once it has been seen that way this long.
+    orphan_allocation_grace_seconds: float = 300.0
     order_events_stream: str = "orders:events"
     alerts_stream: str = "alerts"

@@ -45,6 +45,8 @@ DRIFT = Gauge(
 )
 UNSETTLED = Gauge("flashsale_unsettled_sales", "Sales whose units are not all sold or returned to the warehouse yet")
 JOB_LOCK_PREFIX = "fs:job:"
+# Hash "<sale id>:<sku>" -> when an allocation of a sale id with no sale was first seen (epoch seconds).
+ORPHANS_KEY = "fs:orphan-allocations"
 # How often an ended sale with Redis showing nothing reserved asks the order record whether it may settle.
 RECORD_CHECK_SECONDS = 5.0
 # The consumer groups that must have read a purchase stream before its entries may be trimmed.
@@ -253,7 +255,56 @@ class SaleReconciler:
                 await self._alert(report)
             elif report.problems:
                 log.warning("sale %s: %s", report.sale_id, "; ".join(report.problems))
+        await self.release_orphan_allocations()
         return len(reports)
+
+    async def release_orphan_allocations(self) -> int:
+        """Give back warehouse stock allocated to sale ids that have no sale, once seen so for the grace period.
+
+        create_sale allocates before its transaction commits; a process that dies in between leaves stock
+        allocated to a sale id that will never exist (ids are never reused), which nothing else settles. The
+        grace period (`FLASHSALE_ORPHAN_ALLOCATION_GRACE_SECONDS`) covers a creation still in flight; first
+        sightings are kept in Redis so every replica counts from the same moment. Returns how many it released.
+        """
+        inventory = self.service.inventory
+        if inventory is None:
+            return 0
+        open_allocations = await inventory.open_allocations()
+        sale_ids = {int(a["sale_id"]) for a in open_allocations}
+        async with self.service.sessions() as session:
+            known = set(await session.scalars(select(Sale.id).where(Sale.id.in_(sale_ids)))) if sale_ids else set()
+        redis = self.store.redis
+        seen: dict[str, str] = await redis.hgetall(ORPHANS_KEY)  # type: ignore[assignment]
+        now = time.time()
+        current = set()
+        released = 0
+        for allocation in open_allocations:
+            sale_id, sku = int(allocation["sale_id"]), str(allocation["sku"])
+            if sale_id in known:
+                continue
+            field = f"{sale_id}:{sku}"
+            current.add(field)
+            first_seen = float(seen.get(field) or 0)
+            if not first_seen:
+                await redis.hsetnx(ORPHANS_KEY, field, str(now))
+                first_seen = now
+            if now - first_seen < self.settings.orphan_allocation_grace_seconds:
+                continue
+            # Sold and returned only grow; an unborn sale has neither, so this gives back every unit it holds.
+            settled = int(allocation["sold"]) + int(allocation["returned"])
+            await inventory.set_allocation(sale_id=sale_id, sku=sku, allocated=settled)
+            log.warning(
+                "sale id %s has no sale: its %s units of %s went back to the warehouse",
+                sale_id,
+                allocation["outstanding"],
+                sku,
+            )
+            await redis.hdel(ORPHANS_KEY, field)
+            released += 1
+        stale = [f for f in seen if f not in current]
+        if stale:
+            await redis.hdel(ORPHANS_KEY, *stale)
+        return released
 
     async def _alert(self, report: SaleReconciliation) -> None:
         event = {

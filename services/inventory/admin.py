@@ -128,6 +128,12 @@ async def set_allocation(
     )
 
 
+@router.get("/allocations", response_model=list[AllocationOut])
+async def open_allocations(user: AdminUser, service: ServiceDep) -> list[AllocationOut]:
+    """Every allocation still holding units (allocated > sold + returned): what sales have out of the warehouse."""
+    return await service.open_allocations()
+
+
 @router.get("/allocations/{sale_id}/{sku}", response_model=AllocationOut)
 async def get_allocation(sale_id: SaleId, sku: SkuPath, user: AdminUser, service: ServiceDep) -> AllocationOut:
     """A sale's allocation of a SKU."""

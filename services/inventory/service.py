@@ -526,6 +526,16 @@ class InventoryService:
         await self._publish(effects)
         return out
 
+    async def open_allocations(self) -> list[AllocationOut]:
+        """Every allocation that still holds units (allocated > sold + returned), oldest sale first."""
+        async with self.sessions() as session:
+            rows = await session.scalars(
+                select(Allocation)
+                .where(Allocation.allocated > Allocation.sold + Allocation.returned)
+                .order_by(Allocation.sale_id, Allocation.sku)
+            )
+            return [_allocation_out(a) for a in rows]
+
     async def get_allocation(self, *, sale_id: int, sku: str) -> AllocationOut:
         """A sale's allocation of a SKU."""
         async with self.sessions() as session:

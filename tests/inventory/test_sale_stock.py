@@ -397,3 +397,31 @@ async def test_a_sale_whose_creation_fails_after_allocating_gives_the_stock_back
     finally:
         await conn.execute("DROP TRIGGER IF EXISTS refuse_doomed ON audit_log")
         await conn.close()
+
+
+async def test_stock_held_for_a_sale_id_with_no_sale_goes_back_after_the_grace_period(stack: Stack) -> None:
+    await _sku(stack, "SKU-ORPHAN", 40)
+    # What a flashsale process that died between the allocation and its commit leaves behind.
+    orphan = await stack.inventory.put("/admin/allocations/880001/SKU-ORPHAN", json={"allocated": 25})
+    assert orphan.status_code == 200, orphan.text
+    real = await _sale(stack, "SKU-ORPHAN", 10)
+    assert real.status_code == 201, real.text
+    listed = {(a["sale_id"], a["outstanding"]) for a in (await stack.inventory.get("/admin/allocations")).json()}
+    assert {(880001, 25), (real.json()["id"], 10)} <= listed
+    assert (await _counters(stack, "SKU-ORPHAN"))["available"] == 5
+
+    settings = stack.reconciler.settings
+    grace = settings.orphan_allocation_grace_seconds
+    try:
+        # Seen for the first time: it might be a creation still in flight, so it is left alone.
+        assert await stack.reconciler.release_orphan_allocations() == 0
+        assert (await _allocation(stack, 880001, "SKU-ORPHAN"))["outstanding"] == 25
+        settings.orphan_allocation_grace_seconds = 0
+        assert await stack.reconciler.release_orphan_allocations() == 1
+    finally:
+        settings.orphan_allocation_grace_seconds = grace
+    assert (await _allocation(stack, 880001, "SKU-ORPHAN"))["outstanding"] == 0
+    assert (await _allocation(stack, real.json()["id"], "SKU-ORPHAN"))["outstanding"] == 10  # the real sale keeps its
+    counters = await _counters(stack, "SKU-ORPHAN")
+    assert (counters["available"], counters["allocated"]) == (30, 10)
+    assert await stack.reconciler.release_orphan_allocations() == 0  # nothing left to give back
