@@ -140,21 +140,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
     p.add_argument("--strict", action="store_true", help="exit 2 when the aim is missed")
     a = p.parse_args(argv)
     check_load_arguments(p, a)
-    opts = Options(
-        setup="reuseport",
-        compare_setups=False,
-        duration=a.duration,
-        warmup=a.warmup,
-        connections=a.connections,
-        threads=a.threads,
-        users=a.users,
-        redis_db=a.redis_db,
-        database=a.database,
-        user_rate=None,
-        output=a.output,
-        strict=a.strict,
-        rounds=1,
-    )
+    opts = Options.from_arguments(a, database=a.database, output=a.output, strict=a.strict)
     return opts, a.gateway, a.output
 
 

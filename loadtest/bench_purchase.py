@@ -106,6 +106,36 @@ class Options:
     strict: bool
     rounds: int
 
+    @classmethod
+    def from_arguments(
+        cls,
+        a: argparse.Namespace,
+        *,
+        database: str,
+        output: Path,
+        setup: str = "reuseport",
+        compare_setups: bool = False,
+        user_rate: float | None = None,
+        strict: bool = False,
+        rounds: int = 1,
+    ) -> Options:
+        """Options with the load (add_load_arguments) and the Redis DB taken from parsed arguments `a`."""
+        return cls(
+            setup=setup,
+            compare_setups=compare_setups,
+            duration=a.duration,
+            warmup=a.warmup,
+            connections=a.connections,
+            threads=a.threads,
+            users=a.users,
+            redis_db=a.redis_db,
+            database=database,
+            user_rate=user_rate,
+            output=output,
+            strict=strict,
+            rounds=rounds,
+        )
+
 
 def add_load_arguments(p: argparse.ArgumentParser, *, duration: int, warmup: int) -> None:
     """The wrk load every benchmark of loadtest/ takes: duration, warm-up, connections, threads, users."""
@@ -143,15 +173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     check_load_arguments(p, a)
     if a.rounds < 1:
         p.error("need rounds >= 1")
-    return Options(
+    return Options.from_arguments(
+        a,
         setup=a.setup,
         compare_setups=a.compare_setups,
-        duration=a.duration,
-        warmup=a.warmup,
-        connections=a.connections,
-        threads=a.threads,
-        users=a.users,
-        redis_db=a.redis_db,
         database=a.database,
         user_rate=a.user_rate,
         output=a.output,

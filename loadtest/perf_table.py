@@ -322,21 +322,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, int]:
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "perf_table.json")
     a = p.parse_args(argv)
     check_load_arguments(p, a)
-    opts = Options(
-        setup="reuseport",
-        compare_setups=False,
-        duration=a.duration,
-        warmup=a.warmup,
-        connections=a.connections,
-        threads=a.threads,
-        users=a.users,
-        redis_db=a.redis_db,
-        database="flashsale_bench_pt",
-        user_rate=None,
-        output=a.output,
-        strict=False,
-        rounds=1,
-    )
+    opts = Options.from_arguments(a, database="flashsale_bench_pt", output=a.output)
     return opts, a.floor_requests
 
 
