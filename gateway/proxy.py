@@ -12,7 +12,7 @@ from random import getrandbits
 from typing import Any
 from urllib.parse import quote
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
 from gateway import errors
@@ -22,15 +22,17 @@ from gateway.pools import Pool, Replica
 from gateway.ratelimit import RateLimiter
 from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 from services.common.auth import Principal, TokenVerifier, Unauthenticated
+from services.common.metrics import RequestMetrics
 
 log = logging.getLogger("gateway.access")
 
-REQUESTS = Counter("gateway_requests_total", "Requests answered by the proxy", ["route", "upstream", "status"])
-LATENCY = Histogram(
-    "gateway_request_duration_seconds",
-    "Proxy latency, gateway in to gateway out",
-    ["route", "upstream"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+METRICS = RequestMetrics(
+    counter="gateway_requests_total",
+    counter_help="Requests answered by the proxy",
+    counter_labels=["route", "upstream", "status"],
+    histogram="gateway_request_duration_seconds",
+    histogram_help="Proxy latency, gateway in to gateway out",
+    histogram_labels=["route", "upstream"],
 )
 RETRIES = Counter("gateway_retries_total", "Requests retried on another replica", ["route", "reason"])
 
@@ -60,15 +62,10 @@ RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 NO_BODY = b""
 
 
-@functools.cache
-def _counter(route: str, upstream: str, status: int) -> Any:
-    # Label lookups cost microseconds; routes, replicas and statuses are few, so the children are cached.
-    return REQUESTS.labels(route, upstream, str(status))
-
-
-@functools.cache
-def _histogram(route: str, upstream: str) -> Any:
-    return LATENCY.labels(route, upstream)
+@functools.lru_cache(maxsize=256)
+def _roles_header(roles: frozenset[str]) -> bytes:
+    # Role sets are few (customer, admin, both): each one's header line is built once.
+    return b"x-user-roles: " + " ".join(sorted(roles)).encode()
 
 
 @functools.cache
@@ -79,6 +76,16 @@ def _retries(route: str, reason: str) -> Any:
 def _is_purchase(method: str, rest: str) -> bool:
     # POST /sales/{id}/purchase: the route bots hammer, with its own tighter buckets and timeout.
     return method == "POST" and rest.startswith("/sales/") and rest.endswith("/purchase") and rest.count("/") == 3
+
+
+def _body_is_in(receive: Receive) -> bool:
+    """True when the server has the whole request body already, so reading it cannot wait on the client.
+
+    uvicorn's `receive` is a method of its request cycle, whose `more_body` turns False once the body is
+    complete (a small body comes in the packet of its headers). Sparing the deadline then spares a timer and
+    a cancellation scope per request (~5 % of the gateway's CPU per purchase); any other server gets it.
+    """
+    return getattr(getattr(receive, "__self__", None), "more_body", True) is False
 
 
 class _ClientGone(Exception):
@@ -144,8 +151,7 @@ class Proxy:
         start = time.perf_counter()
         status, route, upstream, rid, user = await self._serve(scope, receive, send)
         elapsed = time.perf_counter() - start
-        _counter(route, upstream, status).inc()
-        _histogram(route, upstream).observe(elapsed)
+        METRICS.observe((route, upstream, status), (route, upstream), elapsed)
         if self.access_log:
             # Path only: query strings and headers (tokens) are never logged.
             log.info(
@@ -224,11 +230,13 @@ class Proxy:
                 token = bearer_token(authorization)
                 # A token not verified here yet costs a signature check; an address whose refused tokens have
                 # emptied its bucket gets its 429 without one, so made-up tokens meet the bucket, not our CPU.
-                wait = 0 if self.verifier.is_cached(token) else self.refused_ips.wait(client_ip)
-                if wait:
-                    await self._rate_limited(send, path, rid, wait)
-                    return 429, route, "none", rid, None
-                principal = self.verifier.verify(token)
+                principal = self.verifier.cached(token)
+                if principal is None:
+                    wait = self.refused_ips.wait(client_ip)
+                    if wait:
+                        await self._rate_limited(send, path, rid, wait)
+                        return 429, route, "none", rid, None
+                    principal = self.verifier.verify(token)
             except Unauthenticated as exc:
                 # A refused token takes a token from the address's bucket like any other request.
                 wait = await self.limiter.check(None, client_ip, purchase) if self.limiter is not None else 0
@@ -255,7 +263,7 @@ class Proxy:
             await self._too_large(send, path, rid)
             return 413, route, "none", rid, user_id
         try:
-            if declared > 0 or chunked:
+            if (declared > 0 or chunked) and not _body_is_in(receive):
                 async with asyncio.timeout(self.body_timeout):
                     body = await self._read_body(receive)
             else:
@@ -316,7 +324,7 @@ class Proxy:
             )
             if principal is not None:
                 forward.append(b"x-user-id: " + principal.user_id.encode())
-                forward.append(b"x-user-roles: " + " ".join(sorted(principal.roles)).encode())
+                forward.append(_roles_header(principal.roles))
             if body or method in ("POST", "PUT", "PATCH"):
                 forward.append(b"content-length: %d" % len(body))
             tail = b"\r\n" + b"\r\n".join(forward) + b"\r\n\r\n"

@@ -24,6 +24,11 @@ SCRIPT = (Path(__file__).parent / "lua" / "token_buckets.lua").read_text()
 _Check = tuple[list[str], list[str], "asyncio.Future[int]"]
 
 
+def _bucket(rate: float, burst: int) -> tuple[str, str]:
+    """A bucket's script arguments: whole microseconds between two tokens (rounded to nearest), and the burst."""
+    return str(int(1_000_000 / rate + 0.5)), str(burst)
+
+
 class RateLimiter:
     """Decides whether a request may pass; returns the seconds to wait when it may not."""
 
@@ -37,19 +42,22 @@ class RateLimiter:
         self.enabled = settings.ratelimit_enabled
         self.retry_seconds = settings.ratelimit_retry_seconds
         self.closed_until = 0.0  # while Redis is failing, skip it instead of paying a timeout per request
-        # Rates as the script takes them, per request: how many buckets, then (rate per second, burst) each.
-        user_rate, user_burst = str(settings.user_rate), str(settings.user_burst)
-        ip_rate, ip_burst = str(settings.ip_rate), str(settings.ip_burst)
-        p_user_rate, p_user_burst = str(settings.purchase_user_rate), str(settings.purchase_user_burst)
-        p_ip_rate, p_ip_burst = str(settings.purchase_ip_rate), str(settings.purchase_ip_burst)
+        # Rates as the script takes them, per request: how many buckets, then (interval, burst) each, the
+        # interval being the whole microseconds between two tokens.
+        user, ip = _bucket(settings.user_rate, settings.user_burst), _bucket(settings.ip_rate, settings.ip_burst)
+        p_user = _bucket(settings.purchase_user_rate, settings.purchase_user_burst)
+        p_ip = _bucket(settings.purchase_ip_rate, settings.purchase_ip_burst)
         # Keyed by (purchase route, a user known).
         self.args = {
-            (False, True): ["2", user_rate, user_burst, ip_rate, ip_burst],
-            (False, False): ["1", ip_rate, ip_burst],
-            (True, True): ["2", p_user_rate, p_user_burst, p_ip_rate, p_ip_burst],
-            (True, False): ["1", p_ip_rate, p_ip_burst],
+            (False, True): ["2", *user, *ip],
+            (False, False): ["1", *ip],
+            (True, True): ["2", *p_user, *p_ip],
+            (True, False): ["1", *p_ip],
         }
         self.loop: asyncio.AbstractEventLoop | None = None
+        import os
+
+        self.window = float(os.environ.get("RLWIN", "0"))
         self.pending: list[_Check] = []
         self.tasks: set[asyncio.Task[None]] = set()
 

@@ -136,6 +136,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def expire(self, seconds: float) -> None:
+        """The answer did not come within `seconds`: fail the request and drop the connection."""
+        self.abort(UpstreamTimeout(f"no answer within {seconds}s"))
+
     def send(self, data: bytes, head: bool, loop: asyncio.AbstractEventLoop) -> asyncio.Future[UpstreamResponse]:
         """Write one request; the future completes with the answer."""
         self.status = 0
@@ -202,7 +206,7 @@ class ReplicaClient:
             conn = await self._connect(loop)
         waiter = conn.send(head_bytes + body if body else head_bytes, head, loop)
         # A timer handle instead of asyncio.wait_for: no task and no cancellation scope per request.
-        timer = loop.call_later(answer_within, conn.abort, UpstreamTimeout(f"no answer within {answer_within}s"))
+        timer = loop.call_later(answer_within, conn.expire, answer_within)
         try:
             response = await waiter
         except BaseException as exc:

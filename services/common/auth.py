@@ -60,10 +60,14 @@ class TokenVerifier:
         """The key that checks this token's signature (a subclass may pick one from a key set)."""
         return self.key
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of `token` when it was verified here recently and has not expired (no signature check)."""
+        cached = self.cache.get(token)
+        return cached if cached is not None and cached.expires_at > time.time() else None
+
     def is_cached(self, token: str) -> bool:
         """True when `token` was verified here recently and has not expired: verify() will not check a signature."""
-        cached = self.cache.get(token)
-        return cached is not None and cached.expires_at > time.time()
+        return self.cached(token) is not None
 
     def verify(self, token: str) -> Principal:
         """Return the principal for a valid token or raise Unauthenticated."""

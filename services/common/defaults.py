@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from starlette.responses import Response
@@ -21,29 +20,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.config import BaseServiceSettings
 from services.common.errors import install_error_handlers, problem_response
 from services.common.logs import configure_logging, request_id_var
+from services.common.metrics import RequestMetrics
 
 log = logging.getLogger("service.access")
 
-HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests served", ["method", "route", "status"])
-HTTP_LATENCY = Histogram(
-    "http_request_duration_seconds",
-    "HTTP request latency",
-    ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+HTTP_METRICS = RequestMetrics(
+    counter="http_requests_total",
+    counter_help="HTTP requests served",
+    counter_labels=["method", "route", "status"],
+    histogram="http_request_duration_seconds",
+    histogram_help="HTTP request latency",
+    histogram_labels=["route"],
 )
 
 ReadyCheck = Callable[[], Awaitable[None]]
-
-
-@functools.cache
-def _request_counter(method: str, route: str, status: int) -> Any:
-    # Label lookups cost microseconds each; routes and statuses are few, so the children are cached.
-    return HTTP_REQUESTS.labels(method, route, str(status))
-
-
-@functools.cache
-def _latency_histogram(route: str) -> Any:
-    return HTTP_LATENCY.labels(route)
 
 
 class ServiceMiddleware:
@@ -111,8 +101,7 @@ class ServiceMiddleware:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
-            _request_counter(scope["method"], label, status_holder[0]).inc()
-            _latency_histogram(label).observe(elapsed)
+            HTTP_METRICS.observe((scope["method"], label, status_holder[0]), (label,), elapsed)
             if self.access_log:
                 log.info(
                     "%s %s %s",

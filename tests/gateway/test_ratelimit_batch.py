@@ -63,3 +63,28 @@ async def test_rates_whose_interval_is_not_a_whole_number_of_milliseconds_still_
             assert waits[burst] == 1  # the next token comes within a second
         finally:
             await limiter.aclose()
+
+
+async def test_a_bucket_many_requests_of_a_batch_share_ends_with_every_take_counted() -> None:
+    # 30 users behind one address in one loop iteration: the address's bucket is read once and written once
+    # by the script, and must end exactly as 20 takes one after another would leave it.
+    limiter = RateLimiter(gateway_settings(redis_url=GATEWAY_REDIS_URL, ip_rate=1, ip_burst=20))
+    ip = f"10.88.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    users = [f"crowd-{uuid.uuid4().hex[:8]}" for _ in range(30)]
+    try:
+        waits = await asyncio.gather(*[limiter.check(user, ip, purchase=False) for user in users])
+        assert [w == 0 for w in waits] == [True] * 20 + [False] * 10
+        assert await limiter.check(f"late-{uuid.uuid4().hex[:8]}", ip, purchase=False) == 1
+        redis = Redis.from_url(GATEWAY_REDIS_URL)
+        try:
+            # 20 tokens at 1/s: full again 20 s from now, and the key lives a second past that.
+            ttl = await redis.pttl(f"rl:g:ip:{ip}")
+            users_ttl = [await redis.pttl(f"rl:g:u:{user}") for user in users]
+        finally:
+            await redis.aclose()
+        assert 19_000 < ttl <= 21_000
+        # Each admitted user's own bucket took one token; the refused ones took nothing and have no key.
+        assert all(t > 0 for t in users_ttl[:20])
+        assert all(t == -2 for t in users_ttl[20:])
+    finally:
+        await limiter.aclose()

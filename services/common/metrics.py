@@ -1,0 +1,83 @@
+"""The per-request counter and latency histogram of every service and the gateway, counted in plain dicts.
+
+prometheus_client's Counter.inc and Histogram.observe take a lock each and walk the buckets in Python:
+~3.7 us per request on the benchmark machine, paid on every request of the hot paths. Here a request
+costs two dict updates and a C bisect (~0.6 us); the library still renders the exposition, from this
+collector, at scrape time. Counted from the event loop's thread only (the services' middleware and the
+gateway's proxy run there), so no lock is needed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# A request's labels: strings, and the status code as an int (turned into text at scrape time).
+Labels = tuple[str | int, ...]
+
+
+class RequestMetrics:
+    """A `<counter>_total` of requests and a `<histogram>` of their latency, each with its own labels."""
+
+    def __init__(
+        self,
+        *,
+        counter: str,
+        counter_help: str,
+        counter_labels: Sequence[str],
+        histogram: str,
+        histogram_help: str,
+        histogram_labels: Sequence[str],
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.counter = counter.removesuffix("_total")
+        self.counter_help = counter_help
+        self.counter_labels = list(counter_labels)
+        self.histogram = histogram
+        self.histogram_help = histogram_help
+        self.histogram_labels = list(histogram_labels)
+        self.bounds = tuple(sorted(buckets))
+        self.counts: dict[Labels, int] = {}
+        # Per label set: a count per bucket (values <= its bound and above the one before), then the count
+        # above the last bound, then the sum of the observed seconds.
+        self.latencies: dict[Labels, list[float]] = {}
+        registry.register(self)
+
+    def observe(self, counted: Labels, timed: Labels, seconds: float) -> None:
+        """Count one request under the counter's labels `counted` and its latency under `timed`."""
+        counts = self.counts
+        counts[counted] = counts.get(counted, 0) + 1
+        latency = self.latencies.get(timed)
+        if latency is None:
+            latency = self.latencies[timed] = [0.0] * (len(self.bounds) + 2)
+        latency[bisect_left(self.bounds, seconds)] += 1
+        latency[-1] += seconds
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names, for the registry's duplicate check."""
+        yield CounterMetricFamily(self.counter, self.counter_help, labels=self.counter_labels)
+        yield HistogramMetricFamily(self.histogram, self.histogram_help, labels=self.histogram_labels)
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter and the histogram as they stand now (cumulative buckets, as Prometheus reads them)."""
+        requests = CounterMetricFamily(self.counter, self.counter_help, labels=self.counter_labels)
+        for labels, count in list(self.counts.items()):
+            requests.add_metric([str(v) for v in labels], count)
+        yield requests
+        latency = HistogramMetricFamily(self.histogram, self.histogram_help, labels=self.histogram_labels)
+        edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for labels, per_bucket in list(self.latencies.items()):
+            cumulative: list[tuple[str, float]] = []
+            running = 0.0
+            for edge, in_bucket in zip(edges, per_bucket, strict=False):
+                running += in_bucket
+                cumulative.append((edge, running))
+            latency.add_metric([str(v) for v in labels], cumulative, sum_value=per_bucket[-1])
+        yield latency
