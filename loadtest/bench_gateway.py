@@ -12,11 +12,18 @@ What one run does (the machinery is bench_purchase.py's, imported, not copied):
    buckets raised because every request comes from 127.0.0.1;
 4. mints 20,000 customer tokens; each purchase run gets its own sale (10,000,000 units, limit 1000/user);
 5. drives both paths with wrk on this machine, same threads, connections and Lua script: a warm-up of each,
-   then a measured run of `POST /sales/{id}/purchase` straight at flashsale and of
-   `POST /api/flashsale/sales/{id}/purchase` at the gateway (unique Idempotency-Key, rotating tokens);
-6. checks both runs' purchases were real (202 answers = reserved units = event stream length);
-7. prints req/s, p50, p99, errors and CPU of each, the ratio gateway/direct and PASS/MISS against the aim
+   then `--rounds` (4) interleaved pairs of measured runs of `--duration` / rounds seconds each (20 s in all
+   per path): `POST /sales/{id}/purchase` straight at flashsale and `POST /api/flashsale/sales/{id}/purchase`
+   at the gateway (unique Idempotency-Key, rotating tokens), the order of the two swapped every round;
+6. checks every run's purchases were real (202 answers = reserved units = event stream length);
+7. prints req/s, p50, p99, errors and CPU of each path over all its rounds, the ratio gateway/direct of the
+   pooled figures and of each round (median, lowest, highest), PASS/MISS of the pooled ratio against the aim
    (>= 0.6), and writes loadtest/results/bench_gateway.json.
+
+Why interleaved rounds: this machine's speed moves by 20-40 % within a minute (two identical runs of the
+old one-run-per-path design gave ratios 0.49 and 0.58). Measuring both paths in alternating slices of the
+same minute gives each path the same share of fast and slow moments, so the ratio measures the gateway, not
+the moment each path happened to run in.
 
 The flashsale processes serve both runs: the only difference between them is the gateway in the path. On a
 machine with 2 cores the gateway's own CPU competes with flashsale's, so the ratio is mostly the gateway's
@@ -33,6 +40,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import uuid
@@ -121,26 +129,70 @@ class SplitCpuProbe(CpuProbe):
 
 @dataclass
 class Run:
-    """One measured path."""
+    """One measured run of one path."""
 
     path: str
+    round: int
     result: WrkResult
     verification: Verification
-    warmup_verification: Verification | None
+
+
+@dataclass
+class Pooled:
+    """One path's runs taken together: requests over seconds, and the CPU they used."""
+
+    path: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    statuses: dict[str, int]
+    cpu_seconds: dict[str, float | None]
+
+    @classmethod
+    def of(cls, path: str, runs: list[Run]) -> Pooled:
+        """Pool the runs of `path`; latency percentiles are the median of the runs' own."""
+        mine = [r.result for r in runs if r.path == path]
+        requests = sum(r.requests for r in mine)
+        seconds = sum(r.duration_s for r in mine)
+        statuses: dict[str, int] = {}
+        cpu: dict[str, float | None] = {}
+        for r in mine:
+            for code, n in r.statuses.items():
+                statuses[code] = statuses.get(code, 0) + n
+            for key, value in r.cpu_seconds.items():
+                before = cpu.get(key, 0.0)
+                cpu[key] = None if value is None or before is None else round(before + value, 2)
+        return cls(
+            path=path,
+            requests=requests,
+            seconds=round(seconds, 3),
+            rps=round(requests / seconds, 1) if seconds else 0.0,
+            p50_ms=statistics.median(r.p50_ms for r in mine),
+            p99_ms=statistics.median(r.p99_ms for r in mine),
+            errors=sum(r.errors for r in mine),
+            statuses=statuses,
+            cpu_seconds=cpu,
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
     """Read the options; the defaults are what `make bench-gateway` runs."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--gateway", choices=sorted(GATEWAY_SETUPS), default="single", help="gateway processes")
-    add_load_arguments(p, duration=12, warmup=6)
+    add_load_arguments(p, duration=20, warmup=6)
+    p.add_argument("--rounds", type=int, default=4, help="interleaved pairs of runs the duration is split into")
     p.add_argument("--redis-db", type=int, default=6, help="Redis logical DB of the benchmark (flushed)")
     p.add_argument("--database", default="flashsale_bench_gw", help="PostgreSQL database (recreated)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_gateway.json", help="JSON results file")
     p.add_argument("--strict", action="store_true", help="exit 2 when the aim is missed")
     a = p.parse_args(argv)
     check_load_arguments(p, a)
-    opts = Options.from_arguments(a, database=a.database, output=a.output, strict=a.strict)
+    if a.rounds < 1 or a.duration < a.rounds:
+        p.error("need rounds >= 1 and a duration of at least one second per round")
+    opts = Options.from_arguments(a, database=a.database, output=a.output, strict=a.strict, rounds=a.rounds)
     return opts, a.gateway, a.output
 
 
@@ -154,18 +206,24 @@ def stack(opts: Options, gateway_setup: str, redis_url: str, database_url: str) 
             yield flashsale, gateway
 
 
-def measure(opts: Options, gateway_setup: str, redis_url: str, database_url: str, tokens_file: Path) -> list[Run]:
-    """Warm up and measure the direct path, then the gateway path, on the same flashsale processes."""
+def measure(
+    opts: Options, gateway_setup: str, redis_url: str, database_url: str, tokens_file: Path
+) -> tuple[list[Run], list[Verification]]:
+    """Warm up both paths, then measure them in interleaved rounds, on the same flashsale processes."""
     wrk = ensure_wrk()
     admin_token = issue_token(BaseServiceSettings(), "bench-admin", ["admin"], ttl_seconds=6 * 3600)
-    runs = []
+    runs: list[Run] = []
+    warmups: list[Verification] = []
+    seconds = opts.duration // opts.rounds
     with stack(opts, gateway_setup, redis_url, database_url) as (flashsale, gateway):
         admin = Admin(flashsale.base_url, admin_token)
         try:
             probe = SplitCpuProbe(flashsale, gateway, redis_url)
             tag = uuid.uuid4().hex[:8]
+            paths = {"direct": (flashsale.base_url, ""), "gateway": (gateway.base_url, GATEWAY_PREFIX)}
 
-            def purchase(url: str, prefix: str, label: str, seconds: int) -> tuple[WrkResult, Verification]:
+            def purchase(name: str, label: str, seconds: int) -> tuple[WrkResult, Verification]:
+                url, prefix = paths[name]
                 sale_id = admin.seed_sale(f"{tag}-{label}")
                 args = [str(sale_id), str(tokens_file), f"{tag}{label}", prefix]
                 result = run_wrk(
@@ -173,54 +231,77 @@ def measure(opts: Options, gateway_setup: str, redis_url: str, database_url: str
                 )
                 return result, verify_purchases(admin, redis_url, sale_id, result)
 
-            for name, url, prefix in (
-                ("direct", flashsale.base_url, ""),
-                ("gateway", gateway.base_url, GATEWAY_PREFIX),
-            ):
-                warm = None
-                if opts.warmup:
+            if opts.warmup:
+                for name in paths:
                     print(f"[{name}] warm-up {opts.warmup}s (token caches, connection pools)", flush=True)
-                    _, warm = purchase(url, prefix, f"{name}-w", opts.warmup)
-                print(f"[{name}] measuring {opts.duration}s", flush=True)
-                result, check = purchase(url, prefix, f"{name}-m", opts.duration)
-                runs.append(Run(name, result, check, warm))
+                    warmups.append(purchase(name, f"{name}-w", opts.warmup)[1])
+            for n in range(opts.rounds):
+                order = ["direct", "gateway"] if n % 2 == 0 else ["gateway", "direct"]
+                for name in order:
+                    result, check = purchase(name, f"{name}-{n}", seconds)
+                    runs.append(Run(name, n, result, check))
+                pair = {r.path: r.result.rps for r in runs[-2:]}
+                ratio = pair["gateway"] / pair["direct"] if pair["direct"] else 0.0
+                print(
+                    f"round {n + 1}/{opts.rounds}: direct {pair['direct']:,.0f}/s, gateway {pair['gateway']:,.0f}/s,"
+                    f" ratio {ratio:.3f}",
+                    flush=True,
+                )
         finally:
             admin.close()
-    return runs
+    return runs, warmups
 
 
-def print_table(runs: list[Run], opts: Options, gateway_setup: str) -> float:
-    """The table and the ratio gateway/direct; returns the ratio."""
-    header = ["path", "req/s", "p50 ms", "p99 ms", "errors", "flashsale CPU s", "gateway CPU s", "redis CPU s"]
-    rows = []
+def round_ratios(runs: list[Run]) -> list[float]:
+    """gateway/direct req/s of each round."""
+    by_round: dict[int, dict[str, float]] = {}
     for run in runs:
-        r = run.result
-        cpu = [r.cpu_seconds.get(k) for k in ("servers", "gateway", "redis")]
+        by_round.setdefault(run.round, {})[run.path] = run.result.rps
+    return [r["gateway"] / r["direct"] if r["direct"] else 0.0 for _, r in sorted(by_round.items())]
+
+
+def print_table(runs: list[Run], opts: Options, gateway_setup: str) -> tuple[float, list[float]]:
+    """The table of the pooled runs and the ratios gateway/direct; returns the pooled ratio and each round's."""
+    header = ["path", "req/s", "p50 ms", "p99 ms", "errors", "flashsale CPU s", "gateway CPU s", "redis CPU s"]
+    pooled = [Pooled.of(path, runs) for path in ("direct", "gateway")]
+    rows = []
+    for p in pooled:
+        cpu = [p.cpu_seconds.get(k) for k in ("servers", "gateway", "redis")]
         shown = [f"{v:.1f}" if v is not None else "-" for v in cpu]
-        rows.append([run.path, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors), *shown])
+        rows.append([p.path, f"{p.rps:,.0f}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", str(p.errors), *shown])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
-    direct, through = runs[0].result, runs[1].result
+    direct, through = pooled
     ratio = through.rps / direct.rps if direct.rps else 0.0
+    ratios = round_ratios(runs)
+    seconds = opts.duration // opts.rounds
     print()
     print("flashsale: 2 replicas, one SO_REUSEPORT port each (uvicorn --fd); both paths hit the same processes")
-    print(f"gateway: {GATEWAY_SETUPS[gateway_setup]}, rate limiter on (1 Redis call per request)")
-    print(f"load: wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s on each, {opts.users:,} users")
+    print(f"gateway: {GATEWAY_SETUPS[gateway_setup]}, rate limiter on (1 Redis call per loop iteration)")
+    print(
+        f"load: wrk -t{opts.threads} -c{opts.connections}, {opts.users:,} users; {opts.rounds} interleaved rounds"
+        f" of {seconds}s per path ({seconds * opts.rounds}s each in all)"
+    )
     print(line(header))
     print(line(["-" * w for w in widths]))
     for row in rows:
         print(line(row))
     print()
-    print(f"ratio gateway/direct: {ratio:.3f}  aim >= {AIM_RATIO}: {'PASS' if ratio >= AIM_RATIO else 'MISS'}")
-    for run in runs:
-        check = run.verification
-        print(f"{run.path} purchases real: {'yes' if check.ok else 'NO'} (sale {check.sale_id}: {check.note})")
-        if run.result.status_non_2xx:
-            print(f"{run.path} answers by status: {run.result.statuses}")
-    return ratio
+    print(
+        f"ratio gateway/direct: {ratio:.3f}  aim >= {AIM_RATIO}: {'PASS' if ratio >= AIM_RATIO else 'MISS'}"
+        f"  (rounds: median {statistics.median(ratios):.3f}, lowest {min(ratios):.3f}, highest {max(ratios):.3f})"
+    )
+    bad = [run for run in runs if not run.verification.ok]
+    print(f"purchases real: {'yes' if not bad else 'NO'} in all {len(runs)} runs")
+    for run in bad:
+        print(f"  {run.path} round {run.round + 1}: sale {run.verification.sale_id}: {run.verification.note}")
+    for p in pooled:
+        if any(code != "202" for code in p.statuses):
+            print(f"{p.path} answers by status: {p.statuses}")
+    return ratio, ratios
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -244,34 +325,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokens_file = Path(tmp) / "tokens.txt"
             print(f"minting {opts.users:,} customer tokens", flush=True)
             write_tokens(opts.users, tokens_file)
-            runs = measure(opts, gateway_setup, redis_url, database_url, tokens_file)
+            runs, warmups = measure(opts, gateway_setup, redis_url, database_url, tokens_file)
     except BenchError as exc:
         print(f"bench_gateway: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bench_gateway: interrupted; servers stopped", file=sys.stderr)
         return 130
-    ratio = print_table(runs, opts, gateway_setup)
+    ratio, ratios = print_table(runs, opts, gateway_setup)
     report = report_header("loadtest/bench_gateway.py", argv, load_before, opts)
     report["params"]["gateway"] = GATEWAY_SETUPS[gateway_setup]
+    report["params"]["rounds"] = opts.rounds
     report |= {
         "ratio": round(ratio, 4),
+        "round_ratios": [round(r, 4) for r in ratios],
+        "median_round_ratio": round(statistics.median(ratios), 4),
         "aim": {"ratio": AIM_RATIO, "pass": ratio >= AIM_RATIO},
+        "paths": [asdict(Pooled.of(path, runs)) for path in ("direct", "gateway")],
         "runs": [
             {
                 "path": run.path,
+                "round": run.round + 1,
                 "result": asdict(run.result) | {"errors": run.result.errors},
                 "verification": asdict(run.verification),
-                "warmup_verification": asdict(run.warmup_verification) if run.warmup_verification else None,
             }
             for run in runs
         ],
+        "warmup_verifications": [asdict(v) for v in warmups],
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output
     print(f"\nresults written to {shown}")
-    if not all(run.verification.ok for run in runs):
+    if not all(run.verification.ok for run in runs) or not all(v.ok for v in warmups):
         return 1
     return 2 if ratio < AIM_RATIO and opts.strict else 0
 
