@@ -55,9 +55,6 @@ class RateLimiter:
             (True, False): ["1", *p_ip],
         }
         self.loop: asyncio.AbstractEventLoop | None = None
-        import os
-
-        self.window = float(os.environ.get("RLWIN", "0"))
         self.pending: list[_Check] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
