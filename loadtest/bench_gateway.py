@@ -241,10 +241,9 @@ def measure(
                     result, check = purchase(name, f"{name}-{n}", seconds)
                     runs.append(Run(name, n, result, check))
                 pair = {r.path: r.result.rps for r in runs[-2:]}
-                ratio = pair["gateway"] / pair["direct"] if pair["direct"] else 0.0
                 print(
                     f"round {n + 1}/{opts.rounds}: direct {pair['direct']:,.0f}/s, gateway {pair['gateway']:,.0f}/s,"
-                    f" ratio {ratio:.3f}",
+                    f" ratio {round_ratios(runs)[-1]:.3f}",
                     flush=True,
                 )
         finally:
@@ -260,10 +259,11 @@ def round_ratios(runs: list[Run]) -> list[float]:
     return [r["gateway"] / r["direct"] if r["direct"] else 0.0 for _, r in sorted(by_round.items())]
 
 
-def print_table(runs: list[Run], opts: Options, gateway_setup: str) -> tuple[float, list[float]]:
-    """The table of the pooled runs and the ratios gateway/direct; returns the pooled ratio and each round's."""
+def print_table(
+    runs: list[Run], warmups: list[Verification], pooled: list[Pooled], ratios: list[float], opts: Options, setup: str
+) -> float:
+    """The table of the pooled runs and the ratios gateway/direct; returns the pooled ratio."""
     header = ["path", "req/s", "p50 ms", "p99 ms", "errors", "flashsale CPU s", "gateway CPU s", "redis CPU s"]
-    pooled = [Pooled.of(path, runs) for path in ("direct", "gateway")]
     rows = []
     for p in pooled:
         cpu = [p.cpu_seconds.get(k) for k in ("servers", "gateway", "redis")]
@@ -276,11 +276,10 @@ def print_table(runs: list[Run], opts: Options, gateway_setup: str) -> tuple[flo
 
     direct, through = pooled
     ratio = through.rps / direct.rps if direct.rps else 0.0
-    ratios = round_ratios(runs)
     seconds = opts.duration // opts.rounds
     print()
     print("flashsale: 2 replicas, one SO_REUSEPORT port each (uvicorn --fd); both paths hit the same processes")
-    print(f"gateway: {GATEWAY_SETUPS[gateway_setup]}, rate limiter on (1 Redis call per loop iteration)")
+    print(f"gateway: {GATEWAY_SETUPS[setup]}, rate limiter on (1 Redis call per loop iteration)")
     print(
         f"load: wrk -t{opts.threads} -c{opts.connections}, {opts.users:,} users; {opts.rounds} interleaved rounds"
         f" of {seconds}s per path ({seconds * opts.rounds}s each in all)"
@@ -295,13 +294,16 @@ def print_table(runs: list[Run], opts: Options, gateway_setup: str) -> tuple[flo
         f"  (rounds: median {statistics.median(ratios):.3f}, lowest {min(ratios):.3f}, highest {max(ratios):.3f})"
     )
     bad = [run for run in runs if not run.verification.ok]
-    print(f"purchases real: {'yes' if not bad else 'NO'} in all {len(runs)} runs")
+    print(f"purchases real: {'yes in all' if not bad else f'NO in {len(bad)} of'} {len(runs)} runs")
     for run in bad:
         print(f"  {run.path} round {run.round + 1}: sale {run.verification.sale_id}: {run.verification.note}")
+    for check in warmups:
+        if not check.ok:
+            print(f"  warm-up: sale {check.sale_id}: {check.note}")
     for p in pooled:
         if any(code != "202" for code in p.statuses):
             print(f"{p.path} answers by status: {p.statuses}")
-    return ratio, ratios
+    return ratio
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -332,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench_gateway: interrupted; servers stopped", file=sys.stderr)
         return 130
-    ratio, ratios = print_table(runs, opts, gateway_setup)
+    pooled = [Pooled.of(path, runs) for path in ("direct", "gateway")]
+    ratios = round_ratios(runs)
+    ratio = print_table(runs, warmups, pooled, ratios, opts, gateway_setup)
     report = report_header("loadtest/bench_gateway.py", argv, load_before, opts)
     report["params"]["gateway"] = GATEWAY_SETUPS[gateway_setup]
     report["params"]["rounds"] = opts.rounds
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "round_ratios": [round(r, 4) for r in ratios],
         "median_round_ratio": round(statistics.median(ratios), 4),
         "aim": {"ratio": AIM_RATIO, "pass": ratio >= AIM_RATIO},
-        "paths": [asdict(Pooled.of(path, runs)) for path in ("direct", "gateway")],
+        "paths": [asdict(p) for p in pooled],
         "runs": [
             {
                 "path": run.path,

@@ -65,10 +65,6 @@ class TokenVerifier:
         cached = self.cache.get(token)
         return cached if cached is not None and cached.expires_at > time.time() else None
 
-    def is_cached(self, token: str) -> bool:
-        """True when `token` was verified here recently and has not expired: verify() will not check a signature."""
-        return self.cached(token) is not None
-
     def verify(self, token: str) -> Principal:
         """Return the principal for a valid token or raise Unauthenticated."""
         now = time.time()
