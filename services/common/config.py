@@ -20,6 +20,8 @@ class BaseServiceSettings(BaseSettings):
     env: str = Field("dev", validation_alias=AliasChoices("APP_ENV", "ENV"))
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     redis_max_connections: int = Field(256, validation_alias="REDIS_MAX_CONNECTIONS")
+    # Pool connections opened at start (see resources.warm_redis); none given: all of them.
+    redis_warm_connections: int | None = Field(None, ge=0, validation_alias="REDIS_WARM_CONNECTIONS")
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     db_pool_size: int = 10
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias="JWT_SECRET")

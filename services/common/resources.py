@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.common.config import BaseServiceSettings
+
+log = logging.getLogger(__name__)
 
 
 def open_redis(settings: BaseServiceSettings) -> Redis:
@@ -24,6 +30,31 @@ def open_redis(settings: BaseServiceSettings) -> Redis:
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)
+
+
+async def warm_redis(redis: Redis, settings: BaseServiceSettings) -> int:
+    """Open `connections` of the pool's connections now; how many opened.
+
+    A replica that starts (or joins mid-sale) with an empty pool would open one connection per request of
+    its first burst, on an event loop that burst keeps busy: connects then wait on the loop, time out
+    (`socket_connect_timeout`), and each failed one is retried by the next request, so the burst never gets
+    ahead. Opened at start, they are there before traffic. A failure is logged, not raised: the service
+    starts anyway and connects on demand, as it does after Redis comes back.
+    """
+    pool = redis.connection_pool
+    wanted = settings.redis_warm_connections
+    connections = settings.redis_max_connections if wanted is None else min(wanted, settings.redis_max_connections)
+    if connections == 0:
+        return 0
+    opening = (pool.get_connection() for _ in range(connections))  # type: ignore[no-untyped-call]
+    results = await asyncio.gather(*opening, return_exceptions=True)
+    opened: list[AbstractConnection] = [r for r in results if isinstance(r, AbstractConnection)]
+    for conn in opened:
+        await pool.release(conn)
+    if len(opened) < connections:
+        failure = next(r for r in results if isinstance(r, BaseException))
+        log.warning("opened %d of %d Redis connections at start: %r", len(opened), connections, failure)
+    return len(opened)
 
 
 def open_engine(settings: BaseServiceSettings) -> AsyncEngine:

@@ -229,8 +229,9 @@ class CouponService:
                 ttl=self.settings.claim_idempotency_ttl_seconds,
                 compensation=compensation,
             )
-        except RedisError:
+        except RedisError as exc:
             CLAIMS.labels("unavailable").inc()
+            log.warning("claim on template %s: Redis call failed: %s: %s", template_id, type(exc).__name__, exc)
             raise errors.ClaimUnavailable("Retry with the same Idempotency-Key", headers={"Retry-After": "1"}) from None
         kind = res[0]
         CLAIMS.labels(kind.lower()).inc()

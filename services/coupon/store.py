@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+log = logging.getLogger(__name__)
 LUA_DIR = Path(__file__).parent / "lua"
 CLAIM_STREAM_REGISTRY = "cp:streams"
 
@@ -63,16 +67,24 @@ class ClaimStore:
     async def claim(
         self, *, template_id: int, user_id: str, coupon_id: str, key: str, ttl: int, compensation: bool = False
     ) -> list[Any]:
-        """Run the claim script."""
-        result: list[Any] = await self._claim(
-            keys=[
-                template_key(template_id),
-                claims_key(template_id),
-                claim_idempotency_key(template_id, user_id, key),
-                claim_stream(template_id),
-            ],
-            args=[user_id, coupon_id, ttl, template_id, "1" if compensation else "0"],
-        )
+        """Run the claim script; once more if the first call's connection failed or its answer timed out.
+
+        Safe to resend: the script is keyed by the claim's Idempotency-Key, so a first call that did run
+        answers REPLAY with its coupon the second time. It spares the shopper a 503 when a connection of the
+        pool breaks or cannot be opened in time (an event loop busy with a burst).
+        """
+        keys = [
+            template_key(template_id),
+            claims_key(template_id),
+            claim_idempotency_key(template_id, user_id, key),
+            claim_stream(template_id),
+        ]
+        args: list[str | int] = [user_id, coupon_id, ttl, template_id, "1" if compensation else "0"]
+        try:
+            result: list[Any] = await self._claim(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.info("claim script call failed (%s: %s); sending it once more", type(exc).__name__, exc)
+            result = await self._claim(keys=keys, args=args)
         return result
 
     async def claimed(self, template_id: int) -> int:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from services.common.auth import TokenVerifier
 from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
-from services.common.resources import open_engine, open_redis, session_factory
+from services.common.resources import open_engine, open_redis, session_factory, warm_redis
 from services.common.streams import StreamConsumer
 from services.flashsale import admin, router
 from services.flashsale.config import FlashSaleSettings
@@ -32,6 +32,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = open_redis(settings)
+        await warm_redis(redis, settings)
         engine = open_engine(settings)
         sessions = session_factory(engine)
         service = FlashSaleService(settings=settings, redis=redis, sessions=sessions)

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from services.common.auth import TokenVerifier
 from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
-from services.common.resources import open_engine, open_redis, session_factory
+from services.common.resources import open_engine, open_redis, session_factory, warm_redis
 from services.inventory import admin, router
 from services.inventory.config import InventorySettings
 from services.inventory.service import InventoryService
@@ -25,6 +25,7 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = open_redis(settings)
+        await warm_redis(redis, settings)
         engine = open_engine(settings)
         sessions = session_factory(engine)
         service = InventoryService(settings=settings, redis=redis, sessions=sessions)

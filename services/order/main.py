@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from services.common.auth import TokenVerifier
 from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
-from services.common.resources import open_engine, open_redis, session_factory
+from services.common.resources import open_engine, open_redis, session_factory, warm_redis
 from services.common.streams import trim_acknowledged
 from services.order import admin, router
 from services.order.config import OrderSettings
@@ -32,6 +32,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = open_redis(settings)
+        await warm_redis(redis, settings)
         engine = open_engine(settings)
         sessions = session_factory(engine)
         payments = PaymentRouter(
