@@ -33,27 +33,39 @@ def open_redis(settings: BaseServiceSettings) -> Redis:
 
 
 async def warm_redis(redis: Redis, settings: BaseServiceSettings) -> int:
-    """Open `connections` of the pool's connections now; how many opened.
+    """Open `REDIS_WARM_CONNECTIONS` of the pool's connections now (call it before any traffic); how many opened.
 
     A replica that starts (or joins mid-sale) with an empty pool would open one connection per request of
     its first burst, on an event loop that burst keeps busy: connects then wait on the loop, time out
     (`socket_connect_timeout`), and each failed one is retried by the next request, so the burst never gets
-    ahead. Opened at start, they are there before traffic. A failure is logged, not raised: the service
-    starts anyway and connects on demand, as it does after Redis comes back.
+    ahead. Opened at start, they are there before traffic (until Redis or the network drops them; then they
+    reconnect on demand). A failure is logged, not raised: the service starts anyway and connects on demand,
+    as it does after Redis comes back.
     """
     pool = redis.connection_pool
+    assert isinstance(pool, BlockingConnectionPool)
     wanted = settings.redis_warm_connections
-    connections = settings.redis_max_connections if wanted is None else min(wanted, settings.redis_max_connections)
-    if connections == 0:
-        return 0
-    opening = (pool.get_connection() for _ in range(connections))  # type: ignore[no-untyped-call]
-    results = await asyncio.gather(*opening, return_exceptions=True)
-    opened: list[AbstractConnection] = [r for r in results if isinstance(r, AbstractConnection)]
-    for conn in opened:
-        await pool.release(conn)
-    if len(opened) < connections:
-        failure = next(r for r in results if isinstance(r, BaseException))
-        log.warning("opened %d of %d Redis connections at start: %r", len(opened), connections, failure)
+    connections = pool.max_connections if wanted is None else min(wanted, pool.max_connections)
+    opened: list[AbstractConnection] = []
+
+    async def open_one() -> None:
+        opened.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+
+    try:
+        results = await asyncio.gather(*(open_one() for _ in range(connections)), return_exceptions=True)
+    finally:
+        # Also when start-up is cancelled: what opened goes back to the pool, none stays checked out.
+        for conn in opened:
+            await pool.release(conn)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        log.warning(
+            "opened %d of %d Redis connections at start: %s: %s",
+            len(opened),
+            connections,
+            type(failures[0]).__name__,
+            failures[0],
+        )
     return len(opened)
 
 

@@ -234,6 +234,9 @@ class CouponService:
             log.warning("claim on template %s: Redis call failed: %s: %s", template_id, type(exc).__name__, exc)
             raise errors.ClaimUnavailable("Retry with the same Idempotency-Key", headers={"Retry-After": "1"}) from None
         kind = res[0]
+        if kind == "REPLAY" and res[1] == coupon_id:
+            # This request's own first call ran but its answer was lost (the store resent it): a new claim.
+            kind = "OK"
         CLAIMS.labels(kind.lower()).inc()
         if kind == "REPLAY":
             return ClaimedCoupon(coupon_id=res[1], template_id=template_id)

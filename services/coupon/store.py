@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def claim_idempotency_key(template_id: int, user_id: str, key: str) -> str:
 class ClaimStore:
     """Claims decided in Redis, one Lua call each."""
 
+    # A failed claim call is resent only when it failed within this long (see claim()).
+    resend_within_seconds = 1.0
+
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script((LUA_DIR / "claim.lua").read_text())
@@ -67,11 +71,12 @@ class ClaimStore:
     async def claim(
         self, *, template_id: int, user_id: str, coupon_id: str, key: str, ttl: int, compensation: bool = False
     ) -> list[Any]:
-        """Run the claim script; once more if the first call's connection failed or its answer timed out.
+        """Run the claim script; once more if the first call failed fast (a broken or refused connection).
 
         Safe to resend: the script is keyed by the claim's Idempotency-Key, so a first call that did run
-        answers REPLAY with its coupon the second time. It spares the shopper a 503 when a connection of the
-        pool breaks or cannot be opened in time (an event loop busy with a burst).
+        answers REPLAY with its coupon the second time. A call that failed slowly (a reply or a pool slot
+        that did not come within the client's timeouts) is not resent: by then the gateway has given up on
+        the request, and a second wait would only add load to a Redis that is already slow.
         """
         keys = [
             template_key(template_id),
@@ -80,9 +85,12 @@ class ClaimStore:
             claim_stream(template_id),
         ]
         args: list[str | int] = [user_id, coupon_id, ttl, template_id, "1" if compensation else "0"]
+        started = time.monotonic()
         try:
             result: list[Any] = await self._claim(keys=keys, args=args)
         except (RedisConnectionError, RedisTimeoutError) as exc:
+            if time.monotonic() - started > self.resend_within_seconds:
+                raise
             log.info("claim script call failed (%s: %s); sending it once more", type(exc).__name__, exc)
             result = await self._claim(keys=keys, args=args)
         return result

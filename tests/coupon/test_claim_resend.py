@@ -1,38 +1,84 @@
-"""A claim whose call failed is sent once more and counted once (real Redis)."""
+"""A claim call that failed fast is sent once more and counted once (real Redis, faults injected around the script)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.coupon.store import ClaimStore, template_key
-from tests.conftest import TEST_REDIS_URL
+from services.coupon.store import CLAIM_STREAM_REGISTRY, ClaimStore, claim_stream, claims_key, template_key
 
 TEMPLATE = 880_001
 CONFIG = {"incarnation": "1", "kind": "fixed_off", "state": "active", "total": 10, "limit": 1, "starts": "", "ends": ""}
 
 
-async def test_a_claim_whose_answer_timed_out_is_resent_and_replays_the_first(redis: Redis) -> None:
-    # CLIENT PAUSE holds the writes of every client of this Redis (the suite runs one test at a time).
-    # A client whose reads give up after 0.5 s, and Redis holding every write for 0.8 s: the first call
-    # times out while queued (its connection is dropped, so Redis discards it) and the resend makes the claim.
-    # Had the first one run, the resend would answer REPLAY with the same coupon: either way one claim.
-    impatient = Redis.from_url(TEST_REDIS_URL, decode_responses=True, socket_timeout=0.5)
-    store = ClaimStore(impatient)
-    try:
-        await store.load_template(template_id=TEMPLATE, config=CONFIG)
-        await store.claim(template_id=TEMPLATE, user_id="warm", coupon_id="c-warm", key="k", ttl=60)  # loads the script
-        await redis.execute_command("CLIENT", "PAUSE", 800, "WRITE")
-        result = await store.claim(template_id=TEMPLATE, user_id="slow", coupon_id="c-first", key="k", ttl=60)
-        assert result[0] in ("OK", "REPLAY")
-        assert result[1] == "c-first"
-        assert await store.claimed(TEMPLATE) == 2  # the warm-up claim and this one, counted once
-        assert await redis.hget(f"{{cp:{TEMPLATE}}}:users", "slow") == "1"
-        again = await store.claim(template_id=TEMPLATE, user_id="slow", coupon_id="c-other", key="k2", ttl=60)
-        assert again[0] == "LIMIT"  # the resent claim did not let the user past the per-user limit
-    finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
-        await redis.delete(template_key(TEMPLATE), f"{{cp:{TEMPLATE}}}:users")
-        await impatient.aclose()
-        await asyncio.sleep(0)
+class FlakyScript:
+    """The real claim script, with a fault on its first call: before it runs, or after (the answer lost)."""
+
+    def __init__(self, script: Any, fault: str, delay: float = 0.0) -> None:
+        self.script, self.fault, self.delay, self.calls = script, fault, delay, 0
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            return await self.script(keys=keys, args=args)
+        await asyncio.sleep(self.delay)
+        if self.fault == "broken connection":
+            raise RedisConnectionError("Connection reset by peer")
+        await self.script(keys=keys, args=args)
+        raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
+
+
+@pytest.fixture
+async def store(redis: Redis) -> AsyncIterator[ClaimStore]:
+    claims = ClaimStore(redis)
+    await claims.load_template(template_id=TEMPLATE, config=CONFIG)
+    yield claims
+    await redis.delete(template_key(TEMPLATE), claims_key(TEMPLATE), claim_stream(TEMPLATE))
+    await redis.srem(CLAIM_STREAM_REGISTRY, claim_stream(TEMPLATE))
+    async for key in redis.scan_iter(match=f"{{cp:{TEMPLATE}}}:idem:*"):
+        await redis.delete(key)
+
+
+async def _claim(store: ClaimStore, user: str, coupon_id: str, key: str = "k") -> list[Any]:
+    return await store.claim(template_id=TEMPLATE, user_id=user, coupon_id=coupon_id, key=key, ttl=60)
+
+
+async def test_a_claim_whose_connection_broke_is_resent_and_counted_once(
+    store: ClaimStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = FlakyScript(store._claim, "broken connection")
+    monkeypatch.setattr(store, "_claim", flaky)
+    result = await _claim(store, "u-1", "c-first")
+    assert (flaky.calls, result[:2]) == (2, ["OK", "c-first"])
+    assert await store.claimed(TEMPLATE) == 1
+    assert await redis.xlen(claim_stream(TEMPLATE)) == 1  # one claim for the wallets
+
+
+async def test_a_claim_whose_answer_was_lost_answers_its_own_coupon(
+    store: ClaimStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = FlakyScript(store._claim, "answer lost")
+    monkeypatch.setattr(store, "_claim", flaky)
+    result = await _claim(store, "u-2", "c-first")
+    assert (flaky.calls, result) == (2, ["REPLAY", "c-first"])
+    assert await store.claimed(TEMPLATE) == 1
+    assert await redis.xlen(claim_stream(TEMPLATE)) == 1
+    assert (await _claim(store, "u-2", "c-other", key="k2"))[0] == "LIMIT"  # the user's limit counted it once
+
+
+async def test_a_claim_that_failed_slowly_is_not_resent(
+    store: ClaimStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "resend_within_seconds", 0.05)
+    flaky = FlakyScript(store._claim, "broken connection", delay=0.1)
+    monkeypatch.setattr(store, "_claim", flaky)
+    with pytest.raises(RedisConnectionError):
+        await _claim(store, "u-3", "c-first")
+    assert flaky.calls == 1
+    assert await store.claimed(TEMPLATE) == 0

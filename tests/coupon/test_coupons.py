@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.common.migrate import upgrade
@@ -26,14 +27,15 @@ from tests.conftest import (
     token,
     wait_for,
 )
+from tests.coupon.test_claim_resend import FlakyScript
 
 COUPON_DB_URL = db_url_for("coupons")
 TIERS = [{"spend": 30_000, "off": 5_000}, {"spend": 50_000, "off": 10_000}, {"spend": 80_000, "off": 18_000}]
 
 
 @pytest.fixture(scope="module")
-async def coupons(redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    """The coupon service in-process."""
+async def coupon_app(redis: Redis) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The coupon service in-process, and a client of it."""
     await drop_database(db_name_for("coupons"))
     await asyncio.to_thread(upgrade, "coupon", COUPON_DB_URL)
     settings = CouponSettings(env="test", database_url=COUPON_DB_URL, redis_url=TEST_REDIS_URL, replica_id="cp-test")
@@ -41,7 +43,13 @@ async def coupons(redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://coupon") as client:
-            yield client
+            yield application, client
+
+
+@pytest.fixture(scope="module")
+def coupons(coupon_app: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    """A client of the coupon service in-process."""
+    return coupon_app[1]
 
 
 async def _template(coupons: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
@@ -85,6 +93,23 @@ async def test_10000_concurrent_claims_for_1000_coupons_from_4000_users(coupons:
 
     await wait_for(all_in_wallets)
     assert (await _stats(coupons, template["id"]))["claimed"] == 1_000
+
+
+async def test_a_claim_whose_answer_was_lost_is_in_the_wallet_when_answered(
+    coupon_app: tuple[FastAPI, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    application, coupons = coupon_app
+    template = await _template(coupons, total_quantity=5)
+    store = application.state.service.store
+    flaky = FlakyScript(store._claim, "answer lost")
+    monkeypatch.setattr(store, "_claim", flaky)
+    resp = await _claim(coupons, template["id"], "lost-1")
+    assert resp.status_code == 201, resp.text
+    assert flaky.calls == 2
+    # Its own first call ran: a new claim, written to the wallet now, not only later from the stream.
+    wallet = (await coupons.get("/wallet", headers=customer_headers("lost-1"))).json()
+    assert [c["coupon_id"] for c in wallet] == [resp.json()["coupon_id"]]
+    assert (await _stats(coupons, template["id"]))["claimed"] == 1
 
 
 async def test_claim_replay_gives_the_same_coupon_and_limits_hold(coupons: httpx.AsyncClient) -> None:
