@@ -43,7 +43,6 @@ async def warm_redis(redis: Redis, settings: BaseServiceSettings) -> int:
     as it does after Redis comes back.
     """
     pool = redis.connection_pool
-    assert isinstance(pool, BlockingConnectionPool)
     wanted = settings.redis_warm_connections
     connections = pool.max_connections if wanted is None else min(wanted, pool.max_connections)
     opened: list[AbstractConnection] = []

@@ -23,6 +23,13 @@ class FlakyScript:
     def __init__(self, script: Any, fault: str, delay: float = 0.0) -> None:
         self.script, self.fault, self.delay, self.calls = script, fault, delay, 0
 
+    @classmethod
+    def around(cls, store: ClaimStore, monkeypatch: pytest.MonkeyPatch, fault: str, delay: float = 0.0) -> FlakyScript:
+        """Put one around `store`'s claim script for the test."""
+        flaky = cls(store._claim, fault, delay)
+        monkeypatch.setattr(store, "_claim", flaky)
+        return flaky
+
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         self.calls += 1
         if self.calls > 1:
@@ -52,8 +59,7 @@ async def _claim(store: ClaimStore, user: str, coupon_id: str, key: str = "k") -
 async def test_a_claim_whose_connection_broke_is_resent_and_counted_once(
     store: ClaimStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flaky = FlakyScript(store._claim, "broken connection")
-    monkeypatch.setattr(store, "_claim", flaky)
+    flaky = FlakyScript.around(store, monkeypatch, "broken connection")
     result = await _claim(store, "u-1", "c-first")
     assert (flaky.calls, result[:2]) == (2, ["OK", "c-first"])
     assert await store.claimed(TEMPLATE) == 1
@@ -63,8 +69,7 @@ async def test_a_claim_whose_connection_broke_is_resent_and_counted_once(
 async def test_a_claim_whose_answer_was_lost_answers_its_own_coupon(
     store: ClaimStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flaky = FlakyScript(store._claim, "answer lost")
-    monkeypatch.setattr(store, "_claim", flaky)
+    flaky = FlakyScript.around(store, monkeypatch, "answer lost")
     result = await _claim(store, "u-2", "c-first")
     assert (flaky.calls, result) == (2, ["REPLAY", "c-first"])
     assert await store.claimed(TEMPLATE) == 1
@@ -76,8 +81,7 @@ async def test_a_claim_that_failed_slowly_is_not_resent(
     store: ClaimStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store, "resend_within_seconds", 0.05)
-    flaky = FlakyScript(store._claim, "broken connection", delay=0.1)
-    monkeypatch.setattr(store, "_claim", flaky)
+    flaky = FlakyScript.around(store, monkeypatch, "broken connection", delay=0.1)
     with pytest.raises(RedisConnectionError):
         await _claim(store, "u-3", "c-first")
     assert flaky.calls == 1

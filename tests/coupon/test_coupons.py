@@ -100,9 +100,7 @@ async def test_a_claim_whose_answer_was_lost_is_in_the_wallet_when_answered(
 ) -> None:
     application, coupons = coupon_app
     template = await _template(coupons, total_quantity=5)
-    store = application.state.service.store
-    flaky = FlakyScript(store._claim, "answer lost")
-    monkeypatch.setattr(store, "_claim", flaky)
+    flaky = FlakyScript.around(application.state.service.store, monkeypatch, "answer lost")
     resp = await _claim(coupons, template["id"], "lost-1")
     assert resp.status_code == 201, resp.text
     assert flaky.calls == 2
