@@ -24,6 +24,8 @@ class BaseServiceSettings(BaseSettings):
     redis_warm_connections: int | None = Field(None, ge=0, validation_alias="REDIS_WARM_CONNECTIONS")
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     db_pool_size: int = 10
+    # How long a request waits for a pooled database connection before it is answered 503.
+    db_pool_timeout_seconds: float = Field(5.0, gt=0, validation_alias="DB_POOL_TIMEOUT_SECONDS")
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias="JWT_SECRET")
     jwt_public_key: str = Field("", validation_alias="JWT_PUBLIC_KEY")
     jwt_algorithm: str = Field("HS256", validation_alias="JWT_ALGORITHM")

@@ -182,7 +182,14 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "2"},
         )
 
-    for kind in (DBAPIError, OSError, asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError):
+    kinds = (
+        DBAPIError,
+        SQLAlchemyTimeoutError,
+        OSError,
+        asyncpg.exceptions.PostgresError,
+        asyncpg.exceptions.InterfaceError,
+    )
+    for kind in kinds:
         app.add_exception_handler(kind, _dependency)
 
     @app.exception_handler(Exception)

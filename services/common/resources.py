@@ -75,7 +75,7 @@ def open_engine(settings: BaseServiceSettings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
-        pool_timeout=5,
+        pool_timeout=settings.db_pool_timeout_seconds,
         connect_args={"timeout": 5, "command_timeout": 10},
     )
 
