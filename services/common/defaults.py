@@ -84,15 +84,20 @@ class ServiceMiddleware:
             if declared != 0 and scope["method"] in BODY_METHODS:
                 # The whole body (up to the limit) is read before the app sees a byte: chunked bodies are
                 # bounded, and a body that is not JSON in UTF-8 is refused the same way on every route.
-                body = await self._read_body(receive)
-                if body is None:
+                message = await receive()
+                if message.get("more_body", False):
+                    message = await self._rest_of_body(message, receive)
+                body = message.get("body", b"")
+                if len(body) > self.max_body:
                     await self._too_large(scope, receive, send_wrapper)
                     return
-                refusal = body_problem(content_type, body, scope["path"]) if body else None
-                if refusal is not None:
-                    await refusal(scope, receive, send_wrapper)
-                    return
-                replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+                # The usual body (declared JSON, ASCII) skips the checks' function calls.
+                if body and not (content_type == b"application/json" and body.isascii()):
+                    refusal = body_problem(content_type, body, scope["path"])
+                    if refusal is not None:
+                        await refusal(scope, receive, send_wrapper)
+                        return
+                replay: list[Message] = [message]
 
                 async def buffered_receive() -> Message:
                     return replay.pop() if replay else await receive()
@@ -115,22 +120,17 @@ class ServiceMiddleware:
                 )
             request_id_var.reset(token)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The request body, or None once it exceeds the limit."""
-        message = await receive()
-        body = message.get("body", b"") if message["type"] == "http.request" else b""
-        if not message.get("more_body", False):
-            return body if len(body) <= self.max_body else None  # the usual case: one message
-        buffer = bytearray(body)
-        while True:
+    async def _rest_of_body(self, first: Message, receive: Receive) -> Message:
+        """The whole body as one message, read on from `first`; reading stops once it exceeds the limit."""
+        buffer = bytearray(first.get("body", b""))
+        while len(buffer) <= self.max_body:
             message = await receive()
             if message["type"] != "http.request":
-                return bytes(buffer)
+                break
             buffer += message.get("body", b"")
-            if len(buffer) > self.max_body:
-                return None
             if not message.get("more_body", False):
-                return bytes(buffer)
+                break
+        return {"type": "http.request", "body": bytes(buffer), "more_body": False}
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = problem_response(
