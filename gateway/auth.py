@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import jwt
-
 from gateway.config import GatewaySettings
 from services.common.auth import TokenVerifier, Unauthenticated
 
 
 class EdgeTokenVerifier(TokenVerifier):
-    """The shared verifier (HS256 key or RS256 public key), plus RS256 keys from a JWKS file picked by `kid`."""
+    """The services' verifier with the gateway's settings: one set of rules at the edge and behind it
+    (keys, `kid` lookup in a JWKS, `iss`/`aud`, `exp`/`nbf`, role claims)."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         super().__init__(settings)
-        self.jwks: jwt.PyJWKSet | None = None
-        if settings.jwks_file:
-            self.jwks = jwt.PyJWKSet.from_json(Path(settings.jwks_file).read_text())
-
-    def key_for(self, token: str) -> Any:
-        """The JWKS key named by the token's `kid`, else the configured key."""
-        if self.jwks is None:
-            return self.key
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            return self.jwks[str(kid)].key
-        except (jwt.PyJWTError, KeyError):
-            raise Unauthenticated("Invalid token") from None
 
 
 def bearer_token(header: bytes) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
@@ -86,8 +86,8 @@ class GatewaySettings(BaseServiceSettings):
     # Each worker publishes its view of the pools to Redis this often, for GET /admin/upstreams.
     view_interval_seconds: float = Field(2.0, gt=0)
 
-    # RS256 in production: JWT_PUBLIC_KEY (PEM) or a JWKS file picked by the token's `kid`.
-    jwks_file: str = ""
+    # The shared JWT_JWKS_FILE; GATEWAY_JWKS_FILE, its older name, still works for the gateway.
+    jwt_jwks_file: str = Field("", validation_alias=AliasChoices("JWT_JWKS_FILE", "GATEWAY_JWKS_FILE"))
 
     # POST /api/auth/token for local demos and load tests; refused outside APP_ENV=dev|test.
     dev_tokens: bool = False

@@ -236,7 +236,7 @@ class Proxy:
                     if wait:
                         await self._rate_limited(send, path, rid, wait)
                         return 429, route, "none", rid, None
-                    principal = self.verifier.verify(token)
+                    principal = await self.verifier.authenticate(token)
             except Unauthenticated as exc:
                 # A refused token takes a token from the address's bucket like any other request.
                 wait = await self.limiter.check(None, client_ip, purchase) if self.limiter is not None else 0

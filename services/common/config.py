@@ -29,6 +29,18 @@ class BaseServiceSettings(BaseSettings):
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias="JWT_SECRET")
     jwt_public_key: str = Field("", validation_alias="JWT_PUBLIC_KEY")
     jwt_algorithm: str = Field("HS256", validation_alias="JWT_ALGORITHM")
+    # Tokens from an identity provider: its issuer and audience (checked when set; the audience may list
+    # several, comma-separated), where its roles are (comma-separated claim paths), and its keys (JWKS).
+    jwt_issuer: str = Field("", validation_alias="JWT_ISSUER")
+    jwt_audience: str = Field("", validation_alias="JWT_AUDIENCE")
+    jwt_roles_claim: str = Field("roles", min_length=1, validation_alias="JWT_ROLES_CLAIM")
+    jwt_jwks_url: str = Field("", validation_alias="JWT_JWKS_URL")
+    jwt_jwks_file: str = Field("", validation_alias="JWT_JWKS_FILE")
+    jwt_jwks_min_refresh_seconds: float = Field(10.0, ge=0, validation_alias="JWT_JWKS_MIN_REFRESH_SECONDS")
+    jwt_jwks_max_age_seconds: float = Field(300.0, gt=0, validation_alias="JWT_JWKS_MAX_AGE_SECONDS")
+    jwt_jwks_timeout_seconds: float = Field(2.0, gt=0, validation_alias="JWT_JWKS_TIMEOUT_SECONDS")
+    # Clock skew allowed on exp, nbf and iat between this host and the token's issuer.
+    jwt_leeway_seconds: float = Field(0.0, ge=0, le=300, validation_alias="JWT_LEEWAY_SECONDS")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     access_log: bool = Field(False, validation_alias="ACCESS_LOG")
     max_body_bytes: int = Field(65536, validation_alias="MAX_BODY_BYTES")
@@ -49,4 +61,8 @@ class BaseServiceSettings(BaseSettings):
         # Outside dev mode a forgotten secret must stop the service, not weaken it.
         if not self.is_dev and self.jwt_algorithm.startswith("HS") and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("JWT_SECRET must be set outside dev mode (APP_ENV=dev|test)")
+        if self.jwt_jwks_url and self.jwt_jwks_file:
+            raise ValueError("Set JWT_JWKS_URL or JWT_JWKS_FILE, not both")
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            raise ValueError("JWT_JWKS_URL must be an http(s) URL")
         return self

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.config import BaseServiceSettings
 from services.common.errors import install_error_handlers, problem_response
+from services.common.json_body import BODY_METHODS, body_problem
 from services.common.logs import configure_logging, request_id_var
 from services.common.metrics import RequestMetrics
 
@@ -37,7 +38,8 @@ ReadyCheck = Callable[[], Awaitable[None]]
 
 
 class ServiceMiddleware:
-    """Pure ASGI middleware (no per-request task) for request ids, body limits, metrics and access logs."""
+    """Pure ASGI middleware (no per-request task) for request ids, body limits and media type, metrics and
+    access logs."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, access_log: bool) -> None:
         self.app = app
@@ -51,6 +53,7 @@ class ServiceMiddleware:
             return
         rid = ""
         declared = -1
+        content_type: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:128]
@@ -59,6 +62,8 @@ class ServiceMiddleware:
                     declared = int(value)
                 except ValueError:
                     declared = -1
+            elif name == b"content-type":
+                content_type = value
         if not rid:
             rid = os.urandom(16).hex()  # uuid4().hex costs ~15x more, on every request
         token = request_id_var.set(rid)
@@ -76,20 +81,23 @@ class ServiceMiddleware:
             if declared > self.max_body:
                 await self._too_large(scope, receive, send_wrapper)
                 return
-            if declared < 0 and scope["method"] in ("POST", "PUT", "PATCH"):
-                # No Content-Length (chunked): read up to the limit before the app sees a byte.
-                body = bytearray()
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        break
-                    body += message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if len(body) > self.max_body:
-                        await self._too_large(scope, receive, send_wrapper)
+            if declared != 0 and scope["method"] in BODY_METHODS:
+                # The whole body (up to the limit) is read before the app sees a byte: chunked bodies are
+                # bounded, and a body that is not JSON in UTF-8 is refused the same way on every route.
+                message = await receive()
+                if message.get("more_body", False):
+                    message = await self._rest_of_body(message, receive)
+                body = message.get("body", b"")
+                if len(body) > self.max_body:
+                    await self._too_large(scope, receive, send_wrapper)
+                    return
+                # The usual body (declared JSON, ASCII) skips the checks' function calls.
+                if body and not (content_type == b"application/json" and body.isascii()):
+                    refusal = body_problem(content_type, body, scope["path"])
+                    if refusal is not None:
+                        await refusal(scope, receive, send_wrapper)
                         return
-                replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+                replay: list[Message] = [message]
 
                 async def buffered_receive() -> Message:
                     return replay.pop() if replay else await receive()
@@ -111,6 +119,18 @@ class ServiceMiddleware:
                     extra={"status": status_holder[0], "ms": round(elapsed * 1000, 2)},
                 )
             request_id_var.reset(token)
+
+    async def _rest_of_body(self, first: Message, receive: Receive) -> Message:
+        """The whole body as one message, read on from `first`; reading stops once it exceeds the limit."""
+        buffer = bytearray(first.get("body", b""))
+        while len(buffer) <= self.max_body:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            buffer += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        return {"type": "http.request", "body": bytes(buffer), "more_body": False}
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = problem_response(

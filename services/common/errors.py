@@ -161,10 +161,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+        detail = str(exc.detail)
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's answer to a body it could not decode (e.g. JSON in an encoding it guessed wrong).
+            code, detail = "MALFORMED_JSON", "Request body is not valid JSON"
         return problem_response(
             exc.status_code,
             code,
-            str(exc.detail),
+            detail,
             instance=request.url.path,
             headers=getattr(exc, "headers", None),
         )

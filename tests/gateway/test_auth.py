@@ -25,7 +25,7 @@ def test_jwks_file_keys_are_picked_by_kid(tmp_path: Path) -> None:
     jwks = {"keys": [{"kty": "oct", "kid": kid, "k": _b64(k), "alg": "HS256"} for kid, k in keys.items()]}
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(jwks))
-    verifier = EdgeTokenVerifier(gateway_settings(jwks_file=str(path)))
+    verifier = EdgeTokenVerifier(gateway_settings(jwt_jwks_file=str(path)))
     claims = {"sub": "u-1", "roles": ["customer"], "exp": int(time.time()) + 60}
     for kid, key in keys.items():
         token = jwt.encode(claims, key, algorithm="HS256", headers={"kid": kid})
