@@ -98,6 +98,10 @@ class StockStore:
         self._purchase = ScriptPipe(
             redis_url, (LUA_DIR / "purchase.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
         )
+        # The sold-out path's replay look-up, a read-only script on a connection of its own.
+        self._replay = ScriptPipe(
+            redis_url, (LUA_DIR / "replay.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
+        )
         self._release = redis.register_script((LUA_DIR / "release.lua").read_text())
         self._confirm = redis.register_script((LUA_DIR / "confirm.lua").read_text())
         self._warm = redis.register_script((LUA_DIR / "warm.lua").read_text())
@@ -109,6 +113,7 @@ class StockStore:
     async def aclose(self) -> None:
         """Close the purchase connection (the redis-py pool is the caller's)."""
         await self._purchase.aclose()
+        await self._replay.aclose()
 
     async def reserve_stock(
         self,
@@ -158,6 +163,15 @@ class StockStore:
         if kind == "REPLAY":
             return PurchaseOutcome(kind="REPLAY", reservation_id=res[1], quantity=int(res[2]))
         return PurchaseOutcome(kind=kind, detail=tuple(res[1:]))
+
+    async def stored_answer(
+        self, *, sale_id: int, user_id: str, idempotency: str, request_fingerprint: str
+    ) -> PurchaseOutcome:
+        """The first answer to this key if it was accepted (REPLAY), KEY_REUSED, or NONE; changes nothing."""
+        res = await self._replay.evalsha([idempotency_key(sale_id, user_id, idempotency)], [request_fingerprint])
+        if res[0] == "REPLAY":
+            return PurchaseOutcome(kind="REPLAY", reservation_id=res[1], quantity=int(res[2]))
+        return PurchaseOutcome(kind=res[0])
 
     async def release_reservation(self, *, sale_id: int, reservation_id: str) -> ReleaseOutcome:
         """Give a reservation's units back; a second call for the same reservation does nothing."""
@@ -214,6 +228,15 @@ class StockStore:
                 for field, n in by_field.items():
                     pipe.hincrby(sale_key(sale_id), field, n)
             await pipe.execute()
+
+    async def buyer_position(self, sale_id: int, user_id: str) -> tuple[int, dict[str, str]]:
+        """A buyer's units and the sale's state, remaining and limit, read together in one round trip."""
+        fields = ("state", "remaining", "limit")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(bought_key(sale_id), user_id)
+            pipe.hmget(sale_key(sale_id), list(fields))
+            bought, values = await pipe.execute()
+        return int(bought or 0), {k: v for k, v in zip(fields, values, strict=True) if v}
 
     async def user_bought(self, sale_id: int, user_id: str) -> int:
         """Units a user holds or bought in a sale."""
