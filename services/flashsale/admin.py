@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from services.common.auth import AdminUser, Principal
 from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyRequired, IdempotencyStore, fingerprint
 from services.flashsale.deps import ServiceDep
+from services.flashsale.lifecycle import TRANSITIONS, transition
 from services.flashsale.models import SaleState
 from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.router import SaleId
@@ -85,7 +86,7 @@ def _transition_route(action: str) -> None:
             user,
             key,
             {"sale_id": sale_id},
-            lambda: service.transition(actor=user.user_id, sale_id=sale_id, action=action),
+            lambda: transition(service, actor=user.user_id, sale_id=sale_id, action=action),
         )
 
     endpoint.__doc__ = f"{action.capitalize()} a sale."
@@ -99,7 +100,7 @@ def _transition_route(action: str) -> None:
     )
 
 
-for _action in ("schedule", "start", "pause", "resume", "stop"):
+for _action in TRANSITIONS:
     _transition_route(_action)
 
 

@@ -40,14 +40,6 @@ def _purchase_counter(outcome: str) -> Any:
     return PURCHASES.labels(outcome.lower())
 
 
-# Where each admin action may start from.
-TRANSITIONS: dict[str, tuple[set[SaleState], SaleState]] = {
-    "schedule": ({SaleState.DRAFT}, SaleState.SCHEDULED),
-    "start": ({SaleState.DRAFT, SaleState.SCHEDULED}, SaleState.LIVE),
-    "pause": ({SaleState.LIVE}, SaleState.PAUSED),
-    "resume": ({SaleState.PAUSED}, SaleState.LIVE),
-    "stop": ({SaleState.DRAFT, SaleState.SCHEDULED, SaleState.LIVE, SaleState.PAUSED}, SaleState.ENDED),
-}
 WARM_STATES = {SaleState.SCHEDULED, SaleState.LIVE, SaleState.PAUSED}
 
 
@@ -494,12 +486,13 @@ class FlashSaleService:
         await self._notify("catalog")
         return after
 
-    async def _warm(self, sale: Sale, *, reset: bool) -> None:
+    async def _warm(self, sale: Sale, *, reset: bool, held: dict[str, Any] | None = None) -> None:
+        """Load the sale into Redis; `held` overrides fields (state, window) that must wait for the commit."""
         outcome = await self.store.warm(
             sale_id=sale.id,
             incarnation=str(_ms(sale.created_at)),
             quantity=sale.quantity,
-            config=self._redis_config(sale),
+            config={**self._redis_config(sale), **(held or {})},
             reset=reset,
         )
         if outcome == "STARTED":
@@ -509,44 +502,6 @@ class FlashSaleService:
                 f"Redis holds stock of an earlier sale {sale.id} (the database was recreated); "
                 f"clear its {{fs:{sale.id}}} keys or point at another Redis"
             )
-
-    async def transition(self, *, actor: str, sale_id: int, action: str) -> dict[str, Any]:
-        """schedule, start, pause, resume or stop a sale."""
-        allowed, target = TRANSITIONS[action]
-        async with self.sessions.begin() as session:
-            sale = await self._locked(session, sale_id)
-            current = await self._current_state(sale)
-            if current not in allowed:
-                raise errors.InvalidTransition(f"Cannot {action} a sale that is {current.value}")
-            before = snapshot(sale)
-            now = utcnow()
-            if action == "schedule" and sale.ends_at <= now:
-                raise errors.InvalidTransition("The sale's window is already over")
-            if action in ("start", "resume") and sale.ends_at <= now:
-                raise errors.InvalidTransition("The sale's window is over; change ends_at first")
-            if action == "start" and sale.starts_at > now:
-                sale.starts_at = now  # starting by hand opens the window now
-            sale.state = target.value
-            if target == SaleState.LIVE and sale.went_live_at is None:
-                sale.went_live_at = now
-            if target == SaleState.ENDED:
-                sale.ended_at = now
-            if action in ("schedule", "start"):
-                await self._warm(sale, reset=False)
-            elif current != SaleState.DRAFT and action != "resume":
-                # Stopping selling goes to Redis first: if the commit then fails, the sale sells less, not more.
-                await self.store.set_state(sale.id, target.value)
-            await session.flush()
-            await session.refresh(sale)
-            after = snapshot(sale)
-            await self._audit(session, actor=actor, action=action, sale_id=sale_id, before=before, after=after)
-        if action == "resume":
-            # Selling again goes to Redis only once the record says so (a failed write here is put right by
-            # the settlement job, which brings Redis to the recorded state).
-            await self.store.set_state(sale.id, target.value)
-        self.catalog[sale.id] = self._entry(sale)
-        await self._notify("catalog")
-        return after
 
     async def add_stock(self, *, actor: str, sale_id: int, units: int) -> dict[str, Any]:
         """Add units to a sale (draft, scheduled, live or paused).

@@ -192,19 +192,29 @@ class StockStore:
         args: list[Any] = ["1" if reset else "0", quantity, incarnation]
         for field, value in config.items():
             args += [field, value]
+        # The stream is registered before the sale can sell: every purchase event it takes is then read.
+        await self.register_stream(sale_id)
         res = await self._warm(keys=[sale_key(sale_id)], args=args)
-        if res[0] == "OK":
-            await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
         return str(res[0])
+
+    async def register_stream(self, sale_id: int) -> None:
+        """Put the sale's purchase stream in the registry the order service reads (idempotent)."""
+        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
 
     async def add_stock(self, *, sale_id: int, units: int, threshold: int, operation: str) -> str:
         """Add units once per operation id; returns OK, DONE (applied before) or NOT_FOUND."""
         res = await self._restock(keys=[sale_key(sale_id), f"{_tag(sale_id)}:op:{operation}"], args=[units, threshold])
         return str(res[0])
 
-    async def advance_state(self, sale_id: int, *, expected: str, new: str) -> str:
-        """Set `new` only if Redis still says `expected`; returns the state Redis holds afterwards."""
-        return str(await self._advance(keys=[sale_key(sale_id)], args=[expected, new]))
+    async def advance_state(
+        self, sale_id: int, *, expected: str, new: str, fields: dict[str, str | int] | None = None
+    ) -> str:
+        """Set `new` (and `fields` with it) only if Redis still says `expected`; returns the state Redis holds
+        afterwards."""
+        args: list[Any] = [expected, new]
+        for field, value in (fields or {}).items():
+            args += [field, value]
+        return str(await self._advance(keys=[sale_key(sale_id)], args=args))
 
     async def set_state(self, sale_id: int, state: str) -> None:
         """Mirror a state change; the purchase script reads it."""
@@ -274,8 +284,8 @@ class StockStore:
             args += [field, value]
         for reservation_id, user_id, qty, stock in known:
             args += [reservation_id, user_id, qty, stock]
+        await self.register_stream(sale_id)
         res = await self._rebuild(keys=[sale_key(sale_id), bought_key(sale_id), reservations_key(sale_id)], args=args)
-        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
         return RebuildOutcome(
             remaining_before=int(res[1]) if int(res[1]) >= 0 else None,
             remaining=int(res[2]),
