@@ -231,6 +231,13 @@ class StockStore:
         data: dict[str, str] = await self.redis.hgetall(sale_key(sale_id))  # type: ignore[assignment]
         return data
 
+    async def sale_alerts(self, sale_id: int, *, after: str | None, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """The sale's alert stream, oldest first, from just after entry `after` (or the start)."""
+        entries: list[tuple[str, dict[str, str]]] = await self.redis.xrange(
+            alerts_stream(sale_id), min=f"({after}" if after else "-", max="+", count=limit
+        )  # type: ignore[assignment]
+        return entries
+
     async def add_attempts(self, counts: dict[int, dict[str, int]]) -> None:
         """Flush attempt counters counted locally (rejections answered without Redis)."""
         async with self.redis.pipeline(transaction=False) as pipe:
