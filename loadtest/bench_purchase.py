@@ -1,4 +1,5 @@
-"""Purchase benchmark: the purchase endpoint against a trivial endpoint of the same server, in one run.
+"""Purchase benchmark: the purchase endpoint against a trivial endpoint of the same server, and accepted
+purchases against the answers of a sold-out sale, in one run.
 
 `make bench` runs `.venv/bin/python loadtest/bench_purchase.py` with REDIS_URL and DATABASE_URL exported.
 
@@ -14,8 +15,11 @@ What one run does:
    (`{"quantity":1}`, a unique Idempotency-Key per request, bearer tokens rotating over the 20,000 users);
 5. checks that the purchases were real: answers 202 = the sale's `reserved` units (admin stats) = the
    length of its event stream `{fs:<id>}:events` (give or take requests wrk left in flight when it stopped);
-6. prints req/s, p50, p99 and errors of both, their ratio and PASS/MISS against the aims (>= 2,000
-   purchases/s, purchase >= 0.5 x trivial), and writes loadtest/results/bench_purchase.json.
+6. the sold-out phase (loadtest/bench_sold_out.py): the same purchase request on a sale whose one unit was
+   bought, a short warm-up then a measured run; every answer must be 409 SOLD_OUT and nothing sold;
+7. prints req/s, p50, p99, errors and CPU of each, the purchase/trivial ratio and PASS/MISS against the aims
+   (>= 2,000 purchases/s, purchase >= 0.5 x trivial), the sold-out answer's CPU per request next to an
+   accepted purchase's, and writes loadtest/results/bench_purchase.json.
 
 The per-user rate limit of the service (10/s, burst 20 per replica) is left as it is: 20,000 users at a
 few thousand purchases/s means each user sends well under 1 request/s, so nobody is rate limited.
@@ -60,6 +64,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+from bench_sold_out import (  # loadtest/ scripts import each other by file name
+    SoldOutCheck,
+    SoldOutPhaseError,
+    comparison,
+    print_comparison,
+    seed_sold_out_sale,
+    verify_sold_out,
+)
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
@@ -620,8 +632,8 @@ class Admin:
         data: dict[str, Any] = resp.json()
         return data
 
-    def seed_sale(self, tag: str) -> int:
-        """Create a huge sale and start it now; returns its id."""
+    def seed_sale(self, tag: str, *, quantity: int = SALE_QUANTITY) -> int:
+        """Create a sale (huge unless told) and start it now; returns its id."""
         now = datetime.now(UTC)
         sale = self._call(
             "POST",
@@ -632,7 +644,7 @@ class Admin:
                 "price": 1999,
                 "original_price": 2999,
                 "currency": "USD",
-                "quantity": SALE_QUANTITY,
+                "quantity": quantity,
                 "per_user_limit": PER_USER_LIMIT,
                 "starts_at": now.isoformat(),
                 "ends_at": (now + timedelta(hours=2)).isoformat(),
@@ -716,6 +728,8 @@ class Measurement:
     purchase: WrkResult
     verification: Verification
     warmup_verification: Verification | None
+    sold_out: WrkResult | None = None
+    sold_out_check: SoldOutCheck | None = None
 
     @property
     def ratio(self) -> float:
@@ -780,12 +794,31 @@ def measure(
                 print(f"[{setup}] warm-up {opts.warmup}s each (fills the token cache and connection pools)", flush=True)
                 trivial(opts.warmup)
                 _, warm_check = purchase("w", opts.warmup)
-            print(f"[{setup}] measuring {opts.duration}s each: trivial, then purchase", flush=True)
+            print(f"[{setup}] measuring {opts.duration}s each: trivial, then purchase, then sold out", flush=True)
             trivial_result = trivial(opts.duration)
             purchase_result, check = purchase("m", opts.duration)
+            sold_out_sale = seed_sold_out_sale(admin, servers.base_url, tokens_file, f"{run_tag}-s")
+
+            def sold_out(label: str, seconds: int) -> WrkResult:
+                args = [str(sold_out_sale), str(tokens_file), f"{run_tag}{label}"]
+                return run_wrk(
+                    wrk,
+                    servers.base_url,
+                    endpoint="purchase",
+                    seconds=seconds,
+                    opts=opts,
+                    script_args=args,
+                    cpu_probe=probe,
+                )
+
+            if opts.warmup:
+                sold_out("sw", min(opts.warmup, 3))
+            sold_out_result = sold_out("s", opts.duration)
+            time.sleep(0.5)  # let the servers finish requests wrk left in flight
+            sold_out_check = verify_sold_out(admin, redis_url, sold_out_sale, sold_out_result)
         finally:
             admin.close()
-    return Measurement(setup, trivial_result, purchase_result, check, warm_check)
+    return Measurement(setup, trivial_result, purchase_result, check, warm_check, sold_out_result, sold_out_check)
 
 
 # ---------------------------------------------------------------------------- report
@@ -799,10 +832,18 @@ def print_table(m: Measurement, opts: Options) -> None:
     """The table, the ratio, and PASS/MISS against the aims."""
     header = ["endpoint", "req/s", "p50 ms", "p99 ms", "errors", "server CPU s", "wrk CPU s", "redis CPU s"]
     rows = []
-    for name, r in (("GET /healthz/live", m.trivial), ("POST /sales/{id}/purchase", m.purchase)):
+    runs = [
+        ("GET /healthz/live", m.trivial, m.trivial.errors),
+        ("POST /sales/{id}/purchase", m.purchase, m.purchase.errors),
+    ]
+    if m.sold_out is not None:
+        runs.append(
+            ("POST purchase, sold out (409)", m.sold_out, m.sold_out.errors - m.sold_out.statuses.get("409", 0))
+        )
+    for name, r, errors in runs:
         cpu = [r.cpu_seconds.get(k) for k in ("servers", "wrk", "redis")]
         shown_cpu = [f"{v:.1f}" if v is not None else "-" for v in cpu]
-        rows.append([name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors), *shown_cpu])
+        rows.append([name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(errors), *shown_cpu])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print()
     print(f"setup: {describe_setup(m.setup)}")
@@ -819,6 +860,8 @@ def print_table(m: Measurement, opts: Options) -> None:
     print(f"aim >= {AIM_PURCHASES_PER_SECOND:,.0f} purchases/s: {rps_verdict} ({m.purchase.rps:,.0f}/s)")
     print(f"aim ratio >= {AIM_RATIO}: {ratio_verdict} ({m.ratio:.3f})")
     print(f"purchases real: {'yes' if check.ok else 'NO'} (sale {check.sale_id}: {check.note})")
+    if m.sold_out is not None and m.sold_out_check is not None:
+        print_comparison(m.purchase, m.sold_out, m.sold_out_check)
     if m.purchase.status_non_2xx or m.trivial.status_non_2xx:
         print(f"answers by status: trivial {m.trivial.statuses}, purchase {m.purchase.statuses}")
 
@@ -850,6 +893,9 @@ def to_json(m: Measurement) -> dict[str, Any]:
         },
         "verification": asdict(m.verification),
         "warmup_verification": asdict(m.warmup_verification) if m.warmup_verification else None,
+        "sold_out": asdict(m.sold_out) if m.sold_out else None,
+        "sold_out_check": asdict(m.sold_out_check) if m.sold_out_check else None,
+        "sold_out_vs_purchase": comparison(m.purchase, m.sold_out) if m.sold_out else None,
     }
 
 
@@ -920,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"), opts.database
         )
         results = run_all(opts, redis_url, database_url)
-    except BenchError as exc:
+    except (BenchError, SoldOutPhaseError) as exc:
         print(f"bench_purchase: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -949,7 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.output.write_text(json.dumps(report, indent=2) + "\n")
     shown = opts.output.relative_to(ROOT) if opts.output.is_relative_to(ROOT) else opts.output
     print(f"\nresults written to {shown}")
-    if not all(m.verification.ok for m in results):
+    if not all(m.verification.ok and (m.sold_out_check is None or m.sold_out_check.ok) for m in results):
         return 1
     missed = main_result.purchase.rps < AIM_PURCHASES_PER_SECOND or main_result.ratio < AIM_RATIO
     return 2 if missed and opts.strict else 0

@@ -11,12 +11,15 @@ from starlette.responses import JSONResponse, Response
 from services.common.auth import AdminUser, Principal
 from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyRequired, IdempotencyStore, fingerprint
 from services.flashsale.deps import ServiceDep
+from services.flashsale.events import sale_alerts
+from services.flashsale.lifecycle import TRANSITIONS, transition
 from services.flashsale.models import SaleState
 from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.router import SaleId
 from services.flashsale.schemas import (
     AddStock,
     AuditOut,
+    SaleAlert,
     SaleCreate,
     SaleOut,
     SaleReconciliation,
@@ -85,7 +88,7 @@ def _transition_route(action: str) -> None:
             user,
             key,
             {"sale_id": sale_id},
-            lambda: service.transition(actor=user.user_id, sale_id=sale_id, action=action),
+            lambda: transition(service, actor=user.user_id, sale_id=sale_id, action=action),
         )
 
     endpoint.__doc__ = f"{action.capitalize()} a sale."
@@ -99,7 +102,7 @@ def _transition_route(action: str) -> None:
     )
 
 
-for _action in ("schedule", "start", "pause", "resume", "stop"):
+for _action in TRANSITIONS:
     _transition_route(_action)
 
 
@@ -149,6 +152,19 @@ async def sale_stats(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> S
     stats = await service.stats(sale_id)
     await service.audit_read(actor=user.user_id, action="stats", sale_id=sale_id)
     return stats
+
+
+AlertId = Annotated[str, Query(pattern=r"^\d{1,19}-\d{1,19}-\d{1,19}$", description="Alerts after this one")]
+
+
+@router.get("/sales/{sale_id}/alerts", response_model=list[SaleAlert])
+async def list_sale_alerts(
+    sale_id: SaleId, user: AdminUser, service: ServiceDep, after: AlertId | None = None, limit: Limit = 100
+) -> list[SaleAlert]:
+    """The sale's alerts (stock.low, sale.sold_out, reconciliation.drift), oldest first; page on with `after`."""
+    alerts = await sale_alerts(service, sale_id=sale_id, after=after, limit=limit)
+    await service.audit_read(actor=user.user_id, action="alerts", sale_id=sale_id)
+    return alerts
 
 
 @router.get("/audit", response_model=list[AuditOut])

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from services.common.streams import StreamConsumer, decode_event
 from services.common.webhooks import sign
+from services.flashsale import errors
+from services.flashsale.schemas import SaleAlert
 from services.flashsale.service import WARM_STATES, FlashSaleService, utcnow
 from services.flashsale.store import NOTIFY_CHANNEL, alerts_stream
 
@@ -146,6 +149,28 @@ class AlertRelay:
             consumer.stop()
             task.cancel()
         self._consumers.clear()
+
+
+async def sale_alerts(service: FlashSaleService, *, sale_id: int, after: str | None, limit: int) -> list[SaleAlert]:
+    """A sale's alerts as raised, oldest first; each `id` is the one its webhook and `alerts` entry carry."""
+    await service.get_sale(sale_id)  # 404 for a sale that does not exist
+    prefix = f"{sale_id}-"
+    if after is not None and not after.startswith(prefix):
+        raise errors.InvalidSale(f"after must be an alert id of sale {sale_id} ({prefix}<ms>-<seq>)")
+    start = after[len(prefix) :] if after else None
+    try:
+        entries = await service.store.sale_alerts(sale_id, after=start, limit=limit)
+    except RedisError:
+        raise errors.StockUnavailable("The sale's alerts are unavailable right now") from None
+    return [
+        SaleAlert(
+            id=f"{sale_id}-{entry_id}",
+            type=fields.get("type", ""),
+            at=datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC),
+            data=decode_event(fields),
+        )
+        for entry_id, fields in entries
+    ]
 
 
 async def handle_order_event(service: FlashSaleService, entry_id: str, fields: dict[str, Any]) -> None:

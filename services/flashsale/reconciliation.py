@@ -33,7 +33,7 @@ from services.flashsale.schemas import (
     RedisCounters,
     SaleReconciliation,
 )
-from services.flashsale.service import SYSTEM_ACTOR, FlashSaleService, _ms
+from services.flashsale.service import SYSTEM_ACTOR, WARM_STATES, FlashSaleService, _ms
 from services.flashsale.store import alerts_stream, events_stream
 
 log = logging.getLogger("flashsale.reconciliation")
@@ -349,6 +349,9 @@ class SaleReconciler:
         lock, after any admin change in progress committed (a pause writes Redis before its commit).
         """
         redis_state = counters.get("state", "")
+        if redis_state in (SaleState.DRAFT.value, SaleState.SCHEDULED.value):
+            await self._open_recorded(sale_id, redis_state)
+            return
         if redis_state not in (SaleState.LIVE.value, SaleState.PAUSED.value):
             return
         if redis_state == SaleState.PAUSED.value and counters.get("low_alerted") == "1":
@@ -364,6 +367,17 @@ class SaleReconciler:
                 await self.store.advance_state(sale_id, expected=SaleState.LIVE.value, new=SaleState.PAUSED.value)
             elif sale.state == SaleState.LIVE.value and current == SaleState.PAUSED.value and not script_pause:
                 await self.store.advance_state(sale_id, expected=SaleState.PAUSED.value, new=SaleState.LIVE.value)
+
+    async def _open_recorded(self, sale_id: int, redis_state: str) -> None:
+        """An opening (schedule, start) committed but its Redis write failed: Redis follows the record."""
+        async with self.service.sessions.begin() as session:
+            sale = await session.scalar(select(Sale).where(Sale.id == sale_id).with_for_update())
+            if sale is None or sale.state == redis_state or SaleState(sale.state) not in WARM_STATES:
+                return
+            opened = await self.store.advance_state(
+                sale_id, expected=redis_state, new=sale.state, fields={"starts": _ms(sale.starts_at)}
+            )
+        log.warning("sale %s: Redis held it %s while recorded %s; now %s", sale_id, redis_state, sale.state, opened)
 
     async def _settle_one(self, sale: Sale) -> int:
         if sale.state == SaleState.DRAFT.value:

@@ -13,8 +13,15 @@ from starlette.responses import Response
 
 from services.common.auth import CurrentUser, Principal, principal
 from services.common.idempotency import IdempotencyKey, fingerprint, idempotency_key
+from services.flashsale.allowance import buyer_allowance
 from services.flashsale.deps import ServiceDep
-from services.flashsale.schemas import MAX_UNITS_PER_PURCHASE, PurchaseAccepted, PurchaseRequest, SaleView
+from services.flashsale.schemas import (
+    MAX_UNITS_PER_PURCHASE,
+    BuyerAllowance,
+    PurchaseAccepted,
+    PurchaseRequest,
+    SaleView,
+)
 from services.flashsale.service import FlashSaleService
 
 router = APIRouter(tags=["storefront"])
@@ -47,6 +54,12 @@ async def list_sales(service: ServiceDep) -> list[SaleView]:
 async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
     """A sale with server time, countdown and remaining stock."""
     return await service.view(sale_id)
+
+
+@router.get("/sales/{sale_id}/me", response_model=BuyerAllowance, responses={401: PROBLEM_RESPONSES[401]})
+async def my_allowance(sale_id: SaleId, user: CurrentUser, service: ServiceDep) -> BuyerAllowance:
+    """The caller's own numbers in a sale: units bought, the per-user limit, and how many more they may buy."""
+    return await buyer_allowance(service, sale_id=sale_id, user_id=user.user_id)
 
 
 @functools.cache

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from services.common.sku import SkuCode
 from services.flashsale.models import LowStockPolicy, SaleState
 
 MAX_MONEY = 10**12
@@ -24,7 +25,7 @@ class _Strict(BaseModel):
 class SaleCreate(_Strict):
     """A new sale, created in `draft`."""
 
-    sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    sku: SkuCode
     title: str = Field(min_length=1, max_length=200)
     price: Money
     original_price: Money
@@ -160,6 +161,26 @@ class SaleView(BaseModel):
     quantity: int
     remaining: int
     sold_out: bool
+
+
+class BuyerAllowance(BaseModel):
+    """The caller's own numbers in one sale, so a storefront can say "you may buy 1 more"."""
+
+    sale_id: int
+    state: str
+    bought: int = Field(description="Units the caller holds or bought in this sale")
+    limit: int = Field(description="The sale's per-user limit")
+    may_buy: int = Field(description="Units the caller may still buy: within the limit and the stock; 0 once ended")
+    remaining: int
+
+
+class SaleAlert(BaseModel):
+    """One alert a sale raised (stock.low, sale.sold_out, reconciliation.drift), oldest first."""
+
+    id: str
+    type: str
+    at: datetime | None
+    data: dict[str, Any]
 
 
 class RedisCounters(BaseModel):

@@ -7,8 +7,7 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +23,7 @@ from services.common.logs import request_id_var
 from services.flashsale import errors
 from services.flashsale.clients import InventoryClient, OrderRecordClient
 from services.flashsale.config import FlashSaleSettings
+from services.flashsale.guards import SoldOutFlags, UserRateLimiter
 from services.flashsale.models import AuditEntry, Sale, SaleState
 from services.flashsale.schemas import MAX_QUANTITY, SaleCreate, SaleOut, SaleStats, SaleUpdate, SaleView
 from services.flashsale.store import NOTIFY_CHANNEL, StockStore
@@ -40,14 +40,6 @@ def _purchase_counter(outcome: str) -> Any:
     return PURCHASES.labels(outcome.lower())
 
 
-# Where each admin action may start from.
-TRANSITIONS: dict[str, tuple[set[SaleState], SaleState]] = {
-    "schedule": ({SaleState.DRAFT}, SaleState.SCHEDULED),
-    "start": ({SaleState.DRAFT, SaleState.SCHEDULED}, SaleState.LIVE),
-    "pause": ({SaleState.LIVE}, SaleState.PAUSED),
-    "resume": ({SaleState.PAUSED}, SaleState.LIVE),
-    "stop": ({SaleState.DRAFT, SaleState.SCHEDULED, SaleState.LIVE, SaleState.PAUSED}, SaleState.ENDED),
-}
 WARM_STATES = {SaleState.SCHEDULED, SaleState.LIVE, SaleState.PAUSED}
 
 
@@ -72,93 +64,6 @@ def threshold_units(quantity: int, pct: int) -> int:
 def snapshot(sale: Sale) -> dict[str, Any]:
     """The sale as JSON-ready data, for the audit log and the catalog."""
     return SaleOut.model_validate(sale).model_dump(mode="json")
-
-
-class SoldOutFlags:
-    """Per-process memory of sold-out sales, so rejections cost no Redis round trip.
-
-    A flag lives `ttl` seconds; a `buyable:<id>` notification (stock came back) clears it sooner.
-    """
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._until: dict[int, float] = {}
-
-    def mark(self, sale_id: int) -> None:
-        """Remember that the sale is sold out."""
-        self._until[sale_id] = time.monotonic() + self.ttl
-
-    def clear(self, sale_id: int) -> None:
-        """Forget it: stock came back."""
-        self._until.pop(sale_id, None)
-
-    def is_sold_out(self, sale_id: int) -> bool:
-        """True while the flag is fresh."""
-        until = self._until.get(sale_id)
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self._until[sale_id]
-            return False
-        return True
-
-
-class UserRateLimiter:
-    """A token bucket per user on this replica: a cheap guard against hammering the buy button.
-
-    A retry of a key that is in flight or was accepted is free (same intent, answered from the stored
-    reply); a retry of a refused key pays like a new attempt. Buckets live in an LRU with a hard cap.
-    """
-
-    RECENT_KEYS = 4
-
-    def __init__(
-        self, rate: float, burst: int, max_users: int = 100_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.clock = clock
-        self.rate = rate
-        self.burst = float(burst)
-        self.max_users = max_users
-        # user -> [tokens, last refill, accepted keys]
-        self._buckets: OrderedDict[str, tuple[float, float, list[str]]] = OrderedDict()
-        self._in_flight: dict[tuple[str, str], int] = {}
-
-    def allow(self, user_id: str, key: str) -> bool:
-        """Take one token unless this is a retry of an accepted or in-flight key."""
-        now = self.clock()
-        bucket = self._buckets.get(user_id)
-        if bucket is None:
-            self._buckets[user_id] = (self.burst - 1, now, [])
-            if len(self._buckets) > self.max_users:
-                self._buckets.popitem(last=False)
-            return True
-        self._buckets.move_to_end(user_id)
-        tokens, last, keys = bucket
-        if key in keys or (user_id, key) in self._in_flight:
-            return True
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[user_id] = (tokens, now, keys)
-            return False
-        self._buckets[user_id] = (tokens - 1, now, keys)
-        return True
-
-    def begin(self, user_id: str, key: str) -> None:
-        """A request with this key is being decided."""
-        self._in_flight[(user_id, key)] = self._in_flight.get((user_id, key), 0) + 1
-
-    def end(self, user_id: str, key: str, *, accepted: bool) -> None:
-        """The request was decided; remember accepted keys so their replays stay free."""
-        ident = (user_id, key)
-        left = self._in_flight.get(ident, 1) - 1
-        if left <= 0:
-            self._in_flight.pop(ident, None)
-        else:
-            self._in_flight[ident] = left
-        bucket = self._buckets.get(user_id)
-        if accepted and bucket is not None and key not in bucket[2]:
-            bucket[2].append(key)
-            del bucket[2][: -self.RECENT_KEYS]
 
 
 @dataclass
@@ -222,9 +127,7 @@ class FlashSaleService:
     ) -> tuple[str, int]:
         """Reserve units for a user; returns (reservation id, quantity) or raises a domain error."""
         if self.sold_out.is_sold_out(sale_id):
-            self._local_attempts[sale_id]["n_sold_out"] += 1
-            _purchase_counter("sold_out").inc()
-            raise errors.SoldOut("This sale is sold out")
+            return await self._answer_sold_out(sale_id, user_id, idempotency, request_fingerprint)
         if not self.limiter.allow(user_id, idempotency):
             if sale_id in self.catalog:
                 self._local_attempts[sale_id]["n_rate_limited"] += 1
@@ -247,11 +150,7 @@ class FlashSaleService:
             accepted = outcome.kind in ("OK", "REPLAY")
         except RedisError as exc:
             # Unknown outcome: the script may have run. A retry with the same key tells the truth.
-            _purchase_counter("unavailable").inc()
-            self._log_redis_failure(sale_id, exc)
-            raise errors.StockUnavailable(
-                "Stock service unavailable; retry with the same Idempotency-Key", headers={"Retry-After": "1"}
-            ) from None
+            raise self._unavailable(sale_id, exc) from None
         finally:
             self.limiter.end(user_id, idempotency, accepted=accepted)
         kind = outcome.kind
@@ -267,10 +166,10 @@ class FlashSaleService:
             self.sold_out.mark(sale_id)
             raise errors.SoldOut("This sale is sold out")
         if kind == "LIMIT":
-            bought, limit = outcome.detail
+            bought, limit = int(outcome.detail[0]), int(outcome.detail[1])
             raise errors.PurchaseLimitExceeded(
-                f"You hold {bought} of at most {limit} units in this sale",
-                extra={"bought": int(bought), "limit": int(limit)},
+                f"You asked for {quantity} and hold {bought} of at most {limit} units in this sale",
+                extra={"requested": quantity, "bought": bought, "limit": limit},
             )
         if kind == "INSUFFICIENT":
             raise errors.InsufficientStock(
@@ -288,6 +187,35 @@ class FlashSaleService:
             # Live in the record but not in Redis: Redis lost data. Fail closed until reconciled.
             raise errors.StockUnavailable("Sale stock is not loaded; purchases are refused until it is")
         raise errors.SaleNotLive(self._not_live_reason(sale_id, entry.state.value))
+
+    async def _answer_sold_out(
+        self, sale_id: int, user_id: str, idempotency: str, request_fingerprint: str
+    ) -> tuple[str, int]:
+        """A sold-out sale decides nothing new, but a replay of an accepted purchase keeps its first answer:
+        one read-only look at the key instead of the purchase script."""
+        try:
+            outcome = await self.store.stored_answer(
+                sale_id=sale_id, user_id=user_id, idempotency=idempotency, request_fingerprint=request_fingerprint
+            )
+        except RedisError as exc:
+            # Whether this key was accepted cannot be told: a plain SOLD_OUT could deny a held reservation.
+            raise self._unavailable(sale_id, exc) from None
+        if outcome.kind == "REPLAY":
+            _purchase_counter("replay").inc()
+            return outcome.reservation_id, outcome.quantity
+        if outcome.kind == "KEY_REUSED":
+            _purchase_counter("key_reused").inc()
+            raise IdempotencyKeyReused("This Idempotency-Key was used with a different request body")
+        self._local_attempts[sale_id]["n_sold_out"] += 1
+        _purchase_counter("sold_out").inc()
+        raise errors.SoldOut("This sale is sold out")
+
+    def _unavailable(self, sale_id: int, exc: Exception) -> errors.StockUnavailable:
+        _purchase_counter("unavailable").inc()
+        self._log_redis_failure(sale_id, exc)
+        return errors.StockUnavailable(
+            "Stock service unavailable; retry with the same Idempotency-Key", headers={"Retry-After": "1"}
+        )
 
     def _log_redis_failure(self, sale_id: int, exc: Exception) -> None:
         # The rejection path stays cheap during an outage: one line every few seconds, not one per request.
@@ -558,12 +486,13 @@ class FlashSaleService:
         await self._notify("catalog")
         return after
 
-    async def _warm(self, sale: Sale, *, reset: bool) -> None:
+    async def _warm(self, sale: Sale, *, reset: bool, held: dict[str, Any] | None = None) -> None:
+        """Load the sale into Redis; `held` overrides fields (state, window) that must wait for the commit."""
         outcome = await self.store.warm(
             sale_id=sale.id,
             incarnation=str(_ms(sale.created_at)),
             quantity=sale.quantity,
-            config=self._redis_config(sale),
+            config={**self._redis_config(sale), **(held or {})},
             reset=reset,
         )
         if outcome == "STARTED":
@@ -573,44 +502,6 @@ class FlashSaleService:
                 f"Redis holds stock of an earlier sale {sale.id} (the database was recreated); "
                 f"clear its {{fs:{sale.id}}} keys or point at another Redis"
             )
-
-    async def transition(self, *, actor: str, sale_id: int, action: str) -> dict[str, Any]:
-        """schedule, start, pause, resume or stop a sale."""
-        allowed, target = TRANSITIONS[action]
-        async with self.sessions.begin() as session:
-            sale = await self._locked(session, sale_id)
-            current = await self._current_state(sale)
-            if current not in allowed:
-                raise errors.InvalidTransition(f"Cannot {action} a sale that is {current.value}")
-            before = snapshot(sale)
-            now = utcnow()
-            if action == "schedule" and sale.ends_at <= now:
-                raise errors.InvalidTransition("The sale's window is already over")
-            if action in ("start", "resume") and sale.ends_at <= now:
-                raise errors.InvalidTransition("The sale's window is over; change ends_at first")
-            if action == "start" and sale.starts_at > now:
-                sale.starts_at = now  # starting by hand opens the window now
-            sale.state = target.value
-            if target == SaleState.LIVE and sale.went_live_at is None:
-                sale.went_live_at = now
-            if target == SaleState.ENDED:
-                sale.ended_at = now
-            if action in ("schedule", "start"):
-                await self._warm(sale, reset=False)
-            elif current != SaleState.DRAFT and action != "resume":
-                # Stopping selling goes to Redis first: if the commit then fails, the sale sells less, not more.
-                await self.store.set_state(sale.id, target.value)
-            await session.flush()
-            await session.refresh(sale)
-            after = snapshot(sale)
-            await self._audit(session, actor=actor, action=action, sale_id=sale_id, before=before, after=after)
-        if action == "resume":
-            # Selling again goes to Redis only once the record says so (a failed write here is put right by
-            # the settlement job, which brings Redis to the recorded state).
-            await self.store.set_state(sale.id, target.value)
-        self.catalog[sale.id] = self._entry(sale)
-        await self._notify("catalog")
-        return after
 
     async def add_stock(self, *, actor: str, sale_id: int, units: int) -> dict[str, Any]:
         """Add units to a sale (draft, scheduled, live or paused).

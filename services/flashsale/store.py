@@ -98,6 +98,10 @@ class StockStore:
         self._purchase = ScriptPipe(
             redis_url, (LUA_DIR / "purchase.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
         )
+        # The sold-out path's replay look-up, a read-only script on a connection of its own.
+        self._replay = ScriptPipe(
+            redis_url, (LUA_DIR / "replay.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
+        )
         self._release = redis.register_script((LUA_DIR / "release.lua").read_text())
         self._confirm = redis.register_script((LUA_DIR / "confirm.lua").read_text())
         self._warm = redis.register_script((LUA_DIR / "warm.lua").read_text())
@@ -109,6 +113,7 @@ class StockStore:
     async def aclose(self) -> None:
         """Close the purchase connection (the redis-py pool is the caller's)."""
         await self._purchase.aclose()
+        await self._replay.aclose()
 
     async def reserve_stock(
         self,
@@ -159,6 +164,15 @@ class StockStore:
             return PurchaseOutcome(kind="REPLAY", reservation_id=res[1], quantity=int(res[2]))
         return PurchaseOutcome(kind=kind, detail=tuple(res[1:]))
 
+    async def stored_answer(
+        self, *, sale_id: int, user_id: str, idempotency: str, request_fingerprint: str
+    ) -> PurchaseOutcome:
+        """The first answer to this key if it was accepted (REPLAY), KEY_REUSED, or NONE; changes nothing."""
+        res = await self._replay.evalsha([idempotency_key(sale_id, user_id, idempotency)], [request_fingerprint])
+        if res[0] == "REPLAY":
+            return PurchaseOutcome(kind="REPLAY", reservation_id=res[1], quantity=int(res[2]))
+        return PurchaseOutcome(kind=res[0])
+
     async def release_reservation(self, *, sale_id: int, reservation_id: str) -> ReleaseOutcome:
         """Give a reservation's units back; a second call for the same reservation does nothing."""
         res = await self._release(
@@ -178,19 +192,29 @@ class StockStore:
         args: list[Any] = ["1" if reset else "0", quantity, incarnation]
         for field, value in config.items():
             args += [field, value]
+        # The stream is registered before the sale can sell: every purchase event it takes is then read.
+        await self.register_stream(sale_id)
         res = await self._warm(keys=[sale_key(sale_id)], args=args)
-        if res[0] == "OK":
-            await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
         return str(res[0])
+
+    async def register_stream(self, sale_id: int) -> None:
+        """Put the sale's purchase stream in the registry the order service reads (idempotent)."""
+        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
 
     async def add_stock(self, *, sale_id: int, units: int, threshold: int, operation: str) -> str:
         """Add units once per operation id; returns OK, DONE (applied before) or NOT_FOUND."""
         res = await self._restock(keys=[sale_key(sale_id), f"{_tag(sale_id)}:op:{operation}"], args=[units, threshold])
         return str(res[0])
 
-    async def advance_state(self, sale_id: int, *, expected: str, new: str) -> str:
-        """Set `new` only if Redis still says `expected`; returns the state Redis holds afterwards."""
-        return str(await self._advance(keys=[sale_key(sale_id)], args=[expected, new]))
+    async def advance_state(
+        self, sale_id: int, *, expected: str, new: str, fields: dict[str, str | int] | None = None
+    ) -> str:
+        """Set `new` (and `fields` with it) only if Redis still says `expected`; returns the state Redis holds
+        afterwards."""
+        args: list[Any] = [expected, new]
+        for field, value in (fields or {}).items():
+            args += [field, value]
+        return str(await self._advance(keys=[sale_key(sale_id)], args=args))
 
     async def set_state(self, sale_id: int, state: str) -> None:
         """Mirror a state change; the purchase script reads it."""
@@ -207,6 +231,13 @@ class StockStore:
         data: dict[str, str] = await self.redis.hgetall(sale_key(sale_id))  # type: ignore[assignment]
         return data
 
+    async def sale_alerts(self, sale_id: int, *, after: str | None, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """The sale's alert stream, oldest first, from just after entry `after` (or the start)."""
+        entries: list[tuple[str, dict[str, str]]] = await self.redis.xrange(
+            alerts_stream(sale_id), min=f"({after}" if after else "-", max="+", count=limit
+        )  # type: ignore[assignment]
+        return entries
+
     async def add_attempts(self, counts: dict[int, dict[str, int]]) -> None:
         """Flush attempt counters counted locally (rejections answered without Redis)."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -214,6 +245,15 @@ class StockStore:
                 for field, n in by_field.items():
                     pipe.hincrby(sale_key(sale_id), field, n)
             await pipe.execute()
+
+    async def buyer_position(self, sale_id: int, user_id: str) -> tuple[int, dict[str, str]]:
+        """A buyer's units and the sale's state, remaining and limit, read together in one round trip."""
+        fields = ("state", "remaining", "limit")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(bought_key(sale_id), user_id)
+            pipe.hmget(sale_key(sale_id), list(fields))
+            bought, values = await pipe.execute()
+        return int(bought or 0), {k: v for k, v in zip(fields, values, strict=True) if v}
 
     async def user_bought(self, sale_id: int, user_id: str) -> int:
         """Units a user holds or bought in a sale."""
@@ -251,8 +291,8 @@ class StockStore:
             args += [field, value]
         for reservation_id, user_id, qty, stock in known:
             args += [reservation_id, user_id, qty, stock]
+        await self.register_stream(sale_id)
         res = await self._rebuild(keys=[sale_key(sale_id), bought_key(sale_id), reservations_key(sale_id)], args=args)
-        await self.redis.sadd(STREAM_REGISTRY, events_stream(sale_id))
         return RebuildOutcome(
             remaining_before=int(res[1]) if int(res[1]) >= 0 else None,
             remaining=int(res[2]),

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from services.common.sku import SKU_PATTERN as SKU_PATTERN
+from services.common.sku import SkuCode
+
 MAX_QUANTITY = 1_000_000_000
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-SkuCode = Annotated[str, Field(pattern=SKU_PATTERN, description="1-64 letters, digits, . _ : -")]
 Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY, description="Whole units, at least 1")]
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 ThresholdKind = Literal["absolute", "percent"]

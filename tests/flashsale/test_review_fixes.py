@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from services.flashsale.config import FlashSaleSettings
+from services.flashsale.guards import UserRateLimiter
 from services.flashsale.main import create_app
-from services.flashsale.service import UserRateLimiter
 from tests.conftest import admin_headers, create_sale, customer_headers, live_sale, sale_stats, wait_for
 
 

@@ -81,7 +81,12 @@ if remaining == 0 then
   sold_out = 1
   redis.call('HSET', KEYS[1], 'sold_out_at', now)
   redis.call('HSETNX', KEYS[1], 'first_sold_out_at', now)
-  redis.call('XADD', KEYS[6], '*', 'type', 'sale.sold_out', 'v', '1', 'data', cjson.encode({
-    sale_id = tonumber(ARGV[6]), quantity = tonumber(m[9]), at_ms = now}))
+  -- One alert per sell-out: units that come back re-arm it only once the stock is above the low-stock
+  -- threshold again (release.lua, restock.lua), so a few released units sold again do not repeat it.
+  if redis.call('HGET', KEYS[1], 'sold_out_alerted') ~= '1' then
+    redis.call('HSET', KEYS[1], 'sold_out_alerted', '1')
+    redis.call('XADD', KEYS[6], '*', 'type', 'sale.sold_out', 'v', '1', 'data', cjson.encode({
+      sale_id = tonumber(ARGV[6]), quantity = tonumber(m[9]), at_ms = now}))
+  end
 end
 return {'OK', rid, remaining, crossed, sold_out, paused}

@@ -74,5 +74,6 @@ end
 local threshold = tonumber(redis.call('HGET', KEYS[1], 'threshold') or '0')
 -- Already at or below the threshold: the alert went out before (or is moot); do not repeat it.
 redis.call('HSET', KEYS[1], 'low_alerted', remaining <= threshold and '1' or '0')
+if remaining > threshold then redis.call('HSET', KEYS[1], 'sold_out_alerted', '0') end
 if remaining > 0 then redis.call('HDEL', KEYS[1], 'sold_out_at') end
 return {'OK', before, remaining, reserved, sold, in_flight, excess}

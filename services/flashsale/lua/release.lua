@@ -11,9 +11,9 @@ local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', qty)
 redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
 redis.call('HINCRBY', KEYS[1], 'released', qty)
 if redis.call('HINCRBY', KEYS[2], uid, -qty) <= 0 then redis.call('HDEL', KEYS[2], uid) end
--- Back above the threshold: the next crossing alerts again.
+-- Back above the threshold: the next crossing alerts again, and so does the next sell-out.
 local threshold = tonumber(redis.call('HGET', KEYS[1], 'threshold') or '0')
-if remaining > threshold then redis.call('HSET', KEYS[1], 'low_alerted', '0') end
+if remaining > threshold then redis.call('HSET', KEYS[1], 'low_alerted', '0', 'sold_out_alerted', '0') end
 local was_sold_out = 0
 if remaining == qty then
   was_sold_out = 1

@@ -11,7 +11,7 @@ if exists and ARGV[1] == '1' then
     + tonumber(redis.call('HGET', KEYS[1], 'sold') or '0')
     + tonumber(redis.call('HGET', KEYS[1], 'released') or '0')
   if taken > 0 then return {'STARTED'} end
-  redis.call('HSET', KEYS[1], 'remaining', qty, 'quantity', qty, 'low_alerted', '0')
+  redis.call('HSET', KEYS[1], 'remaining', qty, 'quantity', qty, 'low_alerted', '0', 'sold_out_alerted', '0')
 end
 if not exists then
   redis.call('HSET', KEYS[1], 'remaining', qty, 'quantity', qty, 'reserved', 0, 'sold', 0,
