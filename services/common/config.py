@@ -63,6 +63,9 @@ class BaseServiceSettings(BaseSettings):
             raise ValueError("JWT_SECRET must be set outside dev mode (APP_ENV=dev|test)")
         if self.jwt_jwks_url and self.jwt_jwks_file:
             raise ValueError("Set JWT_JWKS_URL or JWT_JWKS_FILE, not both")
-        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
-            raise ValueError("JWT_JWKS_URL must be an http(s) URL")
+        # Keys fetched over plain HTTP could be swapped on the way: anyone could then sign tokens.
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(
+            ("https://", "http://") if self.is_dev else "https://"
+        ):
+            raise ValueError("JWT_JWKS_URL must be an https:// URL (http:// only with APP_ENV=dev|test)")
         return self

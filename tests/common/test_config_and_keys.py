@@ -21,6 +21,18 @@ def test_default_webhook_key_is_refused_outside_dev_mode_when_webhooks_are_set()
         FlashSaleSettings(env="production", jwt_secret="s3cret-value", alert_webhooks="https://ops.example/hook")
 
 
+def test_identity_provider_keys_come_from_one_source_and_over_https_outside_dev_mode() -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        FlashSaleSettings(env="test", jwt_jwks_url="http://127.0.0.1:1/jwks", jwt_jwks_file="/tmp/jwks.json")
+    production = {"env": "production", "jwt_secret": "a-real-secret-from-the-vault"}
+    with pytest.raises(ValidationError, match="https://"):
+        FlashSaleSettings(**production, jwt_jwks_url="http://idp.internal/certs")
+    https = FlashSaleSettings(
+        **production, jwt_jwks_url="https://idp.example/realms/shop/protocol/openid-connect/certs"
+    )
+    assert https.jwt_jwks_url.startswith("https://")
+
+
 @pytest.mark.parametrize("sale_id", [1, 42, 987654321])
 def test_every_key_of_one_sale_shares_one_cluster_slot(sale_id: int) -> None:
     keys = [
