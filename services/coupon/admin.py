@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header
 from services.common.auth import AdminUser
 from services.common.idempotency import fingerprint
 from services.coupon.deps import ServiceDep
-from services.coupon.errors import OrdersUnavailable
+from services.coupon.errors import OrdersRefused, OrdersUnavailable
 from services.coupon.orders import buyers_hit_by_system_failure
 from services.coupon.router import TemplateId
 from services.coupon.schemas import (
@@ -73,6 +73,11 @@ async def compensate(
         assert body.sale_id is not None
         try:
             user_ids = await buyers_hit_by_system_failure(service.settings, body.sale_id)
+        except httpx.HTTPStatusError as exc:
+            # It answered: a refusal (4xx) is passed on as one; only a failure to serve is an outage.
+            if exc.response.status_code >= 500:
+                raise OrdersUnavailable("The order service could not answer; nothing was issued") from None
+            raise OrdersRefused.of(exc.response) from None
         except httpx.HTTPError:
             raise OrdersUnavailable("The order service did not answer; nothing was issued") from None
     return await service.issue_compensation(

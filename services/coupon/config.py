@@ -17,9 +17,15 @@ class CouponSettings(BaseServiceSettings):
     claim_stream: str = "coupons:claims"
     order_events_stream: str = "orders:events"
     claim_idempotency_ttl_seconds: int = 24 * 3600
-    # How often templates whose Redis counters are gone (Redis lost data) are rebuilt from the wallets.
+    # How often each replica checks whether Redis lost data (counters gone, or a restart that may have lost
+    # its last second) and, if so, rebuilds the counters from the wallets and settles locked coupons.
     restore_interval_seconds: float = 5.0
+    # Coupons locked longer than this (well past the order service's payment deadline) are settled from the
+    # order record even without a Redis restart, in case their order's event never arrived; checked this often.
+    stale_lock_after_seconds: float = 1800.0
+    stale_lock_sweep_seconds: float = 300.0
     # The order service, asked which buyers of a sale had orders cancelled by a system failure.
     order_url: str = "http://127.0.0.1:8104"
+    order_timeout_seconds: float = 10.0
     # Bearer token with the admin role for service-to-service calls; minted from JWT_SECRET when empty.
     service_token: str = ""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
+
 from services.common.errors import ProblemError
 
 
@@ -51,3 +55,23 @@ class OrdersUnavailable(ProblemError):
     status = 503
     code = "ORDERS_UNAVAILABLE"
     title = "The order service did not answer"
+
+
+class OrdersRefused(ProblemError):
+    status = 422
+    code = "ORDERS_REFUSED"
+    title = "The order service refused the question"
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> OrdersRefused:
+        """The order service's refusal, with its status and code, passed on to the caller."""
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = {}
+        upstream = body if isinstance(body, dict) else {}
+        detail = str(upstream.get("detail") or response.reason_phrase)[:300]
+        return cls(
+            f"The order service answered {response.status_code}: {detail}; nothing was issued",
+            extra={"upstream_status": response.status_code, "upstream_code": upstream.get("code")},
+        )

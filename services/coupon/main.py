@@ -15,6 +15,7 @@ from services.common.resources import open_engine, open_redis, session_factory, 
 from services.coupon import admin, router
 from services.coupon.config import CouponSettings
 from services.coupon.events import ClaimPersistence, order_events_consumer
+from services.coupon.recovery import RedisRecovery
 from services.coupon.service import CouponService
 
 
@@ -32,14 +33,16 @@ def create_app(settings: CouponSettings | None = None) -> FastAPI:
         service = CouponService(settings=settings, redis=redis, sessions=sessions)
         claims = ClaimPersistence(service, replica)
         orders = order_events_consumer(service, replica)
+        recovery = RedisRecovery(service, replica)
         app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
         app.state.service, app.state.token_verifier = service, TokenVerifier(settings)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(run_every(1.0, "claim stream discovery", claims.follower.sync, stop)),
             asyncio.create_task(orders.run()),
+            asyncio.create_task(run_every(settings.restore_interval_seconds, "redis recovery", recovery.run, stop)),
             asyncio.create_task(
-                run_every(settings.restore_interval_seconds, "template restore", service.restore_lost_templates, stop)
+                run_every(settings.stale_lock_sweep_seconds, "stale lock sweep", recovery.sweep_stale_locks, stop)
             ),
         ]
         freeze_startup_objects()

@@ -1,6 +1,11 @@
-"""The order service, as the coupon service asks it: whose orders did a system failure cancel?"""
+"""The order service, as the coupon service asks it: whose orders did a system failure cancel, and what
+became of the orders that hold coupons."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import httpx
 
@@ -8,13 +13,31 @@ from services.common.auth import ServiceToken
 from services.coupon.config import CouponSettings
 
 PAGE = 500
+LOOKUPS_AT_ONCE = 8  # order lookups in flight per replica: recovery must not crowd out the order API
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """What the order record says of one order."""
+
+    order_id: str
+    user_id: str
+    state: str
+
+
+def _client(settings: CouponSettings) -> httpx.AsyncClient:
+    headers = ServiceToken(settings, "coupon-service", settings.service_token).headers()
+    return httpx.AsyncClient(base_url=settings.order_url, timeout=settings.order_timeout_seconds, headers=headers)
 
 
 async def buyers_hit_by_system_failure(settings: CouponSettings, sale_id: int) -> list[str]:
-    """Users with an order in the sale cancelled with reason `system_failure` (each once, in order)."""
-    headers = ServiceToken(settings, "coupon-service", settings.service_token).headers()
+    """Users with an order in the sale cancelled with reason `system_failure` (each once, in order).
+
+    Raises httpx.HTTPStatusError when the order service refuses the question, httpx.HTTPError when it
+    does not answer.
+    """
     users: dict[str, None] = {}
-    async with httpx.AsyncClient(base_url=settings.order_url, timeout=10, headers=headers) as client:
+    async with _client(settings) as client:
         offset = 0
         while True:
             resp = await client.get(
@@ -34,3 +57,24 @@ async def buyers_hit_by_system_failure(settings: CouponSettings, sale_id: int) -
             if len(page) < PAGE:
                 return list(users)
             offset += PAGE
+
+
+async def order_records(settings: CouponSettings, order_ids: Sequence[str]) -> dict[str, OrderRecord]:
+    """The order record of each order id the order service knows (an unknown one is left out).
+
+    Raises httpx.HTTPError when the order service does not answer one of them.
+    """
+    gate = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+    async with _client(settings) as client:
+
+        async def one(order_id: str) -> OrderRecord | None:
+            async with gate:
+                resp = await client.get(f"/admin/orders/{order_id}")
+            if resp.status_code in (404, 422):  # no such order (422: not even an order id)
+                return None
+            resp.raise_for_status()
+            body = resp.json()
+            return OrderRecord(order_id=order_id, user_id=str(body["user_id"]), state=str(body["state"]))
+
+        found = await asyncio.gather(*(one(o) for o in dict.fromkeys(order_ids)))
+    return {r.order_id: r for r in found if r is not None}

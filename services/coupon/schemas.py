@@ -142,11 +142,11 @@ class CompensationRequest(_Strict):
     """Issue one coupon of a template to each listed user, or to every buyer of a sale whose order was
     cancelled by a system failure (give exactly one of `user_ids` and `sale_id`)."""
 
-    template_id: Annotated[StrictInt, Field(ge=1)]
+    template_id: Annotated[StrictInt, Field(ge=1, le=2**62)]
     user_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, min_length=1, max_length=10_000
     )
-    sale_id: Annotated[StrictInt, Field(ge=1)] | None = None
+    sale_id: Annotated[StrictInt, Field(ge=1, le=2**62)] | None = None  # the order service's bound
     reason: str = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")

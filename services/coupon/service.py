@@ -120,7 +120,8 @@ class CouponService:
     async def _audit(self, session: AsyncSession, **fields: Any) -> None:
         session.add(AuditEntry(**fields))
 
-    def _claim_config(self, t: Template) -> dict[str, Any]:
+    def claim_config(self, t: Template) -> dict[str, Any]:
+        """What the claim script needs of a template."""
         return {
             "incarnation": _ms(t.created_at),
             "kind": t.kind,
@@ -147,7 +148,7 @@ class CouponService:
             await self._audit(
                 session, actor=actor, action="create", template_id=template.id, after=out.model_dump(mode="json")
             )
-            await self.store.load_template(template_id=template.id, config=self._claim_config(template))
+            await self.store.load_template(template_id=template.id, config=self.claim_config(template))
         return out
 
     async def set_template_state(self, *, actor: str, template_id: int, state: str) -> TemplateOut:
@@ -261,41 +262,6 @@ class CouponService:
             "ENDED": "Claims have closed",
         }
         raise errors.ClaimWindowClosed(reasons.get(kind, kind))
-
-    async def restore_lost_templates(self) -> int:
-        """Rebuild the claim counters of templates Redis lost (a crash without persistence) from the wallets.
-
-        Until then their claims answer 404; afterwards the total and per-user limits count every coupon the
-        record holds. Claims Redis accepted but had not yet streamed to the record are lost with it.
-        """
-        async with self.sessions() as session:
-            # A template whose claim window closed cannot be claimed either way: only open ones are checked.
-            open_now = Template.valid_until.is_(None) | (Template.valid_until > utcnow())
-            templates = (await session.scalars(select(Template).where(open_now))).all()
-        if not templates:
-            return 0
-        lost = set(await self.store.missing([t.id for t in templates]))
-        restored = 0
-        for template in (t for t in templates if t.id in lost):
-            async with self.sessions() as session:
-                rows = (
-                    await session.execute(
-                        select(Coupon.user_id, func.count())
-                        .where(Coupon.template_id == template.id)
-                        .group_by(Coupon.user_id)
-                    )
-                ).all()
-            held = {str(user): int(n) for user, n in rows}
-            if await self.store.restore_template(
-                template_id=template.id, config=self._claim_config(template), claimed=sum(held.values()), held=held
-            ):
-                restored += 1
-                log.error(
-                    "template %s: claim counters were missing in Redis; rebuilt from %d recorded coupons",
-                    template.id,
-                    sum(held.values()),
-                )
-        return restored
 
     async def _persist_claims(self, claims: Sequence[dict[str, Any]]) -> None:
         """Write claimed coupons into wallets, once each (from the claim call, or later from the stream)."""
@@ -453,15 +419,19 @@ class CouponService:
             raise errors.InvalidRefund(str(exc)) from None
         return RefundOut(order_id=order_id, paid=paid, kept_total=paid - refund, refund=refund)
 
-    async def on_order_event(self, event: dict[str, Any]) -> None:
-        """Use coupons of paid orders, free those of cancelled or expired ones; repeats change nothing."""
+    async def on_order_event(self, event: dict[str, Any]) -> int:
+        """Use coupons of paid orders, free those of cancelled or expired ones; repeats change nothing.
+
+        Returns how many coupons changed state.
+        """
         event_type = event.get("type")
         order_id = event.get("order_id")
         if not order_id:
-            return
+            return 0
+        changed: Any = None
         async with self.sessions.begin() as session:
             if event_type == "order.paid":
-                await session.execute(
+                changed = await session.execute(
                     update(Coupon)
                     .where(Coupon.order_id == order_id, Coupon.state == CouponState.LOCKED.value)
                     .values(state=CouponState.USED.value, used_at=utcnow())
@@ -473,11 +443,12 @@ class CouponService:
                         .on_conflict_do_nothing(index_elements=["order_id"])
                     )
             elif event_type in ("order.cancelled", "order.expired", "order.coupons_released"):
-                await session.execute(
+                changed = await session.execute(
                     update(Coupon)
                     .where(Coupon.order_id == order_id, Coupon.state == CouponState.LOCKED.value)
                     .values(state=CouponState.AVAILABLE.value, order_id=None, discount=None, locked_at=None)
                 )
+        return int(getattr(changed, "rowcount", 0) or 0)
 
     async def issue_compensation(
         self, *, actor: str, template_id: int, user_ids: Sequence[str], reason: str, batch: str
