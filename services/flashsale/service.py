@@ -368,7 +368,7 @@ class FlashSaleService:
         try:
             status = await self._status(sale_id)
         except RedisError:
-            raise errors.StockUnavailable("Live stock is unavailable right now") from None
+            raise errors.StockUnavailable("Live stock is unavailable right now", headers={"Retry-After": "1"}) from None
         return self._view(entry, status)
 
     def _view(self, entry: CatalogEntry, status: dict[str, str]) -> SaleView:
