@@ -356,7 +356,12 @@ class FlashSaleService:
         cached = self._status_cache.get(sale_id)
         if cached and cached[0] > now:
             return cached[1]
-        status = await self.store.live_status(sale_id)
+        try:
+            status = await self.store.live_status(sale_id)
+        except RedisError:
+            if cached:  # Redis down: nothing sells, so the last status read still tells the stock
+                return cached[1]
+            raise
         self._status_cache[sale_id] = (now + self.settings.status_cache_seconds, status)
         return status
 

@@ -1,5 +1,6 @@
 """A shared dependency's outage never empties a pool: replicas that still answer stay in it and serve what does
-not need the dependency; the rest gets the service's own 503 with Retry-After, not the gateway's."""
+not need the dependency (order views, the sale list, the last stock read); the rest gets the service's own 503
+with Retry-After, not the gateway's."""
 
 from __future__ import annotations
 
@@ -153,6 +154,8 @@ async def test_a_redis_outage_leaves_order_views_up_and_redis_routes_answer_thei
         )
         assert found.status_code == 200, found.text
         order_id = found.json()["id"]
+        for _ in range(4):  # both replicas have read the sale's stock since the purchase
+            await wait_for(lambda: _remaining_is(client, sale_id, 49))
 
         private_redis.kill()
         # Every replica's readiness has seen Redis gone, and the gateway has checked every replica since.
@@ -183,9 +186,10 @@ async def test_a_redis_outage_leaves_order_views_up_and_redis_routes_answer_thei
             )
             assert resp.status_code == 503 and resp.json()["code"] == "STOCK_UNAVAILABLE", resp.text
             assert resp.headers["retry-after"]
-        stock = await client.get(f"/api/flashsale/sales/{sale_id}")
-        assert stock.status_code == 503 and stock.json()["code"] == "STOCK_UNAVAILABLE"
-        assert stock.headers["retry-after"]
+        # Nothing sells while Redis is out: the storefront shows the stock as it was last read.
+        for _ in range(4):
+            stock = await client.get(f"/api/flashsale/sales/{sale_id}")
+            assert stock.status_code == 200 and stock.json()["remaining"] == 49, stock.text
         pay = await client.post(f"/api/order/orders/{order_id}/pay", headers=customer_headers(buyer, "pay-1"))
         assert pay.status_code == 503 and pay.json()["code"] == "REDIS_UNAVAILABLE", pay.text
         assert pay.headers["retry-after"]
@@ -199,3 +203,8 @@ async def test_a_redis_outage_leaves_order_views_up_and_redis_routes_answer_thei
 async def _redis_seen_down(client: httpx.AsyncClient, url: str) -> bool:
     body = (await client.get(f"{url}/healthz/ready")).json()
     return str(body["checks"].get("redis", "ok")) != "ok"
+
+
+async def _remaining_is(client: httpx.AsyncClient, sale_id: int, remaining: int) -> bool:
+    resp = await client.get(f"/api/flashsale/sales/{sale_id}")
+    return resp.status_code == 200 and resp.json()["remaining"] == remaining
