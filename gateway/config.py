@@ -38,6 +38,10 @@ class GatewaySettings(BaseServiceSettings):
     coupon_timeout: float = 5.0
     order_timeout: float = 10.0
     purchase_timeout: float = 2.0
+    # A long-poll (GET /api/order/orders/by-reservation/{id}?wait=N) gets the asked wait, at most the
+    # longest the API allows, plus this margin; one that timed out is not sent to another replica.
+    long_poll_max_seconds: float = 20.0
+    long_poll_margin_seconds: float = 5.0
     connect_timeout: float = 0.5
     # A request body must be in within this long (a client trickling it would otherwise hold a pool slot).
     body_timeout_seconds: float = 10.0
@@ -77,6 +81,10 @@ class GatewaySettings(BaseServiceSettings):
     purchase_user_burst: int = 5
     purchase_ip_rate: float = 50.0
     purchase_ip_burst: int = 100
+    # Admin routes (/api/<service>/admin/...) called by an admin: one bucket per admin identity, so an ops
+    # script is neither limited like a shopper nor unlimited.
+    admin_rate: float = 200.0
+    admin_burst: int = 400
     ratelimit_timeout: float = 0.25
     # After a Redis failure the limiter stays open (allows) this long before trying Redis again.
     ratelimit_retry_seconds: float = 1.0
@@ -107,7 +115,7 @@ class GatewaySettings(BaseServiceSettings):
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySettings:
-        for name in ("user", "ip", "purchase_user", "purchase_ip"):
+        for name in ("user", "ip", "purchase_user", "purchase_ip", "admin"):
             if getattr(self, f"{name}_rate") <= 0 or getattr(self, f"{name}_burst") < 1:
                 raise ValueError(f"GATEWAY_{name.upper()}_RATE must be > 0 and GATEWAY_{name.upper()}_BURST >= 1")
         if self.dev_tokens and not self.is_dev:

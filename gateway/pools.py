@@ -1,4 +1,5 @@
-"""Upstream pools: replicas with active health, passive ejection, a circuit breaker each, and a backup tier."""
+"""Upstream pools: replicas with active health, passive ejection, a circuit breaker each, a backup tier, and a
+panic mode that keeps a pool routing when every replica fails its readiness check at once."""
 
 from __future__ import annotations
 
@@ -12,12 +13,36 @@ from typing import Any
 from prometheus_client import Counter
 
 from gateway.config import SERVICES, GatewaySettings
-from gateway.upstream import ReplicaClient, UpstreamError
+from gateway.upstream import ReplicaClient, UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gateway.pools")
 
 EJECTIONS = Counter("gateway_ejections_total", "Passive ejections of a replica", ["pool", "replica"])
 BREAKER_OPENS = Counter("gateway_breaker_opens_total", "Circuit breaker openings of a replica", ["pool", "replica"])
+PANIC_ROUTED = Counter(
+    "gateway_panic_routed_total", "Requests sent to a replica failing its check: none passed", ["pool"]
+)
+PROBLEM_JSON = b"application/problem+json"
+
+
+def is_replica_failure(response: UpstreamResponse | None) -> bool:
+    """Does this outcome count against the replica (breaker, passive ejection)?
+
+    No answer or a 5xx does, except a 503 the service itself answered as problem+json: that is the replica
+    telling, with its own code, that a dependency it shares with every other replica is out. Counting it
+    would eject a whole pool for a Redis or PostgreSQL outage, routes that do not need it included.
+    """
+    if response is None:
+        return True
+    status = response.status
+    if status < 500:
+        return False
+    if status != 503:
+        return True
+    for name, value in response.headers:
+        if name == b"content-type":
+            return not value.startswith(PROBLEM_JSON)
+    return True
 
 
 class BreakerState(StrEnum):
@@ -133,6 +158,8 @@ class Replica:
         )
         # Healthy until a check says otherwise: a gateway restarted mid-sale serves at once.
         self.healthy = True
+        # False while its check cannot even connect: nothing listens there, so not even panic routes to it.
+        self.reachable = True
         self.health_failures = 0
         self.health_successes = 0
         self.last_health_error = ""
@@ -148,6 +175,10 @@ class Replica:
         """Healthy, not ejected, and its breaker lets a call through."""
         return self.healthy and self.ejected_until <= now and self.breaker.allows(now)
 
+    def answering(self, now: float) -> bool:
+        """Failing its check, yet answering it, not ejected, and its breaker lets a call through: panic may use it."""
+        return self.reachable and self.ejected_until <= now and self.breaker.allows(now)
+
     def ejected(self, now: float) -> bool:
         """Passively ejected right now."""
         return self.ejected_until > now
@@ -159,6 +190,7 @@ class Replica:
             "tier": self.tier,
             "available": self.healthy and not self.ejected(now) and self.breaker.state is not BreakerState.OPEN,
             "healthy": self.healthy,
+            "reachable": self.reachable,
             "last_health_error": self.last_health_error or None,
             "ejected": self.ejected(now),
             "ejected_for_seconds": round(max(0.0, self.ejected_until - now), 3),
@@ -182,13 +214,19 @@ class Pool:
         self.max_in_flight = settings.max_in_flight_per_pool
         self.in_flight = 0
         self.shed = 0
+        self.panic_routed = 0
         self.eject_after = settings.eject_consecutive_failures
         self.eject_base = settings.eject_base_seconds
         self.eject_max = settings.eject_max_seconds
         self._next = 0
 
     def pick(self, now: float, exclude: Replica | None = None) -> Replica | None:
-        """The next available replica by round robin (primaries, then backups), other than `exclude`."""
+        """The next available replica by round robin (primaries, then backups), other than `exclude`.
+
+        Panic mode: when none is available, the next one that still answers its check. Every replica failing
+        at once is a shared dependency's outage (or the check's fault), not every replica's: they still serve
+        what does not need it and answer the rest with their own 503, which beats the gateway's blanket one.
+        """
         start = self._next
         self._next = start + 1
         for tier in (self.primaries, self.backups):
@@ -196,6 +234,14 @@ class Pool:
             for i in range(n):
                 replica = tier[(start + i) % n]
                 if replica is not exclude and replica.available(now):
+                    return replica
+        for tier in (self.primaries, self.backups):
+            n = len(tier)
+            for i in range(n):
+                replica = tier[(start + i) % n]
+                if replica is not exclude and replica.answering(now):
+                    self.panic_routed += 1
+                    PANIC_ROUTED.labels(self.name).inc()
                     return replica
         return None
 
@@ -236,6 +282,7 @@ class Pool:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "shed": self.shed,
+            "panic_routed": self.panic_routed,
             "replicas": [r.status(now) for r in self.replicas],
         }
 
@@ -271,8 +318,11 @@ class HealthChecker:
             response = await replica.probe_client.request(request, b"", answer_within=self.timeout)
             ok = response.status == 200
             error = "" if ok else f"status {response.status}"
+            replica.reachable = True
         except UpstreamError as exc:
             ok, error = False, exc.kind
+            # A timeout may be a busy replica, which panic mode may still use; a refused connection is not.
+            replica.reachable = not isinstance(exc, (UpstreamConnectError, UpstreamClosed))
         if ok:
             replica.health_failures = 0
             replica.health_successes += 1

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
-from collections import OrderedDict
+from dataclasses import dataclass
 from random import getrandbits
 from typing import Any
 from urllib.parse import quote
@@ -18,8 +17,9 @@ from starlette.types import Receive, Scope, Send
 from gateway import errors
 from gateway.auth import bearer_token, has_dot_segment, is_admin_path
 from gateway.config import SERVICES, GatewaySettings
-from gateway.pools import Pool, Replica
-from gateway.ratelimit import RateLimiter
+from gateway.pools import Pool, Replica, is_replica_failure
+from gateway.ratelimit import LimitClass, RateLimiter, RefusedAddresses
+from gateway.routes import is_internal_path, is_purchase, long_poll_wait
 from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 from services.common.auth import Principal, TokenVerifier, Unauthenticated
 from services.common.metrics import RequestMetrics
@@ -73,11 +73,6 @@ def _retries(route: str, reason: str) -> Any:
     return RETRIES.labels(route, reason)
 
 
-def _is_purchase(method: str, rest: str) -> bool:
-    # POST /sales/{id}/purchase: the route bots hammer, with its own tighter buckets and timeout.
-    return method == "POST" and rest.startswith("/sales/") and rest.endswith("/purchase") and rest.count("/") == 3
-
-
 def _body_is_in(receive: Receive) -> bool:
     """True when the server has the whole request body already, so reading it cannot wait on the client.
 
@@ -96,37 +91,17 @@ class _BodyTooLarge(Exception):
     """The request body passed the limit."""
 
 
-def is_internal_path(rest: str) -> bool:
-    """A service's own health and metrics endpoints are for the gateway and the monitoring, not the internet."""
-    first = rest.lstrip("/").split("/", 1)[0].lower()
-    return first in ("metrics", "healthz")
+@dataclass(slots=True)
+class UpstreamCall:
+    """One request as a replica gets it (all but the Host line), and the rules of its exchange."""
 
-
-class RefusedAddresses:
-    """Client addresses whose rate limit ran out on refused tokens, until their Retry-After passes (this process)."""
-
-    MAX = 100_000
-
-    def __init__(self) -> None:
-        self.until: OrderedDict[str, float] = OrderedDict()
-
-    def wait(self, ip: str) -> int:
-        """Seconds this address must still wait (0: none)."""
-        until = self.until.get(ip)
-        if until is None:
-            return 0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self.until[ip]
-            return 0
-        return max(1, math.ceil(left))
-
-    def block(self, ip: str, seconds: int) -> None:
-        """Remember that `ip` was refused for `seconds`."""
-        self.until.pop(ip, None)
-        self.until[ip] = time.monotonic() + seconds
-        if len(self.until) > self.MAX:  # bounded: the address blocked longest ago is forgotten first
-            self.until.popitem(last=False)
+    request_line: bytes
+    tail: bytes
+    body: bytes
+    answer_within: float
+    retryable: bool  # safe to send twice: a GET, or a keyed POST whose upstream replays its first answer
+    resend_after_timeout: bool  # False for a long-poll: its timeout already spent the whole wait
+    head: bool
 
 
 class Proxy:
@@ -140,6 +115,8 @@ class Proxy:
         self.body_timeout = settings.body_timeout_seconds
         self.timeouts = {name: settings.timeout_for(name) for name in SERVICES}
         self.purchase_timeout = settings.purchase_timeout
+        self.long_poll_max = settings.long_poll_max_seconds
+        self.long_poll_margin = settings.long_poll_margin_seconds
         self.retry_after = b"%d" % settings.shed_retry_after_seconds
         self.proxy_hops = settings.trusted_proxy_hops
         self.access_log = settings.access_log
@@ -220,8 +197,9 @@ class Proxy:
                 send, 404, errors.NOT_FOUND, f"No route for {path}", instance=path, request_id=rid
             )
             return 404, "unmatched", "none", rid, None
-        purchase = _is_purchase(method, rest)
+        purchase = is_purchase(method, rest)
         route = "flashsale.purchase" if purchase else service
+        limits = LimitClass.PURCHASE if purchase else LimitClass.SHOPPING
 
         principal: Principal | None = None
         client_ip = self._client_ip(scope, forwarded_for)
@@ -239,7 +217,7 @@ class Proxy:
                     principal = await self.verifier.authenticate(token)
             except Unauthenticated as exc:
                 # A refused token takes a token from the address's bucket like any other request.
-                wait = await self.limiter.check(None, client_ip, purchase) if self.limiter is not None else 0
+                wait = await self.limiter.check(None, client_ip, limits) if self.limiter is not None else 0
                 if wait:
                     self.refused_ips.block(client_ip, wait)
                     await self._rate_limited(send, path, rid, wait)
@@ -255,6 +233,7 @@ class Proxy:
                     send, 403, errors.FORBIDDEN, "The admin role is required", instance=path, request_id=rid
                 )
                 return 403, route, "none", rid, principal.user_id
+            limits = LimitClass.ADMIN
         user_id = principal.user_id if principal is not None else None
 
         # The body is read before a pool slot is taken, and within a deadline: a client trickling its body
@@ -301,7 +280,7 @@ class Proxy:
         pool.in_flight += 1
         try:
             if self.limiter is not None:
-                wait = await self.limiter.check(user_id, client_ip, purchase)
+                wait = await self.limiter.check(user_id, client_ip, limits)
                 if wait:
                     await self._rate_limited(send, path, rid, wait)
                     return 429, route, "none", rid, user_id
@@ -327,41 +306,24 @@ class Proxy:
                 forward.append(_roles_header(principal.roles))
             if body or method in ("POST", "PUT", "PATCH"):
                 forward.append(b"content-length: %d" % len(body))
-            tail = b"\r\n" + b"\r\n".join(forward) + b"\r\n\r\n"
-            request_line = method.encode() + b" " + target + b" HTTP/1.1\r\nhost: "
             answer_within = self.purchase_timeout if purchase else self.timeouts[service]
-            retryable = keyed or method.encode() in RETRYABLE_METHODS
-            return await self._forward(
-                send,
-                pool,
-                route,
-                path,
-                rid,
-                user_id,
-                request_line,
-                tail,
-                body,
-                answer_within,
-                retryable,
-                method == "HEAD",
+            # A long-poll is answered after its wait: the timeout covers it, and a retry would wait it again.
+            held = long_poll_wait(service, method, rest, scope["query_string"], self.long_poll_max)
+            call = UpstreamCall(
+                request_line=method.encode() + b" " + target + b" HTTP/1.1\r\nhost: ",
+                tail=b"\r\n" + b"\r\n".join(forward) + b"\r\n\r\n",
+                body=body,
+                answer_within=max(answer_within, held + self.long_poll_margin) if held else answer_within,
+                retryable=keyed or method.encode() in RETRYABLE_METHODS,
+                resend_after_timeout=not held,
+                head=method == "HEAD",
             )
+            return await self._forward(send, pool, route, path, rid, user_id, call)
         finally:
             pool.in_flight -= 1
 
     async def _forward(
-        self,
-        send: Send,
-        pool: Pool,
-        route: str,
-        path: str,
-        rid: bytes,
-        user_id: str | None,
-        request_line: bytes,
-        tail: bytes,
-        body: bytes,
-        answer_within: float,
-        retryable: bool,
-        head: bool,
+        self, send: Send, pool: Pool, route: str, path: str, rid: bytes, user_id: str | None, call: UpstreamCall
     ) -> tuple[int, str, str, bytes, str | None]:
         now = time.monotonic()
         replica: Replica | None = pool.pick(now)
@@ -375,7 +337,10 @@ class Proxy:
             error: UpstreamError | None = None
             try:
                 response = await replica.client.request(
-                    request_line + replica.client.host_header + tail, body, answer_within=answer_within, head=head
+                    call.request_line + replica.client.host_header + call.tail,
+                    call.body,
+                    answer_within=call.answer_within,
+                    head=call.head,
                 )
             except UpstreamError as exc:
                 error = exc
@@ -388,10 +353,13 @@ class Proxy:
                 replica.in_flight -= 1
             now = time.monotonic()
             status = response.status if response is not None else 0
-            pool.record(replica, response is None or status >= 500, probe, now)
+            pool.record(replica, is_replica_failure(response), probe, now)
             # Retry once on another replica: only what is safe to send twice (GET, or a keyed POST whose
             # upstream replays the first answer); a keyless POST is never sent again.
-            if (response is None or status == 503) and retryable and not retried:
+            resend = status == 503 or (
+                response is None and (call.resend_after_timeout or not isinstance(error, UpstreamTimeout))
+            )
+            if resend and call.retryable and not retried:
                 other = pool.pick(now, exclude=replica)
                 if other is not None:
                     _retries(route, error.kind if error is not None else "503").inc()
@@ -424,7 +392,7 @@ class Proxy:
                     has_rid = True
         if not has_rid:
             headers.append((b"x-request-id", rid))
-        if head:
+        if call.head:
             headers.extend((n, v) for n, v in response.headers if n == b"content-length")
         else:
             headers.append((b"content-length", b"%d" % len(response.body)))

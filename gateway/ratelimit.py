@@ -1,4 +1,4 @@
-"""Per-user and per-IP token buckets in Redis; the limiter fails open.
+"""Per-user and per-IP token buckets in Redis, per class of route (shopping, purchase, admin); fails open.
 
 The checks made in one event-loop iteration go to Redis as one script call (gateway/lua/token_buckets.lua):
 under a crowd a gateway process decides several requests per round trip, and Redis runs the script once
@@ -11,6 +11,8 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
+from enum import StrEnum
 from pathlib import Path
 
 from gateway.config import GatewaySettings
@@ -27,6 +29,15 @@ _Check = tuple[list[str], list[str], "asyncio.Future[int]"]
 def _bucket(rate: float, burst: int) -> tuple[str, str]:
     """A bucket's script arguments: whole microseconds between two tokens (rounded to nearest), and the burst."""
     return str(int(1_000_000 / rate + 0.5)), str(burst)
+
+
+class LimitClass(StrEnum):
+    """Which buckets a request draws from; the value is the buckets' key prefix."""
+
+    SHOPPING = "g"
+    PURCHASE = "p"
+    # Admin routes called by an admin: ops scripts, limited per admin identity at their own rate.
+    ADMIN = "a"
 
 
 class RateLimiter:
@@ -47,29 +58,36 @@ class RateLimiter:
         user, ip = _bucket(settings.user_rate, settings.user_burst), _bucket(settings.ip_rate, settings.ip_burst)
         p_user = _bucket(settings.purchase_user_rate, settings.purchase_user_burst)
         p_ip = _bucket(settings.purchase_ip_rate, settings.purchase_ip_burst)
-        # Keyed by (purchase route, a user known).
+        admin = _bucket(settings.admin_rate, settings.admin_burst)
+        # Keyed by (class, a user known). An admin request always has its user: the admin role was checked.
         self.args = {
-            (False, True): ["2", *user, *ip],
-            (False, False): ["1", *ip],
-            (True, True): ["2", *p_user, *p_ip],
-            (True, False): ["1", *p_ip],
+            (LimitClass.SHOPPING, True): ["2", *user, *ip],
+            (LimitClass.SHOPPING, False): ["1", *ip],
+            (LimitClass.PURCHASE, True): ["2", *p_user, *p_ip],
+            (LimitClass.PURCHASE, False): ["1", *p_ip],
+            (LimitClass.ADMIN, True): ["1", *admin],
+            (LimitClass.ADMIN, False): ["1", *ip],
         }
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: list[_Check] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def check(self, user_id: str | None, ip: str, purchase: bool) -> int:
+    async def check(self, user_id: str | None, ip: str, limits: LimitClass) -> int:
         """0 when the request may pass, else the Retry-After seconds; fails open when Redis does not answer.
 
-        Takes a token from the user's bucket (when there is a user) and from the IP's.
+        Takes a token from the user's bucket (when there is a user) and from the IP's; an admin request
+        from its admin's bucket only.
         """
         if not self.enabled:
             return 0
         if time.monotonic() < self.closed_until:
             return 0
-        kind = "p" if purchase else "g"
-        ip_key = f"rl:{kind}:ip:{ip}"
-        keys = [f"rl:{kind}:u:{user_id}", ip_key] if user_id is not None else [ip_key]
+        if user_id is None:
+            keys = [f"rl:{limits}:ip:{ip}"]
+        elif limits is LimitClass.ADMIN:
+            keys = [f"rl:a:u:{user_id}"]
+        else:
+            keys = [f"rl:{limits}:u:{user_id}", f"rl:{limits}:ip:{ip}"]
         loop = self.loop
         if loop is None:
             # Kept: on Python 3.11 every lookup of the running loop is a getpid() system call.
@@ -77,7 +95,7 @@ class RateLimiter:
         answer: asyncio.Future[int] = loop.create_future()
         if not self.pending:
             loop.call_soon(self._flush)
-        self.pending.append((keys, self.args[purchase, user_id is not None], answer))
+        self.pending.append((keys, self.args[limits, user_id is not None], answer))
         wait_ms = await answer
         if wait_ms <= 0:
             return 0
@@ -114,3 +132,30 @@ class RateLimiter:
     async def aclose(self) -> None:
         """Close the Redis connection."""
         await self.redis.aclose()
+
+
+class RefusedAddresses:
+    """Client addresses whose rate limit ran out on refused tokens, until their Retry-After passes (this process)."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self.until: OrderedDict[str, float] = OrderedDict()
+
+    def wait(self, ip: str) -> int:
+        """Seconds this address must still wait (0: none)."""
+        until = self.until.get(ip)
+        if until is None:
+            return 0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self.until[ip]
+            return 0
+        return max(1, math.ceil(left))
+
+    def block(self, ip: str, seconds: int) -> None:
+        """Remember that `ip` was refused for `seconds`."""
+        self.until.pop(ip, None)
+        self.until[ip] = time.monotonic() + seconds
+        if len(self.until) > self.MAX:  # bounded: the address blocked longest ago is forgotten first
+            self.until.popitem(last=False)

@@ -99,12 +99,15 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     }
     errors: dict[str, int] = {}
     business: dict[str, int] = {}
-    for codes in outcomes.get("codes", {}).values():
+    failed: dict[str, dict[str, int]] = {}
+    for route, codes in outcomes.get("codes", {}).items():
         for code, n in codes.items():
             if code.isdigit():
                 continue
             bucket = business if code in BUSINESS_CODES else errors
             bucket[code] = bucket.get(code, 0) + n
+            if code not in BUSINESS_CODES:
+                failed.setdefault(route, {})[code] = n
     return {
         "run": run_dir.name,
         "drill": drill.get("drill"),
@@ -115,6 +118,9 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "latency_ms": {k: endpoints.get("Aggregated", {}).get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
         "endpoints": endpoints,
         "errors_by_code": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
+        "failures_by_route": {
+            route: dict(sorted(codes.items(), key=lambda kv: -kv[1])) for route, codes in sorted(failed.items())
+        },
         "business_answers_by_code": dict(sorted(business.items(), key=lambda kv: -kv[1])),
         "accepted_purchases": outcomes.get("accepted"),
         "time_to_sell_out_s": time_to_sell_out(sale),
@@ -166,15 +172,19 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.2f} %" if whole else "-"
+
+
 def render(summary: dict[str, Any], plot_path: Path | None) -> str:
-    """summary.md: the headline numbers, the endpoints, errors by code, the checker's verdict."""
+    """summary.md: the headline numbers, the endpoints, errors by code and by endpoint, the checker's verdict."""
     lat = summary["latency_ms"]
     sell_out = summary["time_to_sell_out_s"]
     lines = [
         f"# {summary.get('drill') or 'run'} {summary['run']}",
         "",
         f"- throughput: {summary['throughput_rps'] or 0:,.1f} requests/s over {summary['requests']:,} requests "
-        f"({summary['failures']:,} failed)",
+        f"({summary['failures']:,} failed, {_share(summary['failures'], summary['requests'])})",
         f"- latency (all requests): p50 {_ms(lat['p50_ms'])} ms, p95 {_ms(lat['p95_ms'])} ms, "
         f"p99 {_ms(lat['p99_ms'])} ms",
         f"- accepted purchases: {summary['accepted_purchases']}; time to sell out: "
@@ -203,6 +213,12 @@ def render(summary: dict[str, Any], plot_path: Path | None) -> str:
         )
     lines += ["", "Errors by `code` (failures of the system):"]
     lines += [f"- {code}: {n:,}" for code, n in summary["errors_by_code"].items()] or ["- none"]
+    lines += ["", "Failures by endpoint and `code`:", "", "| endpoint | code | failures |", "|---|---|---:|"]
+    lines += [
+        f"| {route} | {code} | {n:,} |"
+        for route, codes in summary.get("failures_by_route", {}).items()
+        for code, n in codes.items()
+    ] or ["| - | none | 0 |"]
     lines += ["", "Business answers by `code` (correct refusals, not failures):"]
     lines += [f"- {code}: {n:,}" for code, n in summary["business_answers_by_code"].items()] or ["- none"]
     lines += ["", f"Plot: {plot_path.name if plot_path else 'not drawn (matplotlib missing or no history)'}"]

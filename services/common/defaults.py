@@ -152,8 +152,8 @@ def service_app(
     """A FastAPI app with the service defaults, as every service's `create_app` starts it.
 
     `serves_without` names dependencies (`postgres`, `redis`) whose outage readiness reports as
-    `degraded` without failing: the service still does its main job without them, so a gateway must not
-    take it out of its pool for that.
+    `degraded` without failing: part of the API still works without each of them (the rest answers 503 with
+    the service's own code), so a gateway must not take the service out of its pool for that.
     """
     app = FastAPI(
         title=title,
@@ -203,23 +203,29 @@ def add_service_defaults(
     @app.get("/healthz/ready", include_in_schema=False)
     async def ready(request: Request) -> Response:
         checks: dict[str, Any] = {}
-        ok = True
+        failing: list[str] = []
         for name, check in default_ready_checks(request.app).items() | (ready_checks or {}).items():
             try:
                 await check()
                 checks[name] = "ok"
             except Exception as exc:  # readiness must report, never raise
-                degraded = name in serves_without
-                ok = ok and degraded
-                checks[name] = f"{'degraded' if degraded else 'error'}: {type(exc).__name__}"
-        if not ok:
+                failing.append(name)
+                checks[name] = f"{'degraded' if name in serves_without else 'error'}: {type(exc).__name__}"
+        if not is_ready(failing, len(checks), serves_without):
             return problem_response(503, "NOT_READY", "A dependency is not answering", extra={"checks": checks})
-        status = "degraded" if any(v != "ok" for v in checks.values()) else "ok"
+        status = "degraded" if failing else "ok"
         return Response(orjson.dumps({"status": status, "checks": checks}), media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def is_ready(failing: list[str], checked: int, serves_without: frozenset[str]) -> bool:
+    """Ready while every failing dependency is one the service serves without, and not all of them fail."""
+    if not failing:
+        return True
+    return len(failing) < checked and all(name in serves_without for name in failing)
 
 
 def default_ready_checks(app: FastAPI) -> dict[str, ReadyCheck]:

@@ -62,8 +62,9 @@ def create_app(settings: CouponSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         redis_down_code="COUPON_UNAVAILABLE",
         # PostgreSQL down: claims go on (decided in Redis, written to the wallets from the claim streams later);
-        # wallet, quote and order locks answer 503 until it is back.
-        serves_without=frozenset({"postgres"}),
+        # wallet, quote and order locks answer 503 until it is back. Redis down: templates, wallets and quotes
+        # (PostgreSQL) go on; claims answer 503 COUPON_UNAVAILABLE.
+        serves_without=frozenset({"postgres", "redis"}),
     )
     app.include_router(router.router)
     app.include_router(admin.router)

@@ -97,7 +97,8 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         redis_down_code="STOCK_UNAVAILABLE",
         # PostgreSQL down: the storefront (catalog in memory) and purchases (Redis) go on; only admin waits.
-        serves_without=frozenset({"postgres"}),
+        # Redis down: the sale list goes on from the catalog; purchases and live stock answer 503 STOCK_UNAVAILABLE.
+        serves_without=frozenset({"postgres", "redis"}),
     )
 
     app.include_router(router.router)

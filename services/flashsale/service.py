@@ -284,7 +284,12 @@ class FlashSaleService:
         cached = self._status_cache.get(sale_id)
         if cached and cached[0] > now:
             return cached[1]
-        status = await self.store.live_status(sale_id)
+        try:
+            status = await self.store.live_status(sale_id)
+        except RedisError:
+            if cached:  # Redis down: nothing sells, so the last status read still tells the stock
+                return cached[1]
+            raise
         self._status_cache[sale_id] = (now + self.settings.status_cache_seconds, status)
         return status
 
@@ -296,7 +301,7 @@ class FlashSaleService:
         try:
             status = await self._status(sale_id)
         except RedisError:
-            raise errors.StockUnavailable("Live stock is unavailable right now") from None
+            raise errors.StockUnavailable("Live stock is unavailable right now", headers={"Retry-After": "1"}) from None
         return self._view(entry, status)
 
     def _view(self, entry: CatalogEntry, status: dict[str, str]) -> SaleView:

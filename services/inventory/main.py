@@ -76,6 +76,9 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
         description="Warehouse stock ledger, allocations to sales, checkout holds, low-stock alerts, reconciliation.",
         lifespan=lifespan,
         redis_down_code="INVENTORY_UNAVAILABLE",
+        # Availability reads the Redis mirror, PostgreSQL when the mirror is out, so it goes on without either;
+        # holds and admin answer 503 until both are back.
+        serves_without=frozenset({"postgres", "redis"}),
     )
     app.include_router(router.router)
     app.include_router(admin.router)

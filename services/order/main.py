@@ -104,6 +104,9 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         title="order",
         description="Orders from flash-sale reservations: payment with failover, timeouts, refunds, outbox events.",
         lifespan=lifespan,
+        # Redis down: order views (PostgreSQL) go on; pay and cancel (idempotency records in Redis) answer 503
+        # REDIS_UNAVAILABLE, and new orders wait in the purchase streams.
+        serves_without=frozenset({"redis"}),
     )
     app.include_router(router.router)
     app.include_router(admin.router)

@@ -114,9 +114,10 @@ async def test_redis_down_fails_closed_with_503_and_changes_nothing(
         )
         assert buy.status_code == 503
         assert buy.json()["code"] == "STOCK_UNAVAILABLE"
+        # Degraded, not out: the sale list still serves from the catalog, so the replica stays in the pool.
         ready = await broken.get("/healthz/ready")
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["redis"].startswith("error")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["redis"].startswith("degraded")
     record = await client.get(f"/admin/sales/{sale['id']}", headers=admin_headers())
     assert record.json()["state"] == "draft"
 

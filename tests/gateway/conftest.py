@@ -55,7 +55,8 @@ class Upstream:
     """A tiny upstream: echoes what it received, counts hits, and fails on purpose when told.
 
     mode: "ok" (200 echo), "503"/"500" (that status), "hang" (answers only once `release` is set),
-    "slow" (answers after `delay` seconds); `ready` False makes /healthz/ready answer 503.
+    "slow" (answers after `delay` seconds), "dependency-down" (503 problem+json with its own code and
+    Retry-After, as a service answers when a dependency is out); `ready` False makes /healthz/ready answer 503.
     """
 
     def __init__(self, name: str) -> None:
@@ -103,6 +104,12 @@ class Upstream:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.seen.append({"method": scope["method"], "path": path, "headers": headers})
         mode = self.mode
+        if mode == "dependency-down":
+            problem = {"status": 503, "code": "STOCK_UNAVAILABLE", "upstream": self.name}
+            out = [(b"content-type", b"application/problem+json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": out})
+            await send({"type": "http.response.body", "body": orjson.dumps(problem)})
+            return
         if mode == "hang":
             await self.release.wait()
         elif mode == "slow":
@@ -300,3 +307,43 @@ def flashsale_replicas(database: str) -> Iterator[FlashsaleReplicas]:
         yield replicas
     finally:
         replicas.stop_all()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (no persistence), so that the test can take it down and bring it back."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it and wait until it answers."""
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {self.port} did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL it: every client's connections drop at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A private Redis server, killed at the end if still running."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

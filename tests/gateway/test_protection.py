@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.config import GatewaySettings
-from tests.conftest import customer_headers
+from tests.conftest import admin_headers, customer_headers
 from tests.gateway.conftest import dead_url
 
 
@@ -48,6 +48,37 @@ async def test_purchase_route_has_a_tighter_bucket(start_gateway: Any, upstreams
         assert int(resp.headers["retry-after"]) == 2  # half a token per second: 2 s until the next one
         # Browsing stays open to the same user.
         assert (await client.get("/api/flashsale/sales/7", headers=customer_headers(user))).status_code == 200
+
+
+async def test_an_admin_scripting_admin_routes_has_its_own_limit_not_the_shoppers(
+    start_gateway: Any, upstreams: Any
+) -> None:
+    (echo,) = await upstreams("inventory")
+    gw = await start_gateway(
+        inventory_urls=echo.url,
+        user_rate=1,
+        user_burst=2,
+        ip_rate=1,
+        ip_burst=2,
+        admin_rate=1,
+        admin_burst=12,
+        trusted_proxy_hops=1,
+    )
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    ops = {**admin_headers(f"ops-{uuid.uuid4().hex[:8]}"), "X-Forwarded-For": ip}
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        # Far past the shopper's burst of 2 (and the address's), every restock of the script goes through.
+        restocks = [
+            (await client.post(f"/api/inventory/admin/skus/S{n}/restock", json={"units": 5}, headers=ops)).status_code
+            for n in range(12)
+        ]
+        assert restocks == [200] * 12
+        # Still a limit, its own: the admin's bucket runs out too.
+        resp = await client.post("/api/inventory/admin/skus/S12/restock", json={"units": 5}, headers=ops)
+        assert resp.status_code == 429 and resp.json()["code"] == "RATE_LIMITED"
+        assert echo.total == 12
+        # The same identity on a shopper's route meets the shopper's bucket, which the script did not drain.
+        assert (await client.get("/api/inventory/skus/S1/availability", headers=ops)).status_code == 200
 
 
 async def test_per_ip_bucket_for_anonymous_clients(start_gateway: Any, upstreams: Any) -> None:

@@ -7,7 +7,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import LimitClass, RateLimiter
 from tests.gateway.conftest import GATEWAY_REDIS_URL, gateway_settings
 
 
@@ -20,16 +20,16 @@ async def test_one_batch_takes_exactly_the_burst_and_refusals_drain_nothing() ->
     try:
         # Six of alice's requests and two of bob's, all from one IP, in the same loop iteration: one call.
         waits = await asyncio.gather(
-            *[limiter.check(alice, ip, purchase=False) for _ in range(6)],
-            *[limiter.check(bob, ip, purchase=False) for _ in range(2)],
+            *[limiter.check(alice, ip, LimitClass.SHOPPING) for _ in range(6)],
+            *[limiter.check(bob, ip, LimitClass.SHOPPING) for _ in range(2)],
         )
         # Alice's bucket holds 3: her first three pass, the rest wait. Her refused requests took nothing
         # from the shared IP bucket (5), so both of bob's still pass (3 + 2 = 5 taken).
         assert [w == 0 for w in waits] == [True, True, True, False, False, False, True, True]
         assert all(w >= 1 for w in waits[3:6])
         # The IP bucket is now empty: anyone else from it waits, anyone from another IP passes.
-        assert await limiter.check(f"carol-{uuid.uuid4().hex[:8]}", ip, purchase=False) >= 1
-        assert await limiter.check(f"carol-{uuid.uuid4().hex[:8]}", "10.9.9.9", purchase=False) == 0
+        assert await limiter.check(f"carol-{uuid.uuid4().hex[:8]}", ip, LimitClass.SHOPPING) >= 1
+        assert await limiter.check(f"carol-{uuid.uuid4().hex[:8]}", "10.9.9.9", LimitClass.SHOPPING) == 0
         # Each bucket is one key with an expiry, gone once it would be full again.
         redis = Redis.from_url(GATEWAY_REDIS_URL)
         ttl = await redis.pttl(f"rl:g:u:{alice}")
@@ -45,9 +45,9 @@ async def test_purchase_buckets_are_apart_from_the_general_ones() -> None:
     )
     user = f"buyer-{uuid.uuid4().hex[:8]}"
     try:
-        assert await limiter.check(user, "10.1.1.1", purchase=True) == 0
-        assert await limiter.check(user, "10.1.1.1", purchase=True) >= 1  # one purchase token only
-        assert await limiter.check(user, "10.1.1.1", purchase=False) == 0  # browsing still passes
+        assert await limiter.check(user, "10.1.1.1", LimitClass.PURCHASE) == 0
+        assert await limiter.check(user, "10.1.1.1", LimitClass.PURCHASE) >= 1  # one purchase token only
+        assert await limiter.check(user, "10.1.1.1", LimitClass.SHOPPING) == 0  # browsing still passes
     finally:
         await limiter.aclose()
 
@@ -58,7 +58,7 @@ async def test_rates_whose_interval_is_not_a_whole_number_of_milliseconds_still_
         limiter = RateLimiter(gateway_settings(redis_url=GATEWAY_REDIS_URL, ip_rate=6, ip_burst=burst))
         ip = f"10.77.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
         try:
-            waits = await asyncio.gather(*[limiter.check(None, ip, purchase=False) for _ in range(burst + 1)])
+            waits = await asyncio.gather(*[limiter.check(None, ip, LimitClass.SHOPPING) for _ in range(burst + 1)])
             assert waits[:burst] == [0] * burst
             assert waits[burst] == 1  # the next token comes within a second
         finally:
@@ -72,9 +72,9 @@ async def test_a_bucket_many_requests_of_a_batch_share_ends_with_every_take_coun
     ip = f"10.88.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     users = [f"crowd-{uuid.uuid4().hex[:8]}" for _ in range(30)]
     try:
-        waits = await asyncio.gather(*[limiter.check(user, ip, purchase=False) for user in users])
+        waits = await asyncio.gather(*[limiter.check(user, ip, LimitClass.SHOPPING) for user in users])
         assert [w == 0 for w in waits] == [True] * 20 + [False] * 10
-        assert await limiter.check(f"late-{uuid.uuid4().hex[:8]}", ip, purchase=False) == 1
+        assert await limiter.check(f"late-{uuid.uuid4().hex[:8]}", ip, LimitClass.SHOPPING) == 1
         redis = Redis.from_url(GATEWAY_REDIS_URL)
         try:
             # 20 tokens at 1/s: full again 20 s from now, and the key lives a second past that.

@@ -1,4 +1,4 @@
-"""Cases a security review of the gateway found: slow bodies holding pool slots, a key stripped by Connection,
+"""Edge cases a hostile client tries on the gateway: slow bodies holding pool slots, a key stripped by Connection,
 two Authorization headers, internal endpoints, stale idle upstream connections."""
 
 from __future__ import annotations
