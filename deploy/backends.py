@@ -203,17 +203,13 @@ def _postgres_major(bin_dir: Path) -> str:
     return match.group(1) if match else "x"
 
 
-def start_private_postgres(state: dict[str, Any], embedded: bool) -> str:
-    """initdb (once) and start a private PostgreSQL under .stack/; returns its server-level URL."""
-    bin_dir = find_postgres_bin(embedded)
-    major = _postgres_major(bin_dir)
-    os_user = _postgres_os_user()
+def _postgres_base(major: str, os_user: str | None) -> Path:
+    """The directory of the private PostgreSQL's data, reachable by the account it runs as."""
     base = stack_state.STACK_DIR / f"postgres-{major}"
     if os_user is not None and not _traversable_by_others(stack_state.STACK_DIR):
         # The unprivileged account must reach the data directory.
         digest = hashlib.sha1(str(stack_state.STACK_DIR).encode()).hexdigest()[:10]
         base = Path(tempfile.gettempdir()) / f"flashsale-stack-{digest}" / f"postgres-{major}"
-    data_dir = base / "data"
     base.mkdir(parents=True, exist_ok=True)
     if os_user is not None:
         import pwd
@@ -221,29 +217,36 @@ def start_private_postgres(state: dict[str, Any], embedded: bool) -> str:
         entry = pwd.getpwnam(os_user)
         os.chown(base, entry.pw_uid, entry.pw_gid)
         base.chmod(0o755)
-    if not (data_dir / "PG_VERSION").exists():
-        say(f"  initdb {stack_state.rel(data_dir)} (PostgreSQL {major}{f', as {os_user}' if os_user else ''}) ...")
-        init = subprocess.run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=base,
-            user=os_user,
-            group=stack_state.group_of(os_user),
-            extra_groups=[] if os_user else None,
-        )
-        if init.returncode != 0:
-            raise StackError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+    return base
+
+
+def _initdb(bin_dir: Path, base: Path, os_user: str | None, major: str) -> Path:
+    """Create the cluster's data directory once (user postgres, trust auth); returns it."""
+    data_dir = base / "data"
+    if (data_dir / "PG_VERSION").exists():
+        return data_dir
+    say(f"  initdb {stack_state.rel(data_dir)} (PostgreSQL {major}{f', as {os_user}' if os_user else ''}) ...")
+    init = subprocess.run(
+        [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"],
+        capture_output=True,
+        text=True,
+        cwd=base,
+        user=os_user,
+        group=stack_state.group_of(os_user),
+        extra_groups=[] if os_user else None,
+    )
+    if init.returncode != 0:
+        raise StackError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+    return data_dir
+
+
+def start_private_postgres(state: dict[str, Any], embedded: bool) -> str:
+    """initdb (once) and start a private PostgreSQL under .stack/; returns its server-level URL."""
+    bin_dir = find_postgres_bin(embedded)
+    major = _postgres_major(bin_dir)
+    os_user = _postgres_os_user()
+    base = _postgres_base(major, os_user)
+    data_dir = _initdb(bin_dir, base, os_user, major)
     port = stack_state.free_port_from(PRIVATE_POSTGRES_PORT)
     cmd = [
         str(bin_dir / "postgres"),

@@ -117,6 +117,18 @@ def stale_keys(redis_url: str, sale_id: int, template_id: int | None) -> list[st
         client.close()
 
 
+def refuse_stale_keys(redis_url: str, sale_id: int, template_id: int | None) -> None:
+    """Raise SeedError when Redis already holds keys of the new sale or template: its warm-up would sell old stock."""
+    stale = stale_keys(redis_url, sale_id, template_id)
+    if stale:
+        raise SeedError(
+            f"Redis at {redis_url} already holds keys of sale {sale_id} or coupon template {template_id} "
+            f"({', '.join(stale)}) that the databases no longer have (were they recreated and Redis kept?). "
+            "Flush that Redis database, or start from empty private backends (`make clean`, then "
+            "`python -m deploy demo --private`)"
+        )
+
+
 def _create_sale(
     client: httpx.Client, targets: Targets, seed: SaleSeed, sku: str, tag: str, starts_at: datetime
 ) -> dict[str, Any]:
@@ -170,15 +182,8 @@ def seed_sale(
         if seed.coupons:
             body = coupon_template_body(sale_id, seed, tag)
             template = _call(client, "POST", targets.url("coupon", "/admin/templates"), body)
-        template_id = int(template["id"]) if template else None
-        stale = stale_keys(redis_url, sale_id, template_id) if redis_url else []
-        if stale:
-            raise SeedError(
-                f"Redis at {redis_url} already holds keys of sale {sale_id} or coupon template {template_id} "
-                f"({', '.join(stale)}) that the databases no longer have (were they recreated and Redis kept?). "
-                "Flush that Redis database, or start from empty private backends (`make clean`, then "
-                "`python -m deploy demo --private`)"
-            )
+        if redis_url:
+            refuse_stale_keys(redis_url, sale_id, int(template["id"]) if template else None)
         _call(client, "POST", targets.url("flashsale", f"/admin/sales/{sale_id}/schedule"))
     tokens = run_dir / "tokens.txt"
     mint_tokens(tokens, f"lt-{tag}", seed.users)
@@ -192,7 +197,7 @@ def seed_sale(
         "per_user_limit": seed.limit,
         "price": PRICE,
         "starts_at": starts_at.isoformat(),
-        "coupon_template_id": template_id,
+        "coupon_template_id": int(template["id"]) if template else None,
         "coupon_template": template,
         "tokens_file": str(tokens),
         "users": seed.users,
