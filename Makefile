@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STACK := $(BIN)/python deploy/stack.py
+STACK := $(BIN)/python -m deploy
 
 .PHONY: install install-loadtest demo up down status test lint bench bench-gateway bench-orders clean \
 	loadtest loadtest-smoke check drills perf-table \
@@ -50,7 +50,7 @@ bench-orders: install ## order creation throughput from a pre-filled purchase st
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_orders.py
 
 # ---- load tests and failure drills (docs/loadtest.md). The drills bring up the stack with private Redis and
-# PostgreSQL (`stack.py up --private`; STACK_PORT_OFFSET applies) and leave it running: `make down` stops it.
+# PostgreSQL (`python -m deploy up --private`; STACK_PORT_OFFSET applies) and leave it running: `make down` stops it.
 # Users at the normal peak, and the pre-sale test's multiple of it (5-10).
 LOADTEST_PEAK ?= 50
 LOADTEST_MULTIPLE ?= 5

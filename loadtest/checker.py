@@ -338,6 +338,19 @@ def check_sales(
     return findings, facts_by_sale
 
 
+def finding_line(f: Finding) -> str:
+    """One finding as the checker prints it."""
+    return f"sale {f.sale_id:<6} {'ok  ' if f.ok else 'FAIL'} {f.name:<24} {f.detail}"
+
+
+def verdict(findings: Sequence[Finding], sales: int) -> str:
+    """The checker's last line: how many sales and checks, and every violated invariant."""
+    violations = [f for f in findings if not f.ok]
+    names = ", ".join(sorted({f.name for f in violations}))
+    held = f"{len(violations)} VIOLATION(S): {names}" if violations else "all held"
+    return f"checker: {sales} sale(s), {len(findings)} checks, {held}"
+
+
 def admin_token() -> str:
     """An admin token signed with the stack's JWT secret."""
     from services.common.auth import issue_token
@@ -390,11 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin.close()
         redis.close()
     for f in findings:
-        print(f"sale {f.sale_id:<6} {'ok  ' if f.ok else 'FAIL'} {f.name:<24} {f.detail}")
+        print(finding_line(f))
     violations = [f for f in findings if not f.ok]
-    names = ", ".join(sorted({f.name for f in violations}))
-    verdict = f"{len(violations)} VIOLATION(S): {names}" if violations else "all held"
-    print(f"checker: {len(sale_ids)} sale(s), {len(findings)} checks, {verdict}")
+    print(verdict(findings, len(sale_ids)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -10,7 +10,7 @@ DRILL is one of:
   payment-down   the primary payment provider answers errors (paysim fault injection) for --fault-for s
   redis-restart  restart Redis mid-sale (SIGTERM: AOF fsynced on shutdown; --hard: SIGKILL, up to 1 s lost)
 
-Each drill: `deploy/stack.py up --private` (private Redis and PostgreSQL under .stack/, 2 replicas per service;
+Each drill: `python -m deploy up --private` (private Redis and PostgreSQL under .stack/, 2 replicas per service;
 STACK_PORT_OFFSET applies), seeds a sale (loadtest/seed.py), runs Locust headless with the flash-crowd shape
 (LOADTEST_NORMAL_PEAK x LOADTEST_MULTIPLE users from a few seconds before the start), injects the fault at
 --fault-at s, restores it, waits for Locust to finish, waits for the order consumers to drain, runs the checker
@@ -40,7 +40,9 @@ from checker import Admin, CheckError, admin_token, check_sales, read_acknowledg
 from redis import Redis
 from report import write_report
 from seed import seed_run
-from targets import ROOT, Targets, launcher, replica_urls, resolve, stack_redis_url
+from targets import ROOT, Targets, replica_urls, resolve, stack_redis_url
+
+from deploy import state as launcher_state  # importable once targets put the repo root on the path
 
 RESULTS = ROOT / "loadtest" / "results"
 DRILLS = ("baseline", "kill-replica", "postgres-down", "payment-down", "redis-restart")
@@ -66,7 +68,7 @@ class Options:
 
 def stack(*args: str) -> None:
     """Run the launcher (its own lock makes concurrent calls wait); raise when it fails."""
-    cmd = [sys.executable, "deploy/stack.py", *args]
+    cmd = [sys.executable, "-m", "deploy", *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -80,7 +82,7 @@ def bring_up() -> None:
 
 def recorded(name: str) -> dict[str, Any]:
     """The launcher's record (pid, start time) of one process it started."""
-    state: dict[str, Any] = launcher().load_state()
+    state: dict[str, Any] = launcher_state.load_state()
     record: dict[str, Any] | None = state["processes"].get(name)
     if record is None:
         raise RuntimeError(f"the launcher did not start {name} (is the stack up with --private?)")
@@ -89,7 +91,7 @@ def recorded(name: str) -> dict[str, Any]:
 
 def stop_recorded_process(name: str, sig: int) -> None:
     """Stop one process the launcher started, leaving its record (the restore step starts it again)."""
-    launcher().stop_process(name, recorded(name), first_signal=sig)
+    launcher_state.stop_process(name, recorded(name), first_signal=sig)
 
 
 class Fault:

@@ -2,50 +2,40 @@
 
 Two ways in: through the gateway (`/api/<service>/...` on one base URL, the way storefronts call it), or
 "direct", each service on its own replicas (the launcher's ports shifted by STACK_PORT_OFFSET), for working
-without a gateway or reading admin APIs when the gateway is the thing under test. The launcher's service table
-(deploy/stack.py) is the one source of the ports; it is loaded by path, as the deploy tests do.
+without a gateway or reading admin APIs when the gateway is the thing under test. The launcher's topology
+(deploy/topology.py) is the one source of the ports.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-LAUNCHER_MODULE = "deploy_stack"
-HOST = "127.0.0.1"
+if str(ROOT) not in sys.path:
+    # loadtest/ scripts run by path (`python loadtest/x.py`, Locust's -f): the repo root makes `deploy` importable.
+    sys.path.append(str(ROOT))
+
+from deploy import topology  # noqa: E402  (needs the repo root on the path, just above)
+
+HOST = topology.HOST
 GATEWAY_PORT = 8000
 SERVICES = ("inventory", "flashsale", "coupon", "order")
 DEFAULT_LAUNCHER_ENV = ROOT / ".stack" / "backends.env"
 
 
-def launcher() -> ModuleType:
-    """deploy/stack.py as a module (it is a script, not a package), loaded once."""
-    if LAUNCHER_MODULE in sys.modules:
-        return sys.modules[LAUNCHER_MODULE]
-    spec = importlib.util.spec_from_file_location(LAUNCHER_MODULE, ROOT / "deploy" / "stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[LAUNCHER_MODULE] = module  # its dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def port_offset() -> int:
     """STACK_PORT_OFFSET, as the launcher reads it."""
-    offset: int = launcher().port_offset()
-    return offset
+    return topology.port_offset()
 
 
 def replica_urls(service: str, offset: int | None = None) -> list[str]:
-    """Base URLs of every replica of one service, from the launcher's table."""
+    """Base URLs of every replica of one service, from the launcher's topology."""
     shift = port_offset() if offset is None else offset
-    spec = launcher().spec_named(service)
+    spec = topology.spec_named(service)
     return [f"http://{HOST}:{port}" for _name, port in spec.replicas(shift)]
 
 

@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile describe the same stack as the local launcher (deploy/stack.py)."""
+"""docker-compose.yml and the Dockerfile describe the same stack as the launcher's topology (deploy/topology.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from fastapi import FastAPI
 
-from tests.deploy.launcher import stack
+from deploy import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -34,7 +34,7 @@ def runs_uvicorn(service: dict[str, Any]) -> bool:
 
 
 APP_SERVICES = sorted(name for name, svc in SERVICES.items() if runs_uvicorn(svc))
-REPLICAS = [(spec, replica, port) for spec in stack.SERVICES for replica, port in spec.replicas()]
+REPLICAS = [(spec, replica, port) for spec in topology.SERVICES for replica, port in spec.replicas()]
 
 
 def uvicorn_options(args: list[str]) -> tuple[str, dict[str, str | None]]:
@@ -95,12 +95,12 @@ def test_replica_reaches_and_waits_for_the_replicas_it_links_to(spec: Any, repli
     service = SERVICES[replica]
     env, depends = service["environment"], service["depends_on"]
     for var, target in spec.links.items():
-        assert env[var] == f"http://{target}:{stack.replica_port(target)}", f"{replica}: {var} by service name"
+        assert env[var] == f"http://{target}:{topology.replica_port(target)}", f"{replica}: {var} by service name"
         assert depends[target]["condition"] == "service_healthy", f"{replica} must wait for a healthy {target}"
     for var, target in spec.calls.items():
-        assert env[var] == f"http://{target}:{stack.replica_port(target)}", f"{replica}: {var} by service name"
+        assert env[var] == f"http://{target}:{topology.replica_port(target)}", f"{replica}: {var} by service name"
     for var, pooled in spec.pools.items():
-        members = stack.spec_named(pooled).replicas()
+        members = topology.spec_named(pooled).replicas()
         assert env[var] == ",".join(f"http://{name}:{port}" for name, port in members), f"{replica}: {var}"
     linked = set(spec.needs())
     app_deps = {name for name in depends if name in APP_SERVICES}
@@ -155,7 +155,7 @@ def test_inventory_replicas_keep_their_own_database_and_wait_for_no_service() ->
 @pytest.mark.parametrize(("spec", "replica", "port"), REPLICAS, ids=[r for _s, r, _p in REPLICAS])
 def test_replica_runs_uvicorn_like_the_launcher(spec: Any, replica: str, port: int) -> None:
     _target, in_compose = uvicorn_options(command_of(SERVICES[replica]))
-    _target, in_launcher = uvicorn_options(stack.uvicorn_command(spec, port))
+    _target, in_launcher = uvicorn_options(topology.uvicorn_command(spec, port))
     in_compose.pop("--host")
     in_launcher.pop("--host")
     assert in_compose == in_launcher
@@ -218,7 +218,7 @@ def test_postgres_is_15_with_a_pg_isready_healthcheck() -> None:
 def test_migrate_runs_once_for_every_database_after_postgres_is_healthy() -> None:
     migrate = SERVICES["migrate"]
     script = " ".join(command_of(migrate))
-    for spec in stack.SERVICES:
+    for spec in topology.SERVICES:
         if spec.database is not None:
             line = f'python -m services.common.migrate {spec.name} "$${{PG_SERVER}}/{spec.database}"'
             assert line in script, f"no migration of {spec.name} into database {spec.database}"
@@ -233,17 +233,17 @@ def test_launcher_table_has_unique_names_and_ports() -> None:
     ports = [port for _spec, _replica, port in REPLICAS]
     assert len(set(replicas)) == len(replicas)
     assert len(set(ports)) == len(ports)
-    assert all(len(spec.ports) >= 2 or spec.name == "gateway" for spec in stack.SERVICES)
-    assert all(spec.env_prefix.isupper() and spec.env_prefix.endswith("_") for spec in stack.SERVICES)
-    assert stack.spec_named("inventory").ports == (8101, 8111)
-    assert stack.spec_named("flashsale").ports == (8102, 8112)
-    assert stack.spec_named("order").ports == (8104, 8114)
-    assert stack.spec_named("paysim").ports == (8105, 8115)
-    assert stack.spec_named("coupon").ports == (8103, 8113)
+    assert all(len(spec.ports) >= 2 or spec.name == "gateway" for spec in topology.SERVICES)
+    assert all(spec.env_prefix.isupper() and spec.env_prefix.endswith("_") for spec in topology.SERVICES)
+    assert topology.spec_named("inventory").ports == (8101, 8111)
+    assert topology.spec_named("flashsale").ports == (8102, 8112)
+    assert topology.spec_named("order").ports == (8104, 8114)
+    assert topology.spec_named("paysim").ports == (8105, 8115)
+    assert topology.spec_named("coupon").ports == (8103, 8113)
 
 
 def test_launcher_table_order_database_and_payment_providers() -> None:
-    order, paysim = stack.spec_named("order"), stack.spec_named("paysim")
+    order, paysim = topology.spec_named("order"), topology.spec_named("paysim")
     assert (order.app, order.env_prefix, order.database) == ("services.order.main:app", "ORDER_", "orders")
     assert (paysim.app, paysim.env_prefix, paysim.database) == ("services.paysim.main:app", "PAYSIM_", None)
     assert [paysim.env_of(replica)["PAYSIM_NAME"] for replica, _port in paysim.replicas()] == ["primary", "backup"]
@@ -256,7 +256,7 @@ def test_launcher_table_order_database_and_payment_providers() -> None:
 
 def test_launcher_starts_a_service_after_those_it_links_to() -> None:
     started: set[str] = set()
-    for spec in stack.SERVICES:
+    for spec in topology.SERVICES:
         assert all(len(env) > 0 for env in spec.replica_env)
         for target in spec.links.values():
             assert target in started, f"{spec.name} links to {target}, which must start before it"

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
+from deploy.backends import find_postgres_bin, postgres_answers
 from services.common.migrate import upgrade
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.main import create_app as create_flashsale
@@ -38,7 +39,6 @@ from tests.conftest import (
     sale_body,
     wait_for,
 )
-from tests.deploy.launcher import stack
 
 
 async def _count_orders(db_url: str) -> tuple[int, int]:
@@ -115,7 +115,7 @@ class PrivatePostgres:
     """A PostgreSQL server of the test's own, so that the test can stop and start it."""
 
     def __init__(self) -> None:
-        self.bin_dir = stack.find_postgres_bin(False)
+        self.bin_dir = find_postgres_bin(False)
         self.base = Path(tempfile.mkdtemp(prefix="fs-pgtest-"))
         self.base.chmod(0o755)
         self.data = self.base / "data"
@@ -142,7 +142,7 @@ class PrivatePostgres:
         cmd += ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]
         self.proc = subprocess.Popen(cmd, user=self.user, cwd=self.base, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not stack.postgres_answers(self.url):
+        while not postgres_answers(self.url):
             assert time.monotonic() < deadline, "private PostgreSQL did not start"
             time.sleep(0.1)
 
