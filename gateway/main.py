@@ -82,6 +82,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         title="gateway",
         description="The single entry point: routing, failover, auth at the edge, rate limits, load shedding.",
         lifespan=lifespan,
+        public_prefix="",
     )
     api.state.settings = settings
     api.state.pools = pools

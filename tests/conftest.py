@@ -234,9 +234,10 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, app: str, env: dict[str, str]) -> str:
-        """Start one uvicorn process of `app` and return its base URL once it answers /healthz/live."""
-        port = free_port()
+    def start(self, app: str, env: dict[str, str], port: int | None = None) -> str:
+        """Start one uvicorn process of `app` (on `port`, else a free one); its base URL once it answers
+        /healthz/live."""
+        port = port or free_port()
         cmd = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log", "--log-level", "warning"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "APP_ENV": "test", "LOG_LEVEL": "WARNING", **env})
         self.procs.append(proc)

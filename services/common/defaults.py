@@ -22,6 +22,7 @@ from services.common.errors import install_error_handlers, problem_response
 from services.common.json_body import BODY_METHODS, body_problem
 from services.common.logs import configure_logging, request_id_var
 from services.common.metrics import RequestMetrics
+from services.common.openapi import Answer, install_openapi
 
 log = logging.getLogger("service.access")
 
@@ -148,12 +149,15 @@ def service_app(
     ready_checks: dict[str, ReadyCheck] | None = None,
     redis_down_code: str = "REDIS_UNAVAILABLE",
     serves_without: frozenset[str] = frozenset(),
+    public_prefix: str | None = None,
 ) -> FastAPI:
     """A FastAPI app with the service defaults, as every service's `create_app` starts it.
 
     `serves_without` names dependencies (`postgres`, `redis`) whose outage readiness reports as
     `degraded` without failing: part of the API still works without each of them (the rest answers 503 with
-    the service's own code), so a gateway must not take the service out of its pool for that.
+    the service's own code), so a gateway must not take the service out of its pool for that. `public_prefix`
+    is the path clients reach it under (its OpenAPI `servers` entry): the gateway's `/api/<service name>`
+    unless given ("" for a service served at the root).
     """
     app = FastAPI(
         title=title,
@@ -165,6 +169,11 @@ def service_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     add_service_defaults(app, settings, ready_checks, redis_down_code=redis_down_code, serves_without=serves_without)
+    install_openapi(
+        app,
+        f"/api/{settings.service_name}" if public_prefix is None else public_prefix,
+        around=(Answer(503, redis_down_code, "Redis is not answering; retry shortly"),),
+    )
     return app
 
 

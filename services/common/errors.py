@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -123,6 +124,17 @@ _HTTP_CODES = {
 }
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the request's path answers (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def _validation_detail(exc: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
     errors = []
     malformed = False
@@ -165,13 +177,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
             # FastAPI's answer to a body it could not decode (e.g. JSON in an encoding it guessed wrong).
             code, detail = "MALFORMED_JSON", "Request body is not valid JSON"
-        return problem_response(
-            exc.status_code,
-            code,
-            detail,
-            instance=request.url.path,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem_response(exc.status_code, code, detail, instance=request.url.path, headers=headers)
 
     async def _dependency(request: Request, exc: Exception) -> Response:
         if not is_transient(exc):

@@ -8,9 +8,10 @@ import httpx
 from fastapi import APIRouter, Header
 
 from services.common.auth import AdminUser
-from services.common.idempotency import fingerprint
+from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyInFlight, fingerprint
+from services.common.openapi import KEY_PATTERN, problems
+from services.coupon import errors
 from services.coupon.deps import ServiceDep
-from services.coupon.errors import OrdersRefused, OrdersUnavailable
 from services.coupon.orders import buyers_hit_by_system_failure
 from services.coupon.router import TemplateId
 from services.coupon.schemas import (
@@ -28,7 +29,7 @@ from services.coupon.schemas import (
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-@router.post("/templates", status_code=201, response_model=TemplateOut)
+@router.post("/templates", status_code=201, response_model=TemplateOut, responses=problems(errors.InvalidTemplate))
 async def create_template(body: TemplateCreate, user: AdminUser, service: ServiceDep) -> TemplateOut:
     """Create a template; bad tiers, percentages or amounts are refused with 422."""
     return await service.create_template(actor=user.user_id, data=body)
@@ -40,30 +41,44 @@ async def list_templates(user: AdminUser, service: ServiceDep) -> list[TemplateO
     return await service.list_templates(only_claimable=False)
 
 
-@router.post("/templates/{template_id}/pause", response_model=TemplateOut)
+@router.post("/templates/{template_id}/pause", response_model=TemplateOut, responses=problems(errors.TemplateNotFound))
 async def pause(template_id: TemplateId, user: AdminUser, service: ServiceDep) -> TemplateOut:
     """Stop claims."""
     return await service.set_template_state(actor=user.user_id, template_id=template_id, state="paused")
 
 
-@router.post("/templates/{template_id}/resume", response_model=TemplateOut)
+@router.post("/templates/{template_id}/resume", response_model=TemplateOut, responses=problems(errors.TemplateNotFound))
 async def resume(template_id: TemplateId, user: AdminUser, service: ServiceDep) -> TemplateOut:
     """Open claims again."""
     return await service.set_template_state(actor=user.user_id, template_id=template_id, state="active")
 
 
-@router.get("/templates/{template_id}/stats", response_model=TemplateStats)
+@router.get("/templates/{template_id}/stats", response_model=TemplateStats, responses=problems(errors.TemplateNotFound))
 async def stats(template_id: TemplateId, user: AdminUser, service: ServiceDep) -> TemplateStats:
     """Claimed, locked, used, and the discount given."""
     return await service.stats(template_id)
 
 
-@router.post("/compensation", response_model=list[ClaimedCoupon])
+@router.post(
+    "/compensation",
+    response_model=list[ClaimedCoupon],
+    responses=problems(
+        errors.TemplateNotFound,
+        errors.CouponsExhausted,
+        errors.ClaimWindowClosed,
+        errors.ClaimUnavailable,
+        errors.OrdersUnavailable,
+        errors.OrdersRefused,
+        IdempotencyKeyInFlight,
+    ),
+)
 async def compensate(
     body: CompensationRequest,
     user: AdminUser,
     service: ServiceDep,
-    key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)
+    ] = None,
 ) -> list[ClaimedCoupon]:
     """Issue one coupon to each listed user, or to every buyer of `sale_id` whose order a system failure
     cancelled (asked of the order service); the same batch (Idempotency-Key) issues nothing twice."""
@@ -76,10 +91,10 @@ async def compensate(
         except httpx.HTTPStatusError as exc:
             # It answered: a refusal (4xx) is passed on as one; only a failure to serve is an outage.
             if exc.response.status_code >= 500:
-                raise OrdersUnavailable("The order service could not answer; nothing was issued") from None
-            raise OrdersRefused.of(exc.response) from None
+                raise errors.OrdersUnavailable("The order service could not answer; nothing was issued") from None
+            raise errors.OrdersRefused.of(exc.response) from None
         except httpx.HTTPError:
-            raise OrdersUnavailable("The order service did not answer; nothing was issued") from None
+            raise errors.OrdersUnavailable("The order service did not answer; nothing was issued") from None
     return await service.issue_compensation(
         actor=user.user_id, template_id=body.template_id, user_ids=user_ids, reason=body.reason, batch=batch
     )
@@ -97,7 +112,7 @@ async def lock_for_order(body: LockRequest, user: AdminUser, service: ServiceDep
     )
 
 
-@router.post("/refund-amount", response_model=RefundOut)
+@router.post("/refund-amount", response_model=RefundOut, responses=problems(errors.InvalidRefund))
 async def refund_amount(body: RefundRequest, user: AdminUser, service: ServiceDep) -> RefundOut:
     """How much to refund when some lines of a paid order that used coupons are returned.
 

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Path
 
 from services.common.auth import CurrentUser
 from services.common.idempotency import IdempotencyKey
+from services.common.openapi import problems
+from services.coupon import errors
 from services.coupon.deps import ServiceDep
 from services.coupon.models import CouponState
 from services.coupon.schemas import ClaimedCoupon, QuoteOut, QuoteRequest, TemplateOut, WalletCoupon
@@ -24,7 +26,18 @@ async def claimable(service: ServiceDep) -> list[TemplateOut]:
     return await service.list_templates(only_claimable=True)
 
 
-@router.post("/templates/{template_id}/claim", status_code=201, response_model=ClaimedCoupon)
+@router.post(
+    "/templates/{template_id}/claim",
+    status_code=201,
+    response_model=ClaimedCoupon,
+    responses=problems(
+        errors.TemplateNotFound,
+        errors.CouponsExhausted,
+        errors.ClaimLimitReached,
+        errors.ClaimWindowClosed,
+        errors.ClaimUnavailable,
+    ),
+)
 async def claim(template_id: TemplateId, user: CurrentUser, key: IdempotencyKey, service: ServiceDep) -> ClaimedCoupon:
     """Claim one coupon (total and per-user limits decided atomically); a replayed key returns the same coupon."""
     return await service.claim(template_id=template_id, user_id=user.user_id, key=key)

@@ -9,7 +9,16 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import JSONResponse, Response
 
 from services.common.auth import AdminUser, Principal
-from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyRequired, IdempotencyStore, fingerprint
+from services.common.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyRequired,
+    IdempotencyKeyReused,
+    IdempotencyStore,
+    fingerprint,
+)
+from services.common.openapi import Answer, problems
+from services.flashsale import errors
 from services.flashsale.deps import ServiceDep
 from services.flashsale.events import sale_alerts
 from services.flashsale.lifecycle import TRANSITIONS, transition
@@ -28,6 +37,13 @@ from services.flashsale.schemas import (
 )
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+# The warehouse (inventory) allocates a sale's units; the order record backs reconciliation.
+INVENTORY_DOWN = Answer(503, "INVENTORY_UNAVAILABLE", "the inventory service did not answer; nothing was changed")
+ORDERS_DOWN = Answer(503, "ORDER_UNAVAILABLE", "the order service did not answer")
+WAREHOUSE_REFUSED = Answer(409, "INSUFFICIENT_STOCK", "the warehouse refused (its code is kept, e.g. SKU_NOT_FOUND)")
+KEYED = (IdempotencyKeyRequired, IdempotencyKeyInFlight, IdempotencyKeyReused)
+CHANGE_PROBLEMS = (errors.SaleNotFound, errors.StockUnavailable, INVENTORY_DOWN, WAREHOUSE_REFUSED, *KEYED)
 
 OptionalKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -62,7 +78,12 @@ async def _once(
     return JSONResponse(body, status_code=code)
 
 
-@router.post("/sales", status_code=201, response_model=SaleOut)
+@router.post(
+    "/sales",
+    status_code=201,
+    response_model=SaleOut,
+    responses=problems(errors.InvalidSale, INVENTORY_DOWN, WAREHOUSE_REFUSED, *KEYED),
+)
 async def create_sale(
     request: Request, body: SaleCreate, user: AdminUser, service: ServiceDep, key: OptionalKey = None
 ) -> Response:
@@ -73,7 +94,13 @@ async def create_sale(
     )
 
 
-@router.patch("/sales/{sale_id}", response_model=SaleOut)
+@router.patch(
+    "/sales/{sale_id}",
+    response_model=SaleOut,
+    responses=problems(
+        errors.SaleNotFound, errors.InvalidSale, errors.SaleAlreadyStarted, errors.StaleStock, errors.StockUnavailable
+    ),
+)
 async def update_sale(sale_id: SaleId, body: SaleUpdate, user: AdminUser, service: ServiceDep) -> dict[str, Any]:
     """Change a sale before it goes live."""
     return await service.update_sale(actor=user.user_id, sale_id=sale_id, data=body)
@@ -99,6 +126,7 @@ def _transition_route(action: str) -> None:
         response_model=SaleOut,
         name=f"{action}_sale",
         summary=f"{action.capitalize()} a sale",
+        responses=problems(*CHANGE_PROBLEMS, errors.InvalidTransition, errors.SaleAlreadyStarted, errors.StaleStock),
     )
 
 
@@ -106,7 +134,11 @@ for _action in TRANSITIONS:
     _transition_route(_action)
 
 
-@router.post("/sales/{sale_id}/stock", response_model=SaleOut)
+@router.post(
+    "/sales/{sale_id}/stock",
+    response_model=SaleOut,
+    responses=problems(*CHANGE_PROBLEMS, errors.InvalidTransition, errors.InvalidSale),
+)
 async def add_stock(
     request: Request,
     sale_id: SaleId,
@@ -138,7 +170,7 @@ async def list_sales(
     return await service.list_sales(state=state, limit=limit, offset=offset)
 
 
-@router.get("/sales/{sale_id}", response_model=SaleOut)
+@router.get("/sales/{sale_id}", response_model=SaleOut, responses=problems(errors.SaleNotFound))
 async def get_sale(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> SaleOut:
     """One sale as recorded."""
     sale = await service.get_sale(sale_id)
@@ -146,7 +178,9 @@ async def get_sale(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> Sal
     return SaleOut.model_validate(sale)
 
 
-@router.get("/sales/{sale_id}/stats", response_model=SaleStats)
+@router.get(
+    "/sales/{sale_id}/stats", response_model=SaleStats, responses=problems(errors.SaleNotFound, errors.StockUnavailable)
+)
 async def sale_stats(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> SaleStats:
     """Sold, reserved, remaining, attempts by outcome, and when it sold out."""
     stats = await service.stats(sale_id)
@@ -181,21 +215,40 @@ async def audit_log(
     return [AuditOut.model_validate(e) for e in entries]
 
 
-@router.get("/reconciliation", response_model=list[SaleReconciliation])
+@router.get(
+    "/reconciliation",
+    response_model=list[SaleReconciliation],
+    responses=problems(errors.StockUnavailable, INVENTORY_DOWN, ORDERS_DOWN),
+)
 async def reconcile_all(user: AdminUser, request: Request) -> list[SaleReconciliation]:
     """Every sale not settled yet: quantity = remaining + reserved_unpaid + paid + returned, and drift."""
     reconciler: SaleReconciler = request.app.state.reconciler
     return await reconciler.report_all()
 
 
-@router.get("/sales/{sale_id}/reconciliation", response_model=SaleReconciliation)
+@router.get(
+    "/sales/{sale_id}/reconciliation",
+    response_model=SaleReconciliation,
+    responses=problems(errors.SaleNotFound, errors.StockUnavailable, INVENTORY_DOWN, ORDERS_DOWN),
+)
 async def reconcile_sale(sale_id: SaleId, user: AdminUser, request: Request) -> SaleReconciliation:
     """One sale's reconciliation: Redis against the order record and the warehouse allocation."""
     reconciler: SaleReconciler = request.app.state.reconciler
     return await reconciler.report(sale_id)
 
 
-@router.post("/sales/{sale_id}/reconciliation/repair", response_model=SaleReconciliation)
+@router.post(
+    "/sales/{sale_id}/reconciliation/repair",
+    response_model=SaleReconciliation,
+    responses=problems(
+        errors.SaleNotFound,
+        errors.StockUnavailable,
+        errors.ReconciliationUnavailable,
+        errors.InvalidTransition,
+        INVENTORY_DOWN,
+        ORDERS_DOWN,
+    ),
+)
 async def repair_sale(sale_id: SaleId, user: AdminUser, request: Request) -> SaleReconciliation:
     """Rebuild the sale's Redis counters (remaining, reserved, sold, per-user counts, reservations) from
     the order record, e.g. after Redis lost data; reservations still in flight are kept. Audited."""

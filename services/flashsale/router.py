@@ -13,6 +13,8 @@ from starlette.responses import Response
 
 from services.common.auth import CurrentUser, Principal, principal
 from services.common.idempotency import IdempotencyKey, fingerprint, idempotency_key
+from services.common.openapi import problems
+from services.flashsale import errors
 from services.flashsale.allowance import buyer_allowance
 from services.flashsale.deps import ServiceDep
 from services.flashsale.schemas import (
@@ -30,33 +32,36 @@ MAX_SALE_ID = 2**62
 MEMBER_ROLE = "member"
 SaleId = Annotated[int, Path(ge=1, le=MAX_SALE_ID, description="Sale id")]
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, str]] = {
-    400: {"description": "Malformed JSON or missing Idempotency-Key (problem+json)"},
-    401: {"description": "No or invalid bearer token"},
-    403: {"description": "PURCHASE_LIMIT_EXCEEDED"},
-    404: {"description": "SALE_NOT_FOUND"},
-    409: {"description": "SOLD_OUT or INSUFFICIENT_STOCK"},
-    413: {"description": "PAYLOAD_TOO_LARGE"},
-    422: {"description": "VALIDATION_ERROR or IDEMPOTENCY_KEY_REUSED"},
-    423: {"description": "SALE_NOT_LIVE (not started, paused or ended)"},
-    429: {"description": "RATE_LIMITED"},
-    503: {"description": "STOCK_UNAVAILABLE (retry with the same Idempotency-Key)"},
-}
+PURCHASE_PROBLEMS = problems(
+    errors.SaleNotFound,
+    errors.SoldOut,
+    errors.InsufficientStock,
+    errors.SaleNotLive,
+    errors.PurchaseLimitExceeded,
+    errors.RateLimited,
+    errors.StockUnavailable,
+)
 
 
-@router.get("/sales", response_model=list[SaleView])
+@router.get("/sales", response_model=list[SaleView], responses=problems(errors.StockUnavailable))
 async def list_sales(service: ServiceDep) -> list[SaleView]:
     """Live and upcoming sales."""
     return await service.list_public()
 
 
-@router.get("/sales/{sale_id}", response_model=SaleView)
+@router.get(
+    "/sales/{sale_id}", response_model=SaleView, responses=problems(errors.SaleNotFound, errors.StockUnavailable)
+)
 async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
     """A sale with server time, countdown and remaining stock."""
     return await service.view(sale_id)
 
 
-@router.get("/sales/{sale_id}/me", response_model=BuyerAllowance, responses={401: PROBLEM_RESPONSES[401]})
+@router.get(
+    "/sales/{sale_id}/me",
+    response_model=BuyerAllowance,
+    responses=problems(errors.SaleNotFound, errors.StockUnavailable),
+)
 async def my_allowance(sale_id: SaleId, user: CurrentUser, service: ServiceDep) -> BuyerAllowance:
     """The caller's own numbers in a sale: units bought, the per-user limit, and how many more they may buy."""
     return await buyer_allowance(service, sale_id=sale_id, user_id=user.user_id)
@@ -92,21 +97,12 @@ async def read_purchase(request: Request) -> PurchaseRequest | int:
     "/sales/{sale_id}/purchase",
     status_code=202,
     response_model=PurchaseAccepted,
-    responses=PROBLEM_RESPONSES,
+    responses=PURCHASE_PROBLEMS,
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": PurchaseRequest.model_json_schema()}},
         },
-        "parameters": [
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": True,
-                "description": "One key per intended purchase; a retry with the same key replays the answer",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-            }
-        ],
     },
 )
 async def purchase(

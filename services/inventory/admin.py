@@ -11,6 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query
 
 from services.common.auth import AdminUser
+from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyInFlight, IdempotencyKeyReused
+from services.common.openapi import KEY_PATTERN, problems
+from services.inventory import errors
 from services.inventory.deps import ServiceDep
 from services.inventory.router import SkuPath
 from services.inventory.schemas import (
@@ -33,10 +36,20 @@ from services.inventory.schemas import (
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 SaleId = Annotated[int, Path(ge=1, le=2**62)]
-OptionalKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+OptionalKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)
+]
+KEYED = (IdempotencyKeyInFlight, IdempotencyKeyReused)
+SKU_CHANGE = (errors.SkuNotFound, errors.InsufficientStock, errors.StockLimitExceeded, *KEYED)
+ALLOCATION_CHANGE = (errors.AllocationNotFound, errors.AllocationExceeded, errors.InsufficientStock, *KEYED)
 
 
-@router.post("/skus", status_code=201, response_model=SkuOut)
+@router.post(
+    "/skus",
+    status_code=201,
+    response_model=SkuOut,
+    responses=problems(errors.SkuExists, errors.InvalidThreshold, errors.StockLimitExceeded, *KEYED),
+)
 async def create_sku(body: SkuCreate, user: AdminUser, service: ServiceDep, key: OptionalKey = None) -> Any:
     """Create a SKU with its initial stock (409 SKU_EXISTS when the code is taken)."""
     return await service.idempotent(
@@ -47,13 +60,13 @@ async def create_sku(body: SkuCreate, user: AdminUser, service: ServiceDep, key:
     )
 
 
-@router.get("/skus/{sku}", response_model=SkuDetail)
+@router.get("/skus/{sku}", response_model=SkuDetail, responses=problems(errors.SkuNotFound))
 async def sku_detail(sku: SkuPath, user: AdminUser, service: ServiceDep) -> SkuDetail:
     """Counters and the latest ledger entries."""
     return await service.sku_detail(sku)
 
 
-@router.get("/skus/{sku}/ledger", response_model=list[LedgerOut])
+@router.get("/skus/{sku}/ledger", response_model=list[LedgerOut], responses=problems(errors.SkuNotFound))
 async def ledger(
     sku: SkuPath,
     user: AdminUser,
@@ -65,7 +78,7 @@ async def ledger(
     return await service.ledger(sku=sku, limit=limit, before_id=before_id)
 
 
-@router.post("/skus/{sku}/restock", response_model=SkuOut)
+@router.post("/skus/{sku}/restock", response_model=SkuOut, responses=problems(*SKU_CHANGE))
 async def restock(
     sku: SkuPath, body: RestockRequest, user: AdminUser, service: ServiceDep, key: OptionalKey = None
 ) -> Any:
@@ -78,7 +91,7 @@ async def restock(
     )
 
 
-@router.post("/skus/{sku}/adjust", response_model=SkuOut)
+@router.post("/skus/{sku}/adjust", response_model=SkuOut, responses=problems(*SKU_CHANGE))
 async def adjust(
     sku: SkuPath, body: AdjustRequest, user: AdminUser, service: ServiceDep, key: OptionalKey = None
 ) -> Any:
@@ -91,13 +104,20 @@ async def adjust(
     )
 
 
-@router.put("/skus/{sku}/threshold", response_model=SkuOut)
+@router.put(
+    "/skus/{sku}/threshold", response_model=SkuOut, responses=problems(errors.SkuNotFound, errors.InvalidThreshold)
+)
 async def set_threshold(sku: SkuPath, body: ThresholdRequest, user: AdminUser, service: ServiceDep) -> SkuOut:
     """Set the low-stock threshold in units (absolute) or percent of on-hand; null turns it off."""
     return await service.set_threshold(actor=user.user_id, sku=sku, value=body.value, kind=body.kind)
 
 
-@router.post("/allocations", status_code=201, response_model=AllocationOut)
+@router.post(
+    "/allocations",
+    status_code=201,
+    response_model=AllocationOut,
+    responses=problems(errors.SkuNotFound, *ALLOCATION_CHANGE),
+)
 async def allocate(body: AllocationRequest, user: AdminUser, service: ServiceDep, key: OptionalKey = None) -> Any:
     """Give a sale units from available stock (409 INSUFFICIENT_STOCK, nothing changed, when too few)."""
     return await service.idempotent(
@@ -108,7 +128,11 @@ async def allocate(body: AllocationRequest, user: AdminUser, service: ServiceDep
     )
 
 
-@router.put("/allocations/{sale_id}/{sku}", response_model=AllocationOut)
+@router.put(
+    "/allocations/{sale_id}/{sku}",
+    response_model=AllocationOut,
+    responses=problems(errors.SkuNotFound, *ALLOCATION_CHANGE),
+)
 async def set_allocation(
     sale_id: SaleId, sku: SkuPath, body: AllocationTarget, user: AdminUser, service: ServiceDep
 ) -> AllocationOut:
@@ -134,13 +158,15 @@ async def open_allocations(user: AdminUser, service: ServiceDep) -> list[Allocat
     return await service.open_allocations()
 
 
-@router.get("/allocations/{sale_id}/{sku}", response_model=AllocationOut)
+@router.get("/allocations/{sale_id}/{sku}", response_model=AllocationOut, responses=problems(errors.AllocationNotFound))
 async def get_allocation(sale_id: SaleId, sku: SkuPath, user: AdminUser, service: ServiceDep) -> AllocationOut:
     """A sale's allocation of a SKU."""
     return await service.get_allocation(sale_id=sale_id, sku=sku)
 
 
-@router.post("/allocations/{sale_id}/{sku}/return", response_model=AllocationOut)
+@router.post(
+    "/allocations/{sale_id}/{sku}/return", response_model=AllocationOut, responses=problems(*ALLOCATION_CHANGE)
+)
 async def return_allocation(
     sale_id: SaleId, sku: SkuPath, body: AllocationChange, user: AdminUser, service: ServiceDep, key: OptionalKey = None
 ) -> Any:
@@ -153,7 +179,7 @@ async def return_allocation(
     )
 
 
-@router.post("/allocations/{sale_id}/{sku}/sell", response_model=AllocationOut)
+@router.post("/allocations/{sale_id}/{sku}/sell", response_model=AllocationOut, responses=problems(*ALLOCATION_CHANGE))
 async def sell_allocation(
     sale_id: SaleId, sku: SkuPath, body: AllocationChange, user: AdminUser, service: ServiceDep, key: OptionalKey = None
 ) -> Any:

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Path
 
 from services.common.auth import CurrentUser
 from services.common.idempotency import IdempotencyKey
+from services.common.openapi import problems
+from services.inventory import errors
 from services.inventory.deps import ServiceDep
 from services.inventory.schemas import SKU_PATTERN, Availability, HoldOut, HoldRequest
 
@@ -15,15 +17,21 @@ router = APIRouter(tags=["inventory"])
 
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN)]
 HoldId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+HOLD_PROBLEMS = (errors.HoldNotFound, errors.HoldNotActive)
 
 
-@router.get("/skus/{sku}/availability", response_model=Availability)
+@router.get("/skus/{sku}/availability", response_model=Availability, responses=problems(errors.SkuNotFound))
 async def availability(sku: SkuPath, service: ServiceDep) -> Availability:
     """Available units, read from the Redis mirror of the committed counters."""
     return await service.availability(sku)
 
 
-@router.post("/holds", status_code=201, response_model=HoldOut)
+@router.post(
+    "/holds",
+    status_code=201,
+    response_model=HoldOut,
+    responses=problems(errors.SkuNotFound, errors.InsufficientStock, errors.InvalidHold),
+)
 async def create_hold(body: HoldRequest, user: CurrentUser, key: IdempotencyKey, service: ServiceDep) -> HoldOut:
     """Set units aside until `ttl_seconds` pass (409 INSUFFICIENT_STOCK when too few are available)."""
     return await service.create_hold(
@@ -31,13 +39,13 @@ async def create_hold(body: HoldRequest, user: CurrentUser, key: IdempotencyKey,
     )
 
 
-@router.post("/holds/{hold_id}/confirm", response_model=HoldOut)
+@router.post("/holds/{hold_id}/confirm", response_model=HoldOut, responses=problems(*HOLD_PROBLEMS, errors.HoldExpired))
 async def confirm_hold(hold_id: HoldId, user: CurrentUser, service: ServiceDep) -> HoldOut:
     """The checkout was paid: the held units are sold (409 HOLD_EXPIRED past the deadline)."""
     return await service.confirm_hold(hold_id=hold_id, user_id=user.user_id, is_admin=user.is_admin)
 
 
-@router.post("/holds/{hold_id}/release", response_model=HoldOut)
+@router.post("/holds/{hold_id}/release", response_model=HoldOut, responses=problems(*HOLD_PROBLEMS))
 async def release_hold(hold_id: HoldId, user: CurrentUser, service: ServiceDep) -> HoldOut:
     """The checkout was abandoned: the held units go back to available."""
     return await service.release_hold(hold_id=hold_id, user_id=user.user_id, is_admin=user.is_admin)

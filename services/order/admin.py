@@ -7,12 +7,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 
 from services.common.auth import AdminUser
+from services.common.openapi import problems
+from services.order import errors
 from services.order.deps import ServiceDep
 from services.order.models import OrderState
 from services.order.router import OrderId
 from services.order.schemas import AdminOrderOut, OrderOut, OrderStats, SaleReservations
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+TRANSITION_PROBLEMS = (errors.OrderNotFound, errors.InvalidOrderState)
 
 
 @router.get("/orders", response_model=list[OrderOut])
@@ -52,7 +55,7 @@ async def sale_reservations(
     return await service.sale_reservations(sale_id=sale_id)
 
 
-@router.get("/orders/{order_id}", response_model=AdminOrderOut)
+@router.get("/orders/{order_id}", response_model=AdminOrderOut, responses=problems(errors.OrderNotFound))
 async def admin_order(order_id: OrderId, user: AdminUser, service: ServiceDep) -> AdminOrderOut:
     """One order with every payment attempt."""
     await service.audit_read(actor=user.user_id, action="get")
@@ -62,7 +65,7 @@ async def admin_order(order_id: OrderId, user: AdminUser, service: ServiceDep) -
 CancelReason = Literal["cancelled_by_ops", "system_failure"]
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderOut)
+@router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses=problems(*TRANSITION_PROBLEMS))
 async def force_cancel(
     order_id: OrderId, user: AdminUser, service: ServiceDep, reason: CancelReason = "cancelled_by_ops"
 ) -> OrderOut:
@@ -71,13 +74,17 @@ async def force_cancel(
     return await service.admin_transition(actor=user.user_id, order_id=order_id, action="cancel", reason=reason)
 
 
-@router.post("/orders/{order_id}/fulfil", response_model=OrderOut)
+@router.post("/orders/{order_id}/fulfil", response_model=OrderOut, responses=problems(*TRANSITION_PROBLEMS))
 async def fulfil(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
     """Mark a paid order shipped."""
     return await service.admin_transition(actor=user.user_id, order_id=order_id, action="fulfil")
 
 
-@router.post("/orders/{order_id}/refund", response_model=OrderOut)
+@router.post(
+    "/orders/{order_id}/refund",
+    response_model=OrderOut,
+    responses=problems(*TRANSITION_PROBLEMS, errors.PaymentUnavailable),
+)
 async def refund(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
     """Refund a paid order, or one paid after it closed (refund_pending)."""
     return await service.admin_transition(actor=user.user_id, order_id=order_id, action="refund")

@@ -9,6 +9,8 @@ from starlette.responses import JSONResponse, Response
 
 from services.common.auth import CurrentUser
 from services.common.idempotency import IdempotencyKey, IdempotencyStore, fingerprint
+from services.common.openapi import problems
+from services.order import errors
 from services.order.deps import ServiceDep
 from services.order.schemas import OrderOut
 
@@ -29,7 +31,9 @@ async def my_orders(
     return await service.list_orders(user_id=user.user_id, limit=limit, offset=offset)
 
 
-@router.get("/orders/by-reservation/{reservation_id}", response_model=OrderOut)
+@router.get(
+    "/orders/by-reservation/{reservation_id}", response_model=OrderOut, responses=problems(errors.OrderNotFound)
+)
 async def order_by_reservation(
     reservation_id: ReservationId,
     user: CurrentUser,
@@ -40,7 +44,7 @@ async def order_by_reservation(
     return await service.get_by_reservation(reservation_id=reservation_id, user_id=user.user_id, wait=wait)
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut)
+@router.get("/orders/{order_id}", response_model=OrderOut, responses=problems(errors.OrderNotFound))
 async def get_order(order_id: OrderId, user: CurrentUser, service: ServiceDep) -> OrderOut:
     """One of the caller's orders (another user's is 404)."""
     return await service.get_order(order_id=order_id, user_id=user.user_id)
@@ -59,7 +63,18 @@ async def _once(request: Request, owner: str, key: str, namespace: str, action: 
     return JSONResponse(body, status_code=status)
 
 
-@router.post("/orders/{order_id}/pay", response_model=OrderOut)
+@router.post(
+    "/orders/{order_id}/pay",
+    response_model=OrderOut,
+    responses=problems(
+        errors.OrderNotFound,
+        errors.InvalidOrderState,
+        errors.OrderExpired,
+        errors.PricingPending,
+        errors.PaymentDeclined,
+        errors.PaymentUnavailable,
+    ),
+)
 async def pay(
     request: Request, order_id: OrderId, user: CurrentUser, key: IdempotencyKey, service: ServiceDep
 ) -> Response:
@@ -69,7 +84,11 @@ async def pay(
     )
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderOut)
+@router.post(
+    "/orders/{order_id}/cancel",
+    response_model=OrderOut,
+    responses=problems(errors.OrderNotFound, errors.InvalidOrderState),
+)
 async def cancel(
     request: Request, order_id: OrderId, user: CurrentUser, key: IdempotencyKey, service: ServiceDep
 ) -> Response:

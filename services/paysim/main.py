@@ -45,6 +45,7 @@ def create_app(settings: PaySimSettings | None = None) -> FastAPI:
         description="A mock payment provider with fault injection for failover drills.",
         lifespan=lifespan,
         ready_checks={"provider": provider_up},
+        public_prefix="",  # a provider of its own, called directly (not through the gateway)
     )
     app.include_router(router.router)
     app.include_router(admin.router)

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from services.common.idempotency import IdempotencyKey
+from services.common.openapi import problems
 from services.paysim.deps import GatedFaults, LedgerDep
-from services.paysim.errors import PaymentDeclined
+from services.paysim.errors import PaymentDeclined, PaymentNotFound, ProviderDown, ProviderError
 from services.paysim.faults import PAYMENTS
 from services.paysim.schemas import OrderId, PaymentOut, PaymentRequest
 
@@ -18,21 +19,15 @@ router = APIRouter(prefix="/payments", tags=["payments"])
 
 PaymentId = Annotated[str, Path(min_length=1, max_length=64, description="Payment id from the charge")]
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, str]] = {
-    400: {"description": "MALFORMED_JSON or IDEMPOTENCY_KEY_REQUIRED"},
-    402: {"description": "PAYMENT_DECLINED (definitive; do not retry elsewhere)"},
-    404: {"description": "PAYMENT_NOT_FOUND"},
-    422: {"description": "VALIDATION_ERROR or IDEMPOTENCY_KEY_REUSED"},
-    500: {"description": "PROVIDER_ERROR (injected; nothing was done)"},
-    503: {"description": "PROVIDER_DOWN (injected)"},
-}
+# Every payment call can meet an injected fault: 500 PROVIDER_ERROR (nothing was done) or 503 PROVIDER_DOWN.
+FAULTS = (ProviderError, ProviderDown)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-@router.post("", status_code=201, response_model=PaymentOut, responses=PROBLEM_RESPONSES)
+@router.post("", status_code=201, response_model=PaymentOut, responses=problems(PaymentDeclined, *FAULTS))
 async def create_payment(faults: GatedFaults, key: IdempotencyKey, body: PaymentRequest, ledger: LedgerDep) -> Response:
     """Charge an order once per Idempotency-Key; the same key again answers the same payment."""
     try:
@@ -48,7 +43,7 @@ async def create_payment(faults: GatedFaults, key: IdempotencyKey, body: Payment
     return _json(payment.as_json(as_charged=True), 201, headers)
 
 
-@router.get("", response_model=list[PaymentOut], responses=PROBLEM_RESPONSES)
+@router.get("", response_model=list[PaymentOut], responses=problems(*FAULTS))
 async def list_payments(faults: GatedFaults, ledger: LedgerDep, order_id: Annotated[OrderId, Query()]) -> Response:
     """Every payment this provider holds for an order (what was really charged)."""
     payments = [p.as_json() for p in ledger.for_order(order_id)]
@@ -56,7 +51,7 @@ async def list_payments(faults: GatedFaults, ledger: LedgerDep, order_id: Annota
     return _json(payments)
 
 
-@router.get("/{payment_id}", response_model=PaymentOut, responses=PROBLEM_RESPONSES)
+@router.get("/{payment_id}", response_model=PaymentOut, responses=problems(PaymentNotFound, *FAULTS))
 async def get_payment(faults: GatedFaults, ledger: LedgerDep, payment_id: PaymentId) -> Response:
     """One payment."""
     payment = ledger.get(payment_id)
@@ -64,7 +59,7 @@ async def get_payment(faults: GatedFaults, ledger: LedgerDep, payment_id: Paymen
     return _json(payment.as_json())
 
 
-@router.post("/{payment_id}/refund", response_model=PaymentOut, responses=PROBLEM_RESPONSES)
+@router.post("/{payment_id}/refund", response_model=PaymentOut, responses=problems(PaymentNotFound, *FAULTS))
 async def refund_payment(
     faults: GatedFaults, key: IdempotencyKey, ledger: LedgerDep, payment_id: PaymentId
 ) -> Response:

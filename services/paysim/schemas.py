@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 MAX_MONEY = 10**12
 MAX_LATENCY_MS = 60_000
@@ -42,7 +42,7 @@ class PaymentOut(BaseModel):
 class FaultsPatch(_Strict):
     """Fault settings to change; omitted (or null) fields keep their value."""
 
-    error_rate: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    error_rate: Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
     latency_ms: Annotated[StrictInt, Field(ge=0, le=MAX_LATENCY_MS)] | None = None
     down: StrictBool | None = None
 
