@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.streams import Entry, RegistryFollower, StreamConsumer, decode_event
+from services.coupon.orders import order_records
+from services.coupon.recovery import EVENT_OF_ORDER_STATE
 from services.coupon.service import CouponService
 from services.coupon.store import CLAIM_STREAM_REGISTRY
 
@@ -45,7 +47,13 @@ def order_events_consumer(service: CouponService, consumer_name: str) -> StreamC
     """Locked coupons become used when their order is paid, available again when it is cancelled or expires."""
 
     async def handle(entry_id: str, fields: dict[str, Any]) -> None:
-        await service.on_order_event(decode_event(fields))
+        event = decode_event(fields)
+        if event.get("type") == "order.coupons_released":
+            decided = await on_order_coupons_released(service, event)
+            if decided is None:
+                return
+            event = decided
+        await service.on_order_event(event)
 
     return StreamConsumer(
         redis=service.redis,
@@ -55,3 +63,22 @@ def order_events_consumer(service: CouponService, consumer_name: str) -> StreamC
         handler=handle,
         claim_idle_ms=10_000,
     )
+
+
+async def on_order_coupons_released(service: CouponService, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The event the order record stands for (None: nothing to do); it frees coupons only of a closed order.
+
+    The order service sends it when an order closed while its coupon price was pending, but also, when two
+    replicas priced one order and a payment landed in between, for an order that was paid. Freeing those
+    coupons would let them be used again, and if the `order.paid` event was lost with Redis they would stay
+    free; so the order's record decides (a paid order uses them, an unpaid one keeps them locked).
+    """
+    order = (await order_records(service.settings, [str(event["order_id"])])).get(str(event["order_id"]))
+    if order is None:
+        return event
+    decided = EVENT_OF_ORDER_STATE.get(order.state)
+    if decided is None:  # still awaiting payment: its own events will settle the coupons
+        return None
+    if decided == "order.paid":
+        return {**event, "type": decided, "user_id": order.user_id}
+    return event

@@ -15,6 +15,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from services.common.migrate import upgrade
+from services.common.streams import encode_event
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
 from tests.conftest import (
@@ -184,6 +185,28 @@ async def test_coupons_of_orders_paid_while_their_events_were_lost_count_as_used
     assert (stats["used"], stats["discount_given"], stats["claimed"]) == (2, 1_000, 3)
     leaver = (await coupons.get("/wallet", headers=customer_headers("leaver"))).json()
     assert [c["state"] for c in leaver] == ["available"]  # the cancelled order gave its coupon back
+
+
+async def test_a_coupons_released_event_for_an_order_that_was_paid_uses_its_coupon(
+    client: httpx.AsyncClient, coupons: httpx.AsyncClient, orders: httpx.Client, redis: Redis
+) -> None:
+    sale = await live_sale(client, quantity=5, per_user_limit=1, price=10_000)
+    template = await _template(coupons, scope="sales", scope_sales=[sale["id"]])
+    claimed = (await _claim(coupons, template["id"], "raced")).json()["coupon_id"]
+    order = await _buy_with_coupon(client, orders, sale["id"], "raced", claimed)
+    paid = await asyncio.to_thread(orders.post, f"/orders/{order['id']}/pay", headers=customer_headers("raced", "pay"))
+    assert paid.status_code == 200, paid.text
+    # Two order replicas priced the order and the payment landed between them: the slower one sends
+    # order.coupons_released for the paid order, and the order.paid event was lost with Redis.
+    released = encode_event("order.coupons_released", {"order_id": order["id"], "user_id": "raced"})
+    await redis.xadd(LOST_ORDER_EVENTS, released)
+
+    async def used() -> bool:
+        wallet = (await coupons.get("/wallet", headers=customer_headers("raced"))).json()
+        return bool(wallet[0]["state"] == "used")
+
+    await wait_for(used)
+    assert (await _stats(coupons, template["id"]))["used"] == 1
 
 
 async def test_claims_a_restarted_redis_forgot_are_counted_again_from_the_wallets(
