@@ -60,7 +60,11 @@ async def test_units_released_and_sold_again_below_the_threshold_do_not_repeat_t
     assert await _sold_out_events(redis, sale["id"]) == 1
     await wait_for(lambda: _relayed(redis, sale["id"]))
     assert len(await _relayed(redis, sale["id"])) == 1
-    assert len([a for a in webhook.for_sale(sale["id"]) if a["type"] == "sale.sold_out"]) == 1
+
+    async def hooks() -> list[dict[str, Any]]:
+        return [a for a in webhook.for_sale(sale["id"]) if a["type"] == "sale.sold_out"]
+
+    assert len(await wait_for(hooks)) == 1
 
 
 async def test_stock_back_above_the_threshold_makes_the_next_sell_out_alert_again(
