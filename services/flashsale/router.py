@@ -56,7 +56,11 @@ async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
     return await service.view(sale_id)
 
 
-@router.get("/sales/{sale_id}/me", response_model=BuyerAllowance, responses={401: PROBLEM_RESPONSES[401]})
+@router.get(
+    "/sales/{sale_id}/me",
+    response_model=BuyerAllowance,
+    responses={code: PROBLEM_RESPONSES[code] for code in (401, 404, 503)},
+)
 async def my_allowance(sale_id: SaleId, user: CurrentUser, service: ServiceDep) -> BuyerAllowance:
     """The caller's own numbers in a sale: units bought, the per-user limit, and how many more they may buy."""
     return await buyer_allowance(service, sale_id=sale_id, user_id=user.user_id)
