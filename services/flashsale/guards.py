@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 
 class SoldOutFlags:
-    """Per-process memory of sold-out sales, so rejections cost no Redis round trip.
+    """Per-process memory of sold-out sales, so refusals skip the purchase script (they still look up the
+    key once: a replay of an accepted purchase keeps its first answer).
 
     A flag lives `ttl` seconds; a `buyable:<id>` notification (stock came back) clears it sooner.
     """

@@ -75,6 +75,7 @@ class CatalogEntry:
     state: SaleState
     starts_at: datetime
     ends_at: datetime
+    updated_at: datetime
 
 
 class FlashSaleService:
@@ -272,11 +273,20 @@ class FlashSaleService:
             recent = utcnow() - timedelta(days=1)
             query = select(Sale).where((Sale.state != SaleState.ENDED.value) | (Sale.ended_at > recent))
             rows = (await session.scalars(query.order_by(Sale.starts_at))).all()
-        self.catalog = {s.id: self._entry(s) for s in rows}
+        fresh = {s.id: self._entry(s) for s in rows}
+        # A change this replica committed while the rows were read is newer than what was read: a sale
+        # started or created meanwhile must not vanish from the storefront until the next refresh.
+        for sale_id, entry in self.catalog.items():
+            read = fresh.get(sale_id)
+            if (read is None and entry.state != SaleState.ENDED) or (read and entry.updated_at > read.updated_at):
+                fresh[sale_id] = entry
+        self.catalog = fresh
 
     @staticmethod
     def _entry(sale: Sale) -> CatalogEntry:
-        return CatalogEntry(sale.id, snapshot(sale), SaleState(sale.state), sale.starts_at, sale.ends_at)
+        return CatalogEntry(
+            sale.id, snapshot(sale), SaleState(sale.state), sale.starts_at, sale.ends_at, sale.updated_at
+        )
 
     async def _status(self, sale_id: int) -> dict[str, str]:
         # A crowd polls the countdown; one Redis read per replica per short interval is enough.

@@ -58,9 +58,13 @@ async def test_units_released_and_sold_again_below_the_threshold_do_not_repeat_t
         assert (await _buy(client, sale["id"], f"so-again-{sale['id']}-{cycle}")).status_code == 202
     assert (await sale_stats(client, sale["id"]))["remaining"] == 0
     assert await _sold_out_events(redis, sale["id"]) == 1
-    await wait_for(lambda: _relayed(redis, sale["id"]))
+    await wait_for(lambda: _relayed(redis, sale["id"]), timeout=30)
     assert len(await _relayed(redis, sale["id"])) == 1
-    assert len([a for a in webhook.for_sale(sale["id"]) if a["type"] == "sale.sold_out"]) == 1
+
+    async def hooks() -> list[dict[str, Any]]:
+        return [a for a in webhook.for_sale(sale["id"]) if a["type"] == "sale.sold_out"]
+
+    assert len(await wait_for(hooks, timeout=30)) == 1
 
 
 async def test_stock_back_above_the_threshold_makes_the_next_sell_out_alert_again(

@@ -3,14 +3,21 @@ and one SKU grammar shared with the warehouse."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.flashsale.lifecycle import transition
+from services.flashsale.service import FlashSaleService
 from services.inventory.schemas import SkuCreate
-from tests.conftest import admin_headers, customer_headers, live_sale, sale_body
+from tests.conftest import admin_headers, create_sale, customer_headers, live_sale, sale_body
 
 
 async def _buy(client: httpx.AsyncClient, sale_id: int, user: str, key: str, qty: int) -> httpx.Response:
@@ -92,3 +99,44 @@ async def test_a_sku_code_is_valid_in_flashsale_exactly_when_it_is_valid_in_inve
         assert resp.json()["sku"] == sku
     else:
         assert (resp.status_code, resp.json()["code"]) == (422, "VALIDATION_ERROR")
+
+
+this_refresh: contextvars.ContextVar[bool] = contextvars.ContextVar("this_refresh", default=False)
+
+
+async def test_a_sale_started_while_the_catalog_is_being_read_stays_on_the_storefront(
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service: FlashSaleService = app.state.service
+    sale = await create_sale(client, quantity=3)
+    real = service.sessions
+    started: list[dict[str, Any]] = []
+
+    @contextlib.asynccontextmanager
+    async def session_that_sees_a_start_after_its_read() -> AsyncIterator[AsyncSession]:
+        async with real() as session:
+            read = session.scalars
+
+            async def scalars(*args: Any, **kwargs: Any) -> Any:
+                rows = await read(*args, **kwargs)
+                # The rows are read (the sale is a draft in them); then an admin starts it. Only in this
+                # test's own refresh: the replica's periodic refresh runs in another task.
+                if this_refresh.get() and not started:
+                    started.append(await transition(service, actor="ops-alice", sale_id=sale["id"], action="start"))
+                return rows
+
+            monkeypatch.setattr(session, "scalars", scalars)
+            yield session
+
+    class Sessions:
+        begin = real.begin
+        __call__ = staticmethod(session_that_sees_a_start_after_its_read)
+
+    monkeypatch.setattr(service, "sessions", Sessions())
+    this_refresh.set(True)
+    await service.refresh_catalog()
+    monkeypatch.undo()
+    assert started and started[0]["state"] == "live"
+    shown = await client.get(f"/sales/{sale['id']}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["state"] == "live"

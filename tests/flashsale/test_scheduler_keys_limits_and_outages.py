@@ -1,4 +1,4 @@
-"""Cases found in review: the scheduler vs an automatic pause, key collisions, the rate limit on
+"""Edge cases: the scheduler vs an automatic pause, key collisions, the rate limit on
 refused retries, Redis down on admin calls, and restock bounds."""
 
 from __future__ import annotations
