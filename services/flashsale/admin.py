@@ -191,7 +191,11 @@ async def sale_stats(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> S
 AlertId = Annotated[str, Query(pattern=r"^\d{1,19}-\d{1,19}-\d{1,19}$", description="Alerts after this one")]
 
 
-@router.get("/sales/{sale_id}/alerts", response_model=list[SaleAlert])
+@router.get(
+    "/sales/{sale_id}/alerts",
+    response_model=list[SaleAlert],
+    responses=problems(errors.SaleNotFound, errors.InvalidSale, errors.StockUnavailable),
+)
 async def list_sale_alerts(
     sale_id: SaleId, user: AdminUser, service: ServiceDep, after: AlertId | None = None, limit: Limit = 100
 ) -> list[SaleAlert]:
