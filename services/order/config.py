@@ -43,5 +43,14 @@ class OrderSettings(BaseServiceSettings):
     # provider timed out or failed are checked there, and a duplicate charge is refunded.
     duplicate_check_after_seconds: float = 60.0
     duplicate_check_interval_seconds: float = 10.0
+    # A payment claim older than this is taken to be left by a crashed process: the claim check asks the
+    # providers what they charged, then marks the order paid or gives the claim back. Well above the longest
+    # pay call (two providers x payment_timeout_seconds).
+    payment_claim_ttl_seconds: float = 60.0
+    claim_check_interval_seconds: float = 5.0
+    # Charges that landed on a closed order are refunded by a job; a refund the provider does not confirm is
+    # tried again after refund_retry_seconds, doubling per failed try up to 32 times that.
+    refund_interval_seconds: float = 2.0
+    refund_retry_seconds: float = 5.0
     # Bearer token with the admin role for service-to-service calls; minted from JWT_SECRET when empty.
     service_token: str = ""
