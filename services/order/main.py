@@ -33,7 +33,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = open_redis(settings)
         await warm_redis(redis, settings)
-        engine = open_engine(settings)
+        engine = open_engine(settings, pre_ping=settings.db_pre_ping)
         sessions = session_factory(engine)
         payments = PaymentRouter(
             primary_url=settings.paysim_primary_url,

@@ -137,7 +137,7 @@ async def _post(http: httpx.AsyncClient, url: str, user: str, key: str, delay: f
     return await http.post(url, headers=customer_headers(user, key))
 
 
-async def _pairs(calls: list[tuple[Any, Any]], in_flight: int = 50) -> list[tuple[httpx.Response, httpx.Response]]:
+async def _pairs(calls: list[tuple[Any, Any]], in_flight: int = 25) -> list[tuple[httpx.Response, httpx.Response]]:
     """Run each pair of calls at the same moment, `in_flight` pairs at a time (the machine is shared)."""
     limit = asyncio.Semaphore(in_flight)
 
