@@ -28,6 +28,7 @@ BUSINESS_CODES = frozenset(
         "PURCHASE_LIMIT_EXCEEDED",
         "ORDER_NOT_FOUND",  # the order of a fresh reservation is not created yet: keep polling
         "ORDER_PRICING_PENDING",  # its coupons are still being applied: pay again shortly
+        "PAYMENT_IN_PROGRESS",  # a charge of the order is in flight: its outcome decides the order
         "COUPONS_EXHAUSTED",  # every coupon of the template was claimed
         "CLAIM_LIMIT_REACHED",
     }

@@ -109,10 +109,7 @@ class Checkout:
     async def pay(self, *, order_id: str, user_id: str) -> OrderOut:
         """Charge the buyer's order once and record every attempt; see the module docstring for the claim."""
         claim = os.urandom(8).hex()
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})).first()
-        if row is None:
-            raise await self._why_not_claimed(order_id, user_id)
+        row = await self._claim(order_id, user_id, claim)
         result = await self.payments.charge(
             order_id=order_id, amount=row.total, currency=row.currency, idempotency_key=f"order:{order_id}"
         )
@@ -150,6 +147,21 @@ class Checkout:
             return await self._charged_but_not_open(order_id, user_id, result)
         return _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
 
+    async def _claim(self, order_id: str, user_id: str, claim: str) -> Row[Any]:
+        """The claimed order's row and lines, or the error that says why it cannot be paid now."""
+        for _ in range(2):
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})).first()
+            if row is not None:
+                return row
+            refusal = await self._why_not_claimed(order_id, user_id)
+            if refusal is not None:
+                raise refusal
+            # Payable by now (priced, or a claim given back, between the two reads): claim it again once.
+        raise errors.PaymentInProgress(
+            "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
+        )
+
     def _count(self, succeeded: bool) -> None:
         if len(self._recent) == self._recent.maxlen and self._recent[0]:
             self._succeeded -= 1
@@ -161,8 +173,8 @@ class Checkout:
         async with self.engine.connect() as conn:
             await conn.execute(SETTLE_UNPAID, {**_attempt_params(order_id, result), "claim": claim})
 
-    async def _why_not_claimed(self, order_id: str, user_id: str) -> Exception:
-        """The error that says why the order could not be claimed for payment."""
+    async def _why_not_claimed(self, order_id: str, user_id: str) -> Exception | None:
+        """The error that says why the order could not be claimed for payment; None when it could be now."""
         async with self.sessions() as session:
             order = await session.get(Order, order_id)
         if order is None or order.user_id != user_id:
@@ -173,9 +185,11 @@ class Checkout:
             return errors.PricingPending("The order's coupons are still being applied", headers={"Retry-After": "1"})
         if order.deadline_at <= utcnow():
             return errors.OrderExpired("The payment deadline has passed", extra={"state": order.state})
-        return errors.PaymentInProgress(
-            "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
-        )
+        if order.payment_claimed_at is not None:
+            return errors.PaymentInProgress(
+                "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
+            )
+        return None
 
     async def _charged_but_not_open(self, order_id: str, user_id: str, result: PaymentResult) -> OrderOut:
         """The charge landed, but the order was no longer open (its claim had been settled as stale).

@@ -315,53 +315,6 @@ async def test_admin_stats_search_fulfil_and_refund(client: httpx.AsyncClient, o
     assert cancelled.json()["state"] == "cancelled"
 
 
-@pytest.fixture
-async def slow_payment_orders(
-    orders: httpx.AsyncClient, paysim: PaySims, coupon_url: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A second order replica, for one test, whose deadline (2 s) is shorter than a slow provider's answer."""
-    settings = OrderSettings(
-        env="test",
-        database_url=ORDER_DB_URL,
-        redis_url=TEST_REDIS_URL,
-        paysim_primary_url=paysim.primary,
-        paysim_backup_url=paysim.backup,
-        payment_deadline_seconds=2,
-        payment_timeout_seconds=6.0,
-        sweeper_interval_seconds=0.2,
-        stream_discovery_seconds=0.2,
-        replica_id="order-test-slow",
-        coupon_url=coupon_url,
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://order-slow") as client:
-            yield client
-
-
-async def test_a_payment_begun_before_the_deadline_is_paid_although_the_provider_answers_after_it(
-    client: httpx.AsyncClient, slow_payment_orders: httpx.AsyncClient, paysim: PaySims
-) -> None:
-    # Both replicas share the database and the consumer group: whichever creates the order gives it a
-    # deadline of 2 or 4 s; the provider answers after 5 s either way. The order was claimed for payment
-    # before its deadline, so the sweeper leaves it alone and the charge makes it paid (nothing to refund).
-    sale = await live_sale(client, quantity=5)
-    rid = await _buy(client, sale["id"], "late-payer")
-    order = await _order_of(slow_payment_orders, "late-payer", rid)
-    await _faults(paysim, "primary", {"latency_ms": 5000})
-    paid = await _pay(slow_payment_orders, "late-payer", order["id"])
-    assert paid.status_code == 200, paid.text
-    assert paid.json()["state"] == "paid"
-
-    detail = (await slow_payment_orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
-    assert [(t["from_state"], t["to_state"]) for t in detail["history"]] == [("pending_payment", "paid")]
-    assert detail["payment_claimed_at"] is None
-    async with httpx.AsyncClient(base_url=paysim.primary) as c:
-        charges = (await c.get("/payments", params={"order_id": order["id"]})).json()
-    assert [ch["status"] for ch in charges] == ["succeeded"]
-
-
 async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
     client: httpx.AsyncClient, orders: httpx.AsyncClient
 ) -> None:

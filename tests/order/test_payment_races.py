@@ -70,7 +70,7 @@ def replicas(paysim: PaySims) -> Iterator[list[str]]:
         "ORDER_PAYSIM_BACKUP_URL": paysim.backup,
         "ORDER_PAYMENT_TIMEOUT_SECONDS": "5",
         # PostgreSQL's connections are shared with the rest of the suite (and its max_connections is 100).
-        "ORDER_DB_POOL_SIZE": "5",
+        "ORDER_DB_POOL_SIZE": "4",
     }
     try:
         yield [procs.start("services.order.main:app", {**env, "REPLICA_ID": f"races-{n}"}) for n in (1, 2)]
@@ -83,7 +83,7 @@ async def service(replicas: list[str], paysim: PaySims) -> AsyncIterator[OrderSe
     """The order service's own code in the test process, to create orders as purchase events would."""
     from redis.asyncio import Redis
 
-    settings = _settings(paysim)
+    settings = _settings(paysim, db_pool_size=2)
     engine = open_engine(settings)
     redis = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
     payments = PaymentRouter(primary_url=paysim.primary, backup_url=paysim.backup)
@@ -102,7 +102,9 @@ async def http(paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
         await reset_faults(client, paysim.primary, paysim.backup)
 
 
-async def _orders(service: OrderService, count: int, price: int = 1_000) -> list[tuple[str, str]]:
+async def _orders(
+    service: OrderService, count: int, price: int = 1_000, deadline_seconds: int | None = None
+) -> list[tuple[str, str]]:
     """`count` new unpaid orders, each of its own buyer: [(order id, user id)]."""
     tag = uuid.uuid4().hex[:8]
     events = [
@@ -116,6 +118,13 @@ async def _orders(service: OrderService, count: int, price: int = 1_000) -> list
         }
         for n in range(count)
     ]
+    if deadline_seconds is not None:
+        service = OrderService(
+            settings=service.settings.model_copy(update={"payment_deadline_seconds": deadline_seconds}),
+            redis=service.redis,
+            sessions=service.sessions,
+            payments=service.payments,
+        )
     assert await service.create_orders(events) == count
     async with service.sessions() as session:
         rows = await session.execute(
@@ -137,7 +146,7 @@ async def _post(http: httpx.AsyncClient, url: str, user: str, key: str, delay: f
     return await http.post(url, headers=customer_headers(user, key))
 
 
-async def _pairs(calls: list[tuple[Any, Any]], in_flight: int = 25) -> list[tuple[httpx.Response, httpx.Response]]:
+async def _pairs(calls: list[tuple[Any, Any]], in_flight: int = 20) -> list[tuple[httpx.Response, httpx.Response]]:
     """Run each pair of calls at the same moment, `in_flight` pairs at a time (the machine is shared)."""
     limit = asyncio.Semaphore(in_flight)
 
@@ -237,12 +246,28 @@ async def test_neither_the_buyer_nor_ops_can_cancel_an_order_whose_charge_is_in_
     assert (detail["state"], detail["payment_claimed_at"]) == ("paid", None)
 
 
+async def test_a_payment_begun_before_the_deadline_is_paid_although_the_provider_answers_after_it(
+    http: httpx.AsyncClient, replicas: list[str], service: OrderService, paysim: PaySims
+) -> None:
+    [(order_id, user)] = await _orders(service, 1, deadline_seconds=3)
+    # The charge lands after the deadline; the order was claimed before it, so the sweeper (every second on
+    # each replica) leaves it alone and the charge makes it paid: nothing to refund.
+    await set_faults(http, paysim.primary, latency_ms=4_000)
+    paid = await _post(http, f"{replicas[0]}/orders/{order_id}/pay", user, "pay")
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["state"] == "paid"
+    detail = await _admin(http, replicas[1], order_id)
+    assert datetime.fromisoformat(detail["paid_at"]) > datetime.fromisoformat(detail["deadline_at"])
+    assert [(t["from_state"], t["to_state"]) for t in detail["history"]] == [("pending_payment", "paid")]
+    assert [c["status"] for c in await payments_for(http, paysim.primary, order_id)] == ["succeeded"]
+
+
 @pytest.fixture
 async def quick_claims(replicas: list[str], paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
     """A third replica, for one test, that takes a payment claim for stale after 0.5 s and refunds at once."""
     settings = _settings(
         paysim,
-        db_pool_size=5,
+        db_pool_size=4,
         payment_claim_ttl_seconds=0.5,
         claim_check_interval_seconds=0.2,
         refund_interval_seconds=0.2,
