@@ -100,6 +100,7 @@ SALE_RESERVATIONS = text(
     "FROM orders o LEFT JOIN order_lines l ON l.order_id = o.id "
     "WHERE o.sale_id = :sale_id GROUP BY o.id ORDER BY o.reservation_id"
 )
+ORDER_OF_RESERVATION = text("SELECT id FROM orders WHERE reservation_id = :rid")
 RELAY_LOCK = 727_102  # one outbox relay at a time keeps events in commit order
 
 
@@ -363,14 +364,13 @@ class OrderService:
         deadline = time.monotonic() + min(wait, self.settings.max_long_poll_seconds)
         delay = 0.05
         while True:
-            async with self.sessions() as session:
-                order = (
-                    await session.scalars(
-                        select(Order).where(Order.reservation_id == reservation_id).options(selectinload(Order.lines))
-                    )
-                ).first()
-            if order is not None:
-                if order.user_id != user_id:
+            # A flash crowd long-polls here while it pays: each miss is one autocommitted probe, no session.
+            async with self.checkout.engine.connect() as conn:
+                found = (await conn.execute(ORDER_OF_RESERVATION, {"rid": reservation_id})).first()
+            if found is not None:
+                async with self.sessions() as session:
+                    order = await self._load(session, found[0])
+                if order is None or order.user_id != user_id:
                     raise errors.OrderNotFound(f"No order for reservation {reservation_id}")
                 return order_view(order)
             if time.monotonic() + delay > deadline:

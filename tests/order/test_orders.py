@@ -435,7 +435,8 @@ async def test_a_charge_the_timed_out_primary_made_is_refunded_after_the_backup_
             charges: list[dict[str, Any]] = (await c.get("/payments", params={"order_id": order["id"]})).json()
             return charges
 
-    assert [c["status"] for c in await primary_charges()] == ["succeeded"]  # the duplicate charge
+    # The duplicate charge (the check runs every 0.3 s here, so it may be refunded already).
+    assert [c["status"] for c in await primary_charges()] in (["succeeded"], ["refunded"])
 
     async def refunded() -> bool:
         return [c["status"] for c in await primary_charges()] == ["refunded"]
