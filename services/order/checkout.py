@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -122,27 +123,7 @@ class Checkout:
                 "Payment providers are unavailable; the order stays payable until its deadline",
                 headers={"Retry-After": "2"},
             )
-        payload = {
-            "order_id": order_id,
-            "reservation_id": row.reservation_id,
-            "sale_id": row.sale_id,
-            "user_id": row.user_id,
-            "state": OrderState.PAID.value,
-            "total": row.total,
-            "currency": row.currency,
-            "at": utcnow().isoformat(),
-            "provider": result.provider,
-            "reason": "payment_succeeded",
-        }
-        params = {
-            **_attempt_params(order_id, result),
-            "provider": result.provider,
-            "ref": result.provider_ref,
-            "actor": user_id,
-            "payload": orjson.dumps(payload).decode(),
-        }
-        async with self.engine.connect() as conn:
-            paid_at = (await conn.execute(SETTLE_PAID, params)).scalar()
+        paid_at = await self._settle_paid(row, user_id, result)
         if paid_at is None:
             return await self._charged_but_not_open(order_id, user_id, result)
         return _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
@@ -168,6 +149,31 @@ class Checkout:
         self._recent.append(succeeded)
         self._succeeded += succeeded
         PAY_SUCCESS_RATIO.set(self._succeeded / len(self._recent))
+
+    async def _settle_paid(self, row: Row[Any], user_id: str, result: PaymentResult) -> datetime | None:
+        """Mark the claimed order paid with its attempts, transition and event; None if it was no longer open."""
+        payload = {
+            "order_id": row.id,
+            "reservation_id": row.reservation_id,
+            "sale_id": row.sale_id,
+            "user_id": row.user_id,
+            "state": OrderState.PAID.value,
+            "total": row.total,
+            "currency": row.currency,
+            "at": utcnow().isoformat(),
+            "provider": result.provider,
+            "reason": "payment_succeeded",
+        }
+        params = {
+            **_attempt_params(row.id, result),
+            "provider": result.provider,
+            "ref": result.provider_ref,
+            "actor": user_id,
+            "payload": orjson.dumps(payload).decode(),
+        }
+        async with self.engine.connect() as conn:
+            paid_at: datetime | None = (await conn.execute(SETTLE_PAID, params)).scalar()
+        return paid_at
 
     async def _settle_unpaid(self, order_id: str, claim: str, result: PaymentResult) -> None:
         async with self.engine.connect() as conn:
