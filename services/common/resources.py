@@ -68,13 +68,18 @@ async def warm_redis(redis: Redis, settings: BaseServiceSettings) -> int:
     return len(opened)
 
 
-def open_engine(settings: BaseServiceSettings) -> AsyncEngine:
-    """One asyncpg-backed engine per process."""
+def open_engine(settings: BaseServiceSettings, *, pre_ping: bool = True) -> AsyncEngine:
+    """One asyncpg-backed engine per process.
+
+    `pre_ping` checks each connection as it leaves the pool (asyncpg: BEGIN, a ping, ROLLBACK: three round
+    trips per checkout); without it a connection PostgreSQL dropped fails the one statement sent on it, and
+    that failure recycles every pooled connection older than it.
+    """
     return create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_timeout=settings.db_pool_timeout_seconds,
         connect_args={"timeout": 5, "command_timeout": 10},
     )

@@ -15,6 +15,9 @@ class OrderSettings(BaseServiceSettings):
     service_name: str = "order"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/orders"
     db_pool_size: int = 20
+    # Checking each pooled connection before use costs three round trips per checkout, more than the pay
+    # call's own statements; a connection PostgreSQL dropped fails one statement instead (and is replaced).
+    db_pre_ping: bool = False
     payment_deadline_seconds: int = 15 * 60
     paysim_primary_url: str = "http://127.0.0.1:8105"
     paysim_backup_url: str = "http://127.0.0.1:8115"
@@ -43,5 +46,14 @@ class OrderSettings(BaseServiceSettings):
     # provider timed out or failed are checked there, and a duplicate charge is refunded.
     duplicate_check_after_seconds: float = 60.0
     duplicate_check_interval_seconds: float = 10.0
+    # A payment claim older than this is taken to be left by a crashed process: the claim check asks the
+    # providers what they charged, then marks the order paid or gives the claim back. Well above the longest
+    # pay call (two providers x payment_timeout_seconds).
+    payment_claim_ttl_seconds: float = 60.0
+    claim_check_interval_seconds: float = 5.0
+    # Charges that landed on a closed order are refunded by a job; a refund the provider does not confirm is
+    # tried again after refund_retry_seconds, doubling per failed try up to 32 times that.
+    refund_interval_seconds: float = 2.0
+    refund_retry_seconds: float = 5.0
     # Bearer token with the admin role for service-to-service calls; minted from JWT_SECRET when empty.
     service_token: str = ""

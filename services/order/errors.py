@@ -39,3 +39,15 @@ class PricingPending(ProblemError):
     status = 409
     code = "ORDER_PRICING_PENDING"
     title = "The order is being priced with its coupons; retry shortly"
+
+
+class PaymentInProgress(ProblemError):
+    status = 409
+    code = "PAYMENT_IN_PROGRESS"
+    title = "A payment of this order is in flight; retry once it has an outcome"
+
+
+class OrderClosed(ProblemError):
+    status = 409
+    code = "ORDER_CLOSED"
+    title = "The order closed before the charge landed; the charge is refunded automatically"

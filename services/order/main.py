@@ -33,7 +33,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = open_redis(settings)
         await warm_redis(redis, settings)
-        engine = open_engine(settings)
+        engine = open_engine(settings, pre_ping=settings.db_pre_ping)
         sessions = session_factory(engine)
         payments = PaymentRouter(
             primary_url=settings.paysim_primary_url,
@@ -62,8 +62,21 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                 run_every(
                     settings.duplicate_check_interval_seconds,
                     "duplicate charge check",
-                    service.refund_duplicate_charges,
+                    service.refunds.refund_duplicate_charges,
                     stop,
+                )
+            ),
+            asyncio.create_task(
+                run_every(
+                    settings.claim_check_interval_seconds,
+                    "payment claim check",
+                    service.refunds.settle_stale_claims,
+                    stop,
+                )
+            ),
+            asyncio.create_task(
+                run_every(
+                    settings.refund_interval_seconds, "closed order refunds", service.refunds.refund_closed_orders, stop
                 )
             ),
             asyncio.create_task(

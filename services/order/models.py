@@ -1,4 +1,4 @@
-"""The order service's PostgreSQL tables: orders, their lines, payment attempts, the outbox, the audit log."""
+"""The order service's PostgreSQL tables: orders, lines, transitions, payment attempts, outbox, audit log."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ class Order(Base):
             postgresql_where="state = 'pending_payment'",
         ),
         Index("ix_orders_pricing_pending", "created_at", postgresql_where="pricing = 'coupons_pending'"),
+        # The claim check's scan: orders whose payment is (or was left) in flight.
+        Index(
+            "ix_orders_payment_claimed",
+            "payment_claimed_at",
+            postgresql_where="payment_claimed_at IS NOT NULL",
+        ),
+        # The refund job's scan: charges that landed on a closed order.
+        Index("ix_orders_refund_pending", "closed_at", postgresql_where="state = 'refund_pending'"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -62,6 +70,10 @@ class Order(Base):
     coupons: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     member: Mapped[bool] = mapped_column(Boolean, default=False)
     pricing: Mapped[str] = mapped_column(String(16), default="final")
+    # Set while a payment is in flight (taken before a provider is called): a cancel or the expiry sweeper
+    # leaves a claimed order alone. `payment_claim` is the claimant's token, so only it releases the claim.
+    payment_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    payment_claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     lines: Mapped[list[OrderLine]] = relationship(order_by="OrderLine.id", lazy="raise")
 
@@ -78,8 +90,32 @@ class OrderLine(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
 
 
+class OrderTransition(Base):
+    """One state change of an order: from, to, when, who and why (the order's history)."""
+
+    __tablename__ = "order_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(32), ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
 class PaymentAttempt(Base):
     __tablename__ = "payment_attempts"
+    __table_args__ = (
+        # One charge, one success record: a replayed answer of the same charge is not recorded again.
+        Index(
+            "ux_payment_attempts_one_success_per_charge",
+            "provider",
+            "provider_ref",
+            unique=True,
+            postgresql_where="outcome = 'succeeded'",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     order_id: Mapped[str] = mapped_column(String(32), ForeignKey("orders.id", ondelete="CASCADE"), index=True)

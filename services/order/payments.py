@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-import httpx
+import orjson
 from prometheus_client import Counter, Enum
+
+from services.order.provider_http import ProviderBroken, ProviderClient, ProviderUnreachable
 
 log = logging.getLogger("order.payments")
 
@@ -136,9 +139,9 @@ class CircuitBreaker:
         }
 
 
-def _problem_code(response: httpx.Response) -> str:
+def _problem_code(raw: bytes) -> str:
     try:
-        body = response.json()
+        body = orjson.loads(raw)
     except ValueError:
         return ""
     return str(body.get("code", "")) if isinstance(body, dict) else ""
@@ -160,7 +163,6 @@ class PaymentRouter:
         timeout_s: float = 2.0,
         failure_threshold: int = 5,
         reset_timeout_s: float = 10.0,
-        client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.urls = {PRIMARY: primary_url.rstrip("/"), BACKUP: backup_url.rstrip("/")}
@@ -169,11 +171,7 @@ class PaymentRouter:
             name: CircuitBreaker(failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s, clock=clock)
             for name in self.urls
         }
-        self._owns_client = client is None
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        self.clients = {name: ProviderClient(url, connect_timeout=timeout_s) for name, url in self.urls.items()}
         self._publish_states()
 
     async def charge(self, *, order_id: str, amount: int, currency: str, idempotency_key: str) -> PaymentResult:
@@ -211,7 +209,8 @@ class PaymentRouter:
         """Refund a payment in full at the provider that took it; False means "not confirmed, try again later"."""
         if provider not in self.urls:
             raise ValueError(f"unknown payment provider {provider!r}")
-        attempt, _ = await self._call(provider, "POST", f"/payments/{provider_ref}/refund", idempotency_key, None)
+        path = f"/payments/{quote(provider_ref, safe='')}/refund"
+        attempt, _ = await self._call(provider, "POST", path, idempotency_key, None)
         self._publish_states()
         if attempt.outcome != SUCCEEDED:
             log.warning(
@@ -224,13 +223,11 @@ class PaymentRouter:
         """What one provider charged for an order (`GET /payments?order_id=`); None when it cannot tell now."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await self.client.get(f"{self.urls[provider]}/payments", params={"order_id": order_id})
-        except (TimeoutError, httpx.HTTPError):
+                status, raw = await self.clients[provider].request("GET", "/payments", params={"order_id": order_id})
+            payments: list[dict[str, Any]] = orjson.loads(raw)
+        except (TimeoutError, ProviderUnreachable, ProviderBroken, ValueError):
             return None
-        if response.status_code != 200:
-            return None
-        payments: list[dict[str, Any]] = response.json()
-        return payments
+        return payments if status == 200 and isinstance(payments, list) else None
 
     def snapshot(self) -> dict[str, Any]:
         """Per provider: URL, breaker state and consecutive failures."""
@@ -238,9 +235,9 @@ class PaymentRouter:
         return {name: {"url": self.urls[name], **breaker.snapshot()} for name, breaker in self.breakers.items()}
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this router created it."""
-        if self._owns_client:
-            await self.client.aclose()
+        """Close the providers' idle connections."""
+        for client in self.clients.values():
+            client.close()
 
     async def _call(
         self, provider: str, method: str, path: str, idempotency_key: str, body: dict[str, Any] | None
@@ -270,27 +267,26 @@ class PaymentRouter:
         self, provider: str, method: str, path: str, idempotency_key: str, body: dict[str, Any] | None
     ) -> tuple[str, str | None, str | None, bool]:
         """Send the request under a total deadline; answers (outcome, provider_ref, error, refused)."""
-        url = self.urls[provider] + path
+        payload = orjson.dumps(body) if body is not None else b""
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await self.client.request(
-                    method, url, json=body, headers={"Idempotency-Key": idempotency_key}
+                status, raw = await self.clients[provider].request(
+                    method, path, body=payload, headers={"idempotency-key": idempotency_key}
                 )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except ProviderUnreachable as exc:
             # The request never left: certainly not charged.
             return UNREACHABLE, None, _short(exc), False
-        except (TimeoutError, httpx.TimeoutException) as exc:
+        except TimeoutError as exc:
             # Sent but unanswered: it may have been charged (reconciliation decides).
             return TIMEOUT, None, f"no answer within {self.timeout_s}s ({type(exc).__name__})", False
-        except httpx.HTTPError as exc:
+        except ProviderBroken as exc:
             return ERROR, None, _short(exc), False
-        status = response.status_code
         if status in (200, 201):
             try:
-                return SUCCEEDED, str(response.json()["payment_id"]), None, False
+                return SUCCEEDED, str(orjson.loads(raw)["payment_id"]), None, False
             except (ValueError, KeyError, TypeError):
                 return ERROR, None, f"HTTP {status} with an unreadable body", False
-        code = _problem_code(response)
+        code = _problem_code(raw)
         if status == 402:
             return DECLINED, None, code or "PAYMENT_DECLINED", False
         if status >= 500 or status in TRANSIENT_STATUSES:

@@ -21,6 +21,8 @@ class OrderLineOut(BaseModel):
 class OrderOut(BaseModel):
     """An order with its lines and price breakdown (integer minor units)."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     reservation_id: str
     sale_id: int
@@ -52,11 +54,25 @@ class PaymentAttemptOut(BaseModel):
     error: str | None
 
 
+class OrderTransitionOut(BaseModel):
+    """One step of an order's history: from which state to which, when, by whom and why."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    from_state: str
+    to_state: str
+    at: datetime
+    actor: str
+    reason: str | None
+
+
 class AdminOrderOut(OrderOut):
-    """An order as ops see it, with every payment attempt."""
+    """An order as ops see it, with every payment attempt and its history of transitions."""
 
     payment_ref: str | None
+    payment_claimed_at: datetime | None
     attempts: list[PaymentAttemptOut]
+    history: list[OrderTransitionOut]
 
 
 class OrderStats(BaseModel):

@@ -6,64 +6,40 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from sqlalchemy import TextClause, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased, selectinload
+from sqlalchemy.orm import selectinload
 
 from services.common.streams import encode_event
 from services.order import errors
+from services.order.checkout import Checkout
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
-from services.order.models import AuditEntry, Order, OrderState, OutboxEvent, PaymentAttempt
-from services.order.payments import PaymentResult, PaymentRouter
+from services.order.models import AuditEntry, Order, OrderState, OrderTransition, OutboxEvent, PaymentAttempt
+from services.order.payments import PaymentRouter
+from services.order.refunds import Refunds
 from services.order.schemas import (
     AdminOrderOut,
-    OrderLineOut,
     OrderOut,
     OrderStats,
+    OrderTransitionOut,
     PaymentAttemptOut,
     SaleReservation,
     SaleReservations,
 )
+from services.order.states import ALLOWED, SWEEPER, move, utcnow
 
 log = logging.getLogger("order.service")
 
 ORDERS_CREATED = Counter("order_orders_created_total", "Orders created from purchase events")
-TRANSITIONS_TOTAL = Counter("order_transitions_total", "Order state changes", ["to"])
-DUPLICATES_REFUNDED = Counter("order_duplicate_charges_refunded_total", "Duplicate provider charges refunded")
-PAY_SUCCESS_RATIO = Gauge("order_payment_success_ratio", "Share of the last 1,000 pay calls that succeeded")
-
-# Which state may follow which.
-ALLOWED: dict[OrderState, set[OrderState]] = {
-    OrderState.PENDING_PAYMENT: {
-        OrderState.PAID,
-        OrderState.CANCELLED,
-        OrderState.EXPIRED,
-    },
-    OrderState.PAID: {OrderState.FULFILLED, OrderState.REFUNDED},
-    OrderState.EXPIRED: {OrderState.REFUND_PENDING},
-    OrderState.CANCELLED: {OrderState.REFUND_PENDING},
-    OrderState.REFUND_PENDING: {OrderState.REFUNDED},
-    OrderState.FULFILLED: set(),
-    OrderState.REFUNDED: set(),
-}
-EVENT_OF: dict[OrderState, str] = {
-    OrderState.PAID: "order.paid",
-    OrderState.CANCELLED: "order.cancelled",
-    OrderState.EXPIRED: "order.expired",
-    OrderState.REFUNDED: "order.refunded",
-    OrderState.REFUND_PENDING: "order.refund_pending",
-    OrderState.FULFILLED: "order.fulfilled",
-}
 ORDER_COLUMNS = {
     "id": "text",
     "reservation_id": "text",
@@ -124,12 +100,8 @@ SALE_RESERVATIONS = text(
     "FROM orders o LEFT JOIN order_lines l ON l.order_id = o.id "
     "WHERE o.sale_id = :sale_id GROUP BY o.id ORDER BY o.reservation_id"
 )
+ORDER_OF_RESERVATION = text("SELECT id FROM orders WHERE reservation_id = :rid")
 RELAY_LOCK = 727_102  # one outbox relay at a time keeps events in commit order
-
-
-def utcnow() -> datetime:
-    """Now, in UTC."""
-    return datetime.now(UTC)
 
 
 def new_order_id() -> str:
@@ -137,42 +109,9 @@ def new_order_id() -> str:
     return os.urandom(12).hex()
 
 
-def _event_payload(order: Order, **extra: Any) -> dict[str, Any]:
-    return {
-        "order_id": order.id,
-        "reservation_id": order.reservation_id,
-        "sale_id": order.sale_id,
-        "user_id": order.user_id,
-        "state": order.state,
-        "total": order.total,
-        "currency": order.currency,
-        "at": utcnow().isoformat(),
-        **extra,
-    }
-
-
 def order_view(order: Order) -> OrderOut:
-    """The storefront's view of an order."""
-    return OrderOut(
-        id=order.id,
-        reservation_id=order.reservation_id,
-        sale_id=order.sale_id,
-        user_id=order.user_id,
-        state=order.state,
-        currency=order.currency,
-        subtotal=order.subtotal,
-        discount=order.discount,
-        total=order.total,
-        lines=[OrderLineOut.model_validate(line) for line in order.lines],
-        created_at=order.created_at,
-        deadline_at=order.deadline_at,
-        paid_at=order.paid_at,
-        closed_at=order.closed_at,
-        close_reason=order.close_reason,
-        payment_provider=order.payment_provider,
-        pricing=order.pricing,
-        coupons=order.coupons,
-    )
+    """The storefront's view of an order (its lines loaded)."""
+    return OrderOut.model_validate(order)
 
 
 def _snapshot(order: Order) -> dict[str, Any]:
@@ -234,7 +173,8 @@ class OrderService:
         self.sessions = sessions
         self.payments = payments
         self.coupons = coupons
-        self._recent_pays: deque[bool] = deque(maxlen=1000)
+        self.checkout = Checkout(engine=sessions.kw["bind"], sessions=sessions, payments=payments)
+        self.refunds = Refunds(settings=settings, sessions=sessions, payments=payments)
 
     # ---------------------------------------------------------------- orders from purchase events
 
@@ -424,14 +364,13 @@ class OrderService:
         deadline = time.monotonic() + min(wait, self.settings.max_long_poll_seconds)
         delay = 0.05
         while True:
-            async with self.sessions() as session:
-                order = (
-                    await session.scalars(
-                        select(Order).where(Order.reservation_id == reservation_id).options(selectinload(Order.lines))
-                    )
-                ).first()
-            if order is not None:
-                if order.user_id != user_id:
+            # A flash crowd long-polls here while it pays: each miss is one autocommitted probe, no session.
+            async with self.checkout.engine.connect() as conn:
+                found = (await conn.execute(ORDER_OF_RESERVATION, {"rid": reservation_id})).first()
+            if found is not None:
+                async with self.sessions() as session:
+                    order = await self._load(session, found[0])
+                if order is None or order.user_id != user_id:
                     raise errors.OrderNotFound(f"No order for reservation {reservation_id}")
                 return order_view(order)
             if time.monotonic() + delay > deadline:
@@ -456,22 +395,6 @@ class OrderService:
 
     # ---------------------------------------------------------------- the state machine
 
-    def _move(self, session: AsyncSession, order: Order, target: OrderState, **event_extra: Any) -> None:
-        current = OrderState(order.state)
-        if target not in ALLOWED[current]:
-            raise errors.InvalidOrderState(
-                f"An order that is {current.value} cannot become {target.value}",
-                extra={"state": current.value},
-            )
-        order.state = target.value
-        now = utcnow()
-        if target == OrderState.PAID:
-            order.paid_at = now
-        elif target in (OrderState.CANCELLED, OrderState.EXPIRED, OrderState.REFUNDED):
-            order.closed_at = now
-        session.add(OutboxEvent(event_type=EVENT_OF[target], payload=_event_payload(order, **event_extra)))
-        TRANSITIONS_TOTAL.labels(target.value).inc()
-
     async def _owned_locked(self, session: AsyncSession, order_id: str, user_id: str | None) -> Order:
         order = await self._load(session, order_id, lock=True)
         if order is None or (user_id is not None and order.user_id != user_id):
@@ -482,138 +405,23 @@ class OrderService:
         """The buyer cancels an unpaid order; the reservation is released through the outbox event."""
         async with self.sessions.begin() as session:
             order = await self._owned_locked(session, order_id, user_id)
-            order.close_reason = "cancelled_by_buyer"
-            self._move(session, order, OrderState.CANCELLED, reason="cancelled_by_buyer")
+            self._close(session, order, reason="cancelled_by_buyer", actor=user_id)
         return order_view(order)
+
+    def _close(self, session: AsyncSession, order: Order, *, reason: str, actor: str) -> None:
+        """Cancel a locked order, unless a payment of it is in flight (its outcome decides the order)."""
+        if order.payment_claimed_at is not None and order.state == OrderState.PENDING_PAYMENT.value:
+            raise errors.PaymentInProgress(
+                "A payment of this order is in flight; cancel again once it has an outcome",
+                headers={"Retry-After": "1"},
+                extra={"state": order.state},
+            )
+        move(session, order, OrderState.CANCELLED, actor=actor, reason=reason)
+        order.close_reason = reason
 
     async def pay(self, *, order_id: str, user_id: str) -> OrderOut:
-        """Charge the order through the payment providers and record every attempt."""
-        async with self.sessions() as session:
-            order = await self._load(session, order_id)
-        if order is None or order.user_id != user_id:
-            raise errors.OrderNotFound(f"No order {order_id}")
-        if order.state != OrderState.PENDING_PAYMENT.value:
-            raise errors.InvalidOrderState(f"The order is {order.state}", extra={"state": order.state})
-        if order.pricing != "final":
-            raise errors.PricingPending("The order's coupons are still being applied", headers={"Retry-After": "1"})
-        if order.deadline_at <= utcnow():
-            raise errors.OrderExpired("The payment deadline has passed", extra={"state": order.state})
-        # One provider key per order: a buyer's second click can never become a second charge.
-        result = await self.payments.charge(
-            order_id=order.id, amount=order.total, currency=order.currency, idempotency_key=f"order:{order.id}"
-        )
-        self._recent_pays.append(result.outcome == "succeeded")
-        PAY_SUCCESS_RATIO.set(sum(self._recent_pays) / len(self._recent_pays))
-        async with self.sessions.begin() as session:
-            self._record_attempts(session, order.id, result)
-            order = await self._owned_locked(session, order_id, user_id)
-            if result.outcome == "succeeded":
-                self._confirm_payment(session, order, result)
-        if result.outcome == "declined":
-            raise errors.PaymentDeclined("The payment provider declined the payment")
-        if result.outcome != "succeeded":
-            raise errors.PaymentUnavailable(
-                "Payment providers are unavailable; the order stays payable until its deadline",
-                headers={"Retry-After": "2"},
-            )
-        if order.state == OrderState.REFUND_PENDING.value:
-            raise errors.OrderExpired(
-                "The payment arrived after the order closed; it will be refunded", extra={"state": order.state}
-            )
-        return order_view(order)
-
-    def _record_attempts(self, session: AsyncSession, order_id: str, result: PaymentResult) -> None:
-        for attempt in result.attempts:
-            session.add(
-                PaymentAttempt(
-                    order_id=order_id,
-                    provider=attempt.provider,
-                    outcome=attempt.outcome,
-                    latency_ms=attempt.latency_ms,
-                    provider_ref=attempt.provider_ref,
-                    error=(attempt.error or None) and attempt.error[:1000],
-                    idempotency_key=f"order:{order_id}",
-                )
-            )
-
-    def _confirm_payment(self, session: AsyncSession, order: Order, result: PaymentResult) -> None:
-        """A successful charge: paid, or refund_pending when the order closed meanwhile (never lost)."""
-        state = OrderState(order.state)
-        order.payment_provider = result.provider
-        order.payment_ref = result.provider_ref
-        if state == OrderState.PENDING_PAYMENT:
-            self._move(session, order, OrderState.PAID, provider=result.provider)
-        elif state in (OrderState.EXPIRED, OrderState.CANCELLED):
-            self._move(session, order, OrderState.REFUND_PENDING, provider=result.provider)
-            log.warning("payment for closed order %s recorded as refund_pending", order.id)
-
-    async def refund_duplicate_charges(self, limit: int = 50) -> int:
-        """Refund charges a provider made although the order was paid through the other one.
-
-        A primary that times out may still have charged; the backup then charged too. For each paid order
-        with such an attempt, ask that provider what it charged for the order and refund it (idempotent
-        per payment). The check is recorded as an attempt (`duplicate_refunded` or `no_duplicate`), so it
-        runs once per order and provider; a provider that cannot answer is asked again later.
-        """
-        checked = aliased(PaymentAttempt)
-        cutoff = utcnow() - timedelta(seconds=self.settings.duplicate_check_after_seconds)
-        paid_states = [OrderState.PAID.value, OrderState.FULFILLED.value, OrderState.REFUNDED.value]
-        query = (
-            select(PaymentAttempt.order_id, PaymentAttempt.provider)
-            .join(Order, Order.id == PaymentAttempt.order_id)
-            .where(
-                PaymentAttempt.outcome.in_(["timeout", "error"]),
-                Order.state.in_(paid_states),
-                Order.payment_provider.is_not(None),
-                Order.payment_provider != PaymentAttempt.provider,
-                Order.paid_at <= cutoff,
-                ~select(checked.id)
-                .where(
-                    checked.order_id == PaymentAttempt.order_id,
-                    checked.provider == PaymentAttempt.provider,
-                    checked.outcome.in_(["duplicate_refunded", "no_duplicate"]),
-                )
-                .exists(),
-            )
-            .distinct()
-            .limit(limit)
-        )
-        async with self.sessions() as session:
-            suspects = (await session.execute(query)).all()
-        refunded = 0
-        for order_id, provider in suspects:
-            charges = await self.payments.payments_for_order(provider=provider, order_id=order_id)
-            if charges is None:
-                continue
-            outcome, refs = "no_duplicate", []
-            for charge in charges:
-                if charge.get("status") != "succeeded":
-                    continue
-                ref = str(charge["payment_id"])
-                if not await self.payments.refund(provider=provider, provider_ref=ref, idempotency_key=f"dup:{ref}"):
-                    outcome = ""
-                    break
-                outcome = "duplicate_refunded"
-                refs.append(ref)
-            if not outcome:
-                continue  # the refund was not confirmed: try again later
-            async with self.sessions.begin() as session:
-                session.add(
-                    PaymentAttempt(
-                        order_id=order_id,
-                        provider=provider,
-                        outcome=outcome,
-                        latency_ms=0,
-                        provider_ref=",".join(refs)[:128] or None,
-                        error=None,
-                        idempotency_key=f"order:{order_id}",
-                    )
-                )
-            if refs:
-                DUPLICATES_REFUNDED.inc(len(refs))
-                refunded += len(refs)
-                log.warning("refunded %d duplicate charge(s) of order %s at %s", len(refs), order_id, provider)
-        return refunded
+        """Charge the buyer's order through the payment providers (services/order/checkout.py)."""
+        return await self.checkout.pay(order_id=order_id, user_id=user_id)
 
     async def expire_due(self, limit: int = 500) -> int:
         """Expire unpaid orders past their deadline; safe with every replica running it (SKIP LOCKED)."""
@@ -622,7 +430,11 @@ class OrderService:
             due = (
                 await session.scalars(
                     select(Order)
-                    .where(Order.state == OrderState.PENDING_PAYMENT.value, Order.deadline_at <= now)
+                    .where(
+                        Order.state == OrderState.PENDING_PAYMENT.value,
+                        Order.deadline_at <= now,
+                        Order.payment_claimed_at.is_(None),  # a payment in flight decides the order
+                    )
                     .order_by(Order.deadline_at)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
@@ -630,7 +442,7 @@ class OrderService:
             ).all()
             for order in due:
                 order.close_reason = "payment_timeout"
-                self._move(session, order, OrderState.EXPIRED, reason="payment_timeout")
+                move(session, order, OrderState.EXPIRED, actor=SWEEPER, reason="payment_timeout")
         return len(due)
 
     async def relay_outbox(self) -> int:
@@ -704,7 +516,7 @@ class OrderService:
             return [order_view(o) for o in await session.scalars(query.limit(limit).offset(offset))]
 
     async def admin_get(self, order_id: str) -> AdminOrderOut:
-        """One order with its payment attempts."""
+        """One order with its payment attempts and its history of transitions."""
         async with self.sessions() as session:
             order = await self._load(session, order_id)
             if order is None:
@@ -712,10 +524,15 @@ class OrderService:
             attempts = await session.scalars(
                 select(PaymentAttempt).where(PaymentAttempt.order_id == order_id).order_by(PaymentAttempt.id)
             )
+            history = await session.scalars(
+                select(OrderTransition).where(OrderTransition.order_id == order_id).order_by(OrderTransition.id)
+            )
             return AdminOrderOut(
                 **order_view(order).model_dump(),
                 payment_ref=order.payment_ref,
+                payment_claimed_at=order.payment_claimed_at,
                 attempts=[PaymentAttemptOut.model_validate(a) for a in attempts],
+                history=[OrderTransitionOut.model_validate(t) for t in history],
             )
 
     async def admin_transition(
@@ -726,10 +543,9 @@ class OrderService:
             order = await self._owned_locked(session, order_id, None)
             before = _snapshot(order)
             if action == "cancel":
-                order.close_reason = reason
-                self._move(session, order, OrderState.CANCELLED, reason=reason)
+                self._close(session, order, reason=reason, actor=actor)
             elif action == "fulfil":
-                self._move(session, order, OrderState.FULFILLED)
+                move(session, order, OrderState.FULFILLED, actor=actor, reason="fulfilled_by_ops")
             else:
                 if OrderState.REFUNDED not in ALLOWED[OrderState(order.state)]:
                     raise errors.InvalidOrderState(f"An order that is {order.state} cannot be refunded")
@@ -742,7 +558,7 @@ class OrderService:
                     if not refunded:
                         raise errors.PaymentUnavailable("The provider did not confirm the refund; try again")
                 order.close_reason = order.close_reason or "refunded_by_ops"
-                self._move(session, order, OrderState.REFUNDED)
+                move(session, order, OrderState.REFUNDED, actor=actor, reason="refunded_by_ops")
             await self._audit(
                 session, actor=actor, action=action, order_id=order_id, before=before, after=_snapshot(order)
             )

@@ -48,7 +48,8 @@ async def get_faults(user: AdminUser, faults: FaultsDep) -> dict[str, Any]:
 
 @router.put("/faults", response_model=FaultsOut)
 async def set_faults(body: FaultsPatch, user: AdminUser, faults: FaultsDep, trail: AuditTrail) -> dict[str, Any]:
-    """Change some faults (`error_rate` 0..1, `latency_ms` 0..60000, `down`); omitted fields stay as they are."""
+    """Change some faults (`error_rate` 0..1, `latency_ms` 0..60000 after a charge, `processing_ms` 0..60000
+    before it, `down`); omitted fields stay as they are."""
     before = faults.as_json()
     faults.update(body, actor=user.user_id)
     _record(trail, user.user_id, "faults.set", before, faults)

@@ -23,6 +23,7 @@ class FaultState:
     provider: str
     error_rate: float = 0.0
     latency_ms: int = 0
+    processing_ms: int = 0
     down: bool = False
     updated_at: datetime | None = None
     updated_by: str | None = None
@@ -34,6 +35,7 @@ class FaultState:
             "provider": self.provider,
             "error_rate": self.error_rate,
             "latency_ms": self.latency_ms,
+            "processing_ms": self.processing_ms,
             "down": self.down,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "updated_by": self.updated_by,
@@ -45,13 +47,15 @@ class FaultState:
             self.error_rate = patch.error_rate
         if patch.latency_ms is not None:
             self.latency_ms = patch.latency_ms
+        if patch.processing_ms is not None:
+            self.processing_ms = patch.processing_ms
         if patch.down is not None:
             self.down = patch.down
         self.updated_at, self.updated_by = datetime.now(UTC), actor
 
     def reset(self, *, actor: str) -> None:
         """Back to a healthy provider."""
-        self.error_rate, self.latency_ms, self.down = 0.0, 0, False
+        self.error_rate, self.latency_ms, self.processing_ms, self.down = 0.0, 0, 0, False
         self.updated_at, self.updated_by = datetime.now(UTC), actor
 
     async def gate(self) -> None:
@@ -63,6 +67,11 @@ class FaultState:
             await self.delay()
             PAYMENTS.labels(self.provider, "error").inc()
             raise ProviderError(f"Provider {self.provider!r} failed the request (fault injection); nothing was done")
+
+    async def process(self) -> None:
+        """The injected processing time, spent before a charge is made (a provider that charges late)."""
+        if self.processing_ms > 0:
+            await asyncio.sleep(self.processing_ms / 1000)
 
     async def delay(self) -> None:
         """The injected latency, spent before answering."""

@@ -30,6 +30,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 @router.post("", status_code=201, response_model=PaymentOut, responses=problems(PaymentDeclined, *FAULTS))
 async def create_payment(faults: GatedFaults, key: IdempotencyKey, body: PaymentRequest, ledger: LedgerDep) -> Response:
     """Charge an order once per Idempotency-Key; the same key again answers the same payment."""
+    await faults.process()
     try:
         payment, replayed = ledger.charge(key=key, request=body)
     except PaymentDeclined:

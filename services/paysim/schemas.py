@@ -44,6 +44,7 @@ class FaultsPatch(_Strict):
 
     error_rate: Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
     latency_ms: Annotated[StrictInt, Field(ge=0, le=MAX_LATENCY_MS)] | None = None
+    processing_ms: Annotated[StrictInt, Field(ge=0, le=MAX_LATENCY_MS)] | None = None
     down: StrictBool | None = None
 
 
@@ -53,6 +54,7 @@ class FaultsOut(BaseModel):
     provider: str
     error_rate: float
     latency_ms: int
+    processing_ms: int = 0
     down: bool
     updated_at: datetime | None
     updated_by: str | None

@@ -315,58 +315,6 @@ async def test_admin_stats_search_fulfil_and_refund(client: httpx.AsyncClient, o
     assert cancelled.json()["state"] == "cancelled"
 
 
-@pytest.fixture
-async def slow_payment_orders(
-    orders: httpx.AsyncClient, paysim: PaySims, coupon_url: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A second order replica, for one test, whose deadline (2 s) is shorter than a slow provider's answer."""
-    settings = OrderSettings(
-        env="test",
-        database_url=ORDER_DB_URL,
-        redis_url=TEST_REDIS_URL,
-        paysim_primary_url=paysim.primary,
-        paysim_backup_url=paysim.backup,
-        payment_deadline_seconds=2,
-        payment_timeout_seconds=6.0,
-        sweeper_interval_seconds=0.2,
-        stream_discovery_seconds=0.2,
-        replica_id="order-test-slow",
-        coupon_url=coupon_url,
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://order-slow") as client:
-            yield client
-
-
-async def test_payment_confirmed_after_expiry_becomes_refund_pending_not_lost(
-    client: httpx.AsyncClient, slow_payment_orders: httpx.AsyncClient, paysim: PaySims
-) -> None:
-    # Both replicas share the database and the consumer group: whichever creates the order gives it a
-    # deadline of 2 or 4 s; the provider answers after 5 s either way.
-    sale = await live_sale(client, quantity=5)
-    rid = await _buy(client, sale["id"], "late-payer")
-    order = await _order_of(slow_payment_orders, "late-payer", rid)
-    await _faults(paysim, "primary", {"latency_ms": 5000})  # the charge lands after the deadline
-    late = await _pay(slow_payment_orders, "late-payer", order["id"])
-    assert late.status_code == 409
-    assert late.json()["code"] == "ORDER_EXPIRED"
-    assert late.json()["state"] == "refund_pending"
-
-    detail = (await slow_payment_orders.get(f"/admin/orders/{order['id']}", headers=admin_headers())).json()
-    assert detail["state"] == "refund_pending"
-    assert detail["payment_ref"]
-    pending = (
-        await slow_payment_orders.get("/admin/orders", params={"state": "refund_pending"}, headers=admin_headers())
-    ).json()
-    assert order["id"] in [o["id"] for o in pending]
-    await _faults(paysim, "primary", None)
-    refunded = await slow_payment_orders.post(f"/admin/orders/{order['id']}/refund", headers=admin_headers())
-    assert refunded.status_code == 200, refunded.text
-    assert refunded.json()["state"] == "refunded"
-
-
 async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
     client: httpx.AsyncClient, orders: httpx.AsyncClient
 ) -> None:
@@ -487,7 +435,8 @@ async def test_a_charge_the_timed_out_primary_made_is_refunded_after_the_backup_
             charges: list[dict[str, Any]] = (await c.get("/payments", params={"order_id": order["id"]})).json()
             return charges
 
-    assert [c["status"] for c in await primary_charges()] == ["succeeded"]  # the duplicate charge
+    # The duplicate charge (the check runs every 0.3 s here, so it may be refunded already).
+    assert [c["status"] for c in await primary_charges()] in (["succeeded"], ["refunded"])
 
     async def refunded() -> bool:
         return [c["status"] for c in await primary_charges()] == ["refunded"]

@@ -1,0 +1,219 @@
+"""Paying an order: claim it, charge it, settle it, each step one statement on the common path.
+
+The order is claimed (`payment_claimed_at`, `payment_claim`) in one UPDATE before any provider is called, so
+a cancel, an admin cancel or the expiry sweeper cannot close it while the charge is in flight: they leave a
+claimed order alone (a cancel answers 409 PAYMENT_IN_PROGRESS), and so does a second pay. A successful charge
+then marks the order paid, records the attempts, its transition and its `order.paid` event in one statement.
+A claim left behind by a crashed process is settled by the claim check (services/order/refunds.py), which asks
+the providers what they charged first. The provider key stays `order:<id>`, so no retry charges twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+import orjson
+from prometheus_client import Gauge
+from sqlalchemy import Row, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+from sqlalchemy.sql import select
+
+from services.order import errors
+from services.order.models import Order, OrderState
+from services.order.payments import SUCCEEDED, PaymentResult, PaymentRouter
+from services.order.schemas import OrderLineOut, OrderOut
+from services.order.states import move, utcnow
+
+log = logging.getLogger("order.checkout")
+
+PAY_SUCCESS_RATIO = Gauge("order_payment_success_ratio", "Share of the last 1,000 pay calls that succeeded")
+
+ORDER_FIELDS = (
+    "id, reservation_id, sale_id, user_id, state, currency, subtotal, discount, total, created_at, deadline_at, "
+    "paid_at, closed_at, close_reason, payment_provider, pricing, coupons"
+)
+LINES_JSON = (
+    "(SELECT COALESCE(jsonb_agg(jsonb_build_object('sku', l.sku, 'sale_id', l.sale_id, 'unit_price', l.unit_price, "
+    "'quantity', l.quantity, 'amount', l.amount) ORDER BY l.id), '[]'::jsonb) FROM order_lines l "
+    "WHERE l.order_id = c.id) AS lines"
+)
+# Claim an unpaid, priced order before its deadline, unless a payment of it is in flight already.
+CLAIM = text(
+    "WITH c AS (UPDATE orders SET payment_claimed_at = now(), payment_claim = :claim "
+    "WHERE id = :order_id AND user_id = :user_id AND state = 'pending_payment' AND pricing = 'final' "
+    f"AND deadline_at > now() AND payment_claimed_at IS NULL RETURNING {ORDER_FIELDS}) "
+    f"SELECT c.*, {LINES_JSON} FROM c"
+).columns(coupons=JSONB, lines=JSONB)
+ATTEMPTS = (
+    "INSERT INTO payment_attempts (order_id, provider, outcome, latency_ms, provider_ref, error, idempotency_key) "
+    "SELECT :order_id, p, o, ms, ref, err, :key FROM unnest(CAST(:providers AS text[]), CAST(:outcomes AS text[]), "
+    "CAST(:latencies AS int[]), CAST(:refs AS text[]), CAST(:errors AS text[])) AS a(p, o, ms, ref, err) "
+    # One charge, one success record: a replayed answer of a charge already recorded is not a second one.
+    "ON CONFLICT (provider, provider_ref) WHERE outcome = 'succeeded' DO NOTHING"
+)
+# The charge succeeded and the order is still open (it is claimed, so nothing closed it): paid, in one go.
+SETTLE_PAID = text(
+    "WITH paid AS (UPDATE orders SET state = 'paid', paid_at = now(), payment_provider = :provider, "
+    "payment_ref = :ref, payment_claimed_at = NULL, payment_claim = NULL "
+    "WHERE id = :order_id AND state = 'pending_payment' RETURNING id, paid_at), "
+    f"attempts AS ({ATTEMPTS}), "
+    "moved AS (INSERT INTO order_transitions (order_id, from_state, to_state, at, actor, reason) "
+    "SELECT id, 'pending_payment', 'paid', paid_at, :actor, 'payment_succeeded' FROM paid), "
+    "event AS (INSERT INTO outbox (event_type, payload) SELECT 'order.paid', CAST(:payload AS jsonb) FROM paid) "
+    "SELECT paid_at FROM paid"
+)
+# No charge (declined, or no provider could take it): record the attempts and give the claim back.
+SETTLE_UNPAID = text(
+    f"WITH attempts AS ({ATTEMPTS}) UPDATE orders SET payment_claimed_at = NULL, payment_claim = NULL "
+    "WHERE id = :order_id AND payment_claim = :claim"
+)
+
+
+def _attempt_params(order_id: str, result: PaymentResult) -> dict[str, Any]:
+    attempts = result.attempts
+    return {
+        "order_id": order_id,
+        "key": f"order:{order_id}",
+        "providers": [a.provider for a in attempts],
+        "outcomes": [a.outcome for a in attempts],
+        "latencies": [a.latency_ms for a in attempts],
+        "refs": [a.provider_ref for a in attempts],
+        "errors": [(a.error or None) and a.error[:1000] for a in attempts],
+    }
+
+
+def _view(row: Row[Any], **changes: Any) -> OrderOut:
+    fields = dict(row._mapping)
+    lines = [OrderLineOut.model_validate(line) for line in fields.pop("lines")]
+    fields.update(changes)
+    return OrderOut(lines=lines, **fields)
+
+
+class Checkout:
+    """The pay endpoint's work: claim, charge through the providers, settle."""
+
+    def __init__(
+        self, *, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], payments: PaymentRouter
+    ) -> None:
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")  # one statement, its own transaction
+        self.sessions = sessions
+        self.payments = payments
+        self._recent: deque[bool] = deque(maxlen=1000)
+        self._succeeded = 0
+
+    async def pay(self, *, order_id: str, user_id: str) -> OrderOut:
+        """Charge the buyer's order once and record every attempt; see the module docstring for the claim."""
+        claim = os.urandom(8).hex()
+        row = await self._claim(order_id, user_id, claim)
+        result = await self.payments.charge(
+            order_id=order_id, amount=row.total, currency=row.currency, idempotency_key=f"order:{order_id}"
+        )
+        self._count(result.outcome == SUCCEEDED)
+        if result.outcome != SUCCEEDED:
+            await self._settle_unpaid(order_id, claim, result)
+            if result.outcome == "declined":
+                raise errors.PaymentDeclined("The payment provider declined the payment")
+            raise errors.PaymentUnavailable(
+                "Payment providers are unavailable; the order stays payable until its deadline",
+                headers={"Retry-After": "2"},
+            )
+        paid_at = await self._settle_paid(row, user_id, result)
+        if paid_at is None:
+            return await self._charged_but_not_open(order_id, user_id, result)
+        return _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
+
+    async def _claim(self, order_id: str, user_id: str, claim: str) -> Row[Any]:
+        """The claimed order's row and lines, or the error that says why it cannot be paid now."""
+        for _ in range(2):
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})).first()
+            if row is not None:
+                return row
+            refusal = await self._why_not_claimed(order_id, user_id)
+            if refusal is not None:
+                raise refusal
+            # Payable by now (priced, or a claim given back, between the two reads): claim it again once.
+        raise errors.PaymentInProgress(
+            "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
+        )
+
+    def _count(self, succeeded: bool) -> None:
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._succeeded -= 1
+        self._recent.append(succeeded)
+        self._succeeded += succeeded
+        PAY_SUCCESS_RATIO.set(self._succeeded / len(self._recent))
+
+    async def _settle_paid(self, row: Row[Any], user_id: str, result: PaymentResult) -> datetime | None:
+        """Mark the claimed order paid with its attempts, transition and event; None if it was no longer open."""
+        payload = {
+            "order_id": row.id,
+            "reservation_id": row.reservation_id,
+            "sale_id": row.sale_id,
+            "user_id": row.user_id,
+            "state": OrderState.PAID.value,
+            "total": row.total,
+            "currency": row.currency,
+            "at": utcnow().isoformat(),
+            "provider": result.provider,
+            "reason": "payment_succeeded",
+        }
+        params = {
+            **_attempt_params(row.id, result),
+            "provider": result.provider,
+            "ref": result.provider_ref,
+            "actor": user_id,
+            "payload": orjson.dumps(payload).decode(),
+        }
+        async with self.engine.connect() as conn:
+            paid_at: datetime | None = (await conn.execute(SETTLE_PAID, params)).scalar()
+        return paid_at
+
+    async def _settle_unpaid(self, order_id: str, claim: str, result: PaymentResult) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(SETTLE_UNPAID, {**_attempt_params(order_id, result), "claim": claim})
+
+    async def _why_not_claimed(self, order_id: str, user_id: str) -> Exception | None:
+        """The error that says why the order could not be claimed for payment; None when it could be now."""
+        async with self.sessions() as session:
+            order = await session.get(Order, order_id)
+        if order is None or order.user_id != user_id:
+            return errors.OrderNotFound(f"No order {order_id}")
+        if order.state != OrderState.PENDING_PAYMENT.value:
+            return errors.InvalidOrderState(f"The order is {order.state}", extra={"state": order.state})
+        if order.pricing != "final":
+            return errors.PricingPending("The order's coupons are still being applied", headers={"Retry-After": "1"})
+        if order.deadline_at <= utcnow():
+            return errors.OrderExpired("The payment deadline has passed", extra={"state": order.state})
+        if order.payment_claimed_at is not None:
+            return errors.PaymentInProgress(
+                "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
+            )
+        return None
+
+    async def _charged_but_not_open(self, order_id: str, user_id: str, result: PaymentResult) -> OrderOut:
+        """The charge landed, but the order was no longer open (its claim had been settled as stale).
+
+        A closed order goes to refund_pending and the refund job gives the money back on its own; an order paid
+        by another charge keeps it (the duplicate check refunds this one at its provider).
+        """
+        async with self.sessions.begin() as session:
+            query = select(Order).where(Order.id == order_id).options(selectinload(Order.lines)).with_for_update()
+            order = (await session.scalars(query)).one()
+            if order.state in (OrderState.CANCELLED.value, OrderState.EXPIRED.value):
+                order.payment_provider, order.payment_ref = result.provider, result.provider_ref
+                move(session, order, OrderState.REFUND_PENDING, actor=user_id, reason="charged_after_close")
+                log.warning("charge %s landed on closed order %s: refund_pending", result.provider_ref, order_id)
+        view = OrderOut.model_validate(order)
+        if order.state in (OrderState.PAID.value, OrderState.FULFILLED.value):
+            return view
+        raise errors.OrderClosed(
+            "The order closed before the charge landed; the charge is refunded automatically",
+            extra={"state": order.state},
+        )
