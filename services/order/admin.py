@@ -15,7 +15,7 @@ from services.order.router import OrderId
 from services.order.schemas import AdminOrderOut, OrderOut, OrderStats, SaleReservations
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-TRANSITION_PROBLEMS = (errors.OrderNotFound, errors.InvalidOrderState)
+TRANSITION_PROBLEMS = (errors.OrderNotFound, errors.InvalidOrderState, errors.PaymentInProgress)
 
 
 @router.get("/orders", response_model=list[OrderOut])

@@ -73,6 +73,8 @@ async def _once(request: Request, owner: str, key: str, namespace: str, action: 
         errors.PricingPending,
         errors.PaymentDeclined,
         errors.PaymentUnavailable,
+        errors.PaymentInProgress,
+        errors.OrderClosed,
     ),
 )
 async def pay(
@@ -87,7 +89,7 @@ async def pay(
 @router.post(
     "/orders/{order_id}/cancel",
     response_model=OrderOut,
-    responses=problems(errors.OrderNotFound, errors.InvalidOrderState),
+    responses=problems(errors.OrderNotFound, errors.InvalidOrderState, errors.PaymentInProgress),
 )
 async def cancel(
     request: Request, order_id: OrderId, user: CurrentUser, key: IdempotencyKey, service: ServiceDep
