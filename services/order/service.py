@@ -300,7 +300,8 @@ class OrderService:
                     continue
                 current = await session.get(Order, order.id)
                 if current is not None and current.state != OrderState.PENDING_PAYMENT.value:
-                    # Closed while the coupon service answered (already priced by another replica: nothing to do).
+                    # Closed while the coupon service answered; priced (and maybe paid) by another replica meanwhile
+                    # it is left alone.
                     await self._release_coupons_of_closed(session, current)
         return priced
 
@@ -333,9 +334,15 @@ class OrderService:
             return None
 
     async def _release_coupons_of_closed(self, session: AsyncSession, order: Order) -> None:
-        await session.execute(
-            update(Order).where(Order.id == order.id, Order.pricing == "coupons_pending").values(pricing="abandoned")
+        """Free the coupons of an order that closed before it was priced, once; a priced or paid order keeps them."""
+        unpaid_closed = [OrderState.CANCELLED.value, OrderState.EXPIRED.value]
+        result = await session.execute(
+            update(Order)
+            .where(Order.id == order.id, Order.pricing == "coupons_pending", Order.state.in_(unpaid_closed))
+            .values(pricing="abandoned")
         )
+        if not getattr(result, "rowcount", 0):
+            return
         session.add(
             OutboxEvent(
                 event_type="order.coupons_released",

@@ -10,10 +10,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy import select
 
 from services.common.migrate import upgrade
 from services.order.config import OrderSettings
 from services.order.main import create_app
+from services.order.models import Order, OutboxEvent
 from tests.conftest import (
     TEST_REDIS_URL,
     PaySims,
@@ -383,6 +385,23 @@ async def test_purchase_naming_a_coupon_is_priced_with_it_and_payment_uses_it(
             return bool(wallet[0]["state"] == "used")
 
         await wait_for(used)
+
+        # A replica that read the order while it was still unpriced finishes its pricing pass late: the order
+        # is paid by then, so its coupons stay used and no release event is written for it.
+        service = orders._transport.app.state.service  # type: ignore[attr-defined]
+        async with service.sessions.begin() as session:
+            current = await session.get(Order, order["id"])
+            await service._release_coupons_of_closed(session, current)
+        async with service.sessions() as session:
+            released = await session.scalars(
+                select(OutboxEvent).where(
+                    OutboxEvent.event_type == "order.coupons_released",
+                    OutboxEvent.payload["order_id"].astext == order["id"],
+                )
+            )
+            assert list(released) == []
+        wallet = (await coupons.get("/wallet", headers=customer_headers("couponer"))).json()
+        assert wallet[0]["state"] == "used"
 
 
 async def test_compensation_reaches_every_buyer_whose_order_a_system_failure_cancelled(
