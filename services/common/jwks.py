@@ -83,7 +83,8 @@ class SigningKeys:
 
     def refresh_if_stale(self) -> None:
         """Start a background refresh when the set is older than `max_age_seconds` (requests go on meanwhile)."""
-        if time.monotonic() - self.loaded_at < self.max_age_seconds or self._lock.locked():
+        now = time.monotonic()
+        if now - self.loaded_at < self.max_age_seconds or now < self.next_fetch_at or self._lock.locked():
             return
         if self._background is None or self._background.done():
             self._background = asyncio.get_running_loop().create_task(self.refresh(self.generation))
