@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,6 +263,20 @@ class Processes:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def order_processes(db_base: str, *replica_envs: dict[str, str]) -> Iterator[list[str]]:
+    """Real order processes, one per environment given, on a freshly migrated order database of their own
+    (`db_base`, e.g. orders_lp) and the test Redis; their base URLs. Stopped on exit."""
+    asyncio.run(drop_database(db_name_for(db_base)))
+    upgrade("order", db_url_for(db_base))
+    procs = Processes()
+    shared = {"ORDER_DATABASE_URL": db_url_for(db_base), "REDIS_URL": TEST_REDIS_URL}
+    try:
+        yield [procs.start("services.order.main:app", {**shared, **env}) for env in replica_envs]
+    finally:
+        procs.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from services.coupon.main import create_app
 from tests.conftest import (
     TEST_REDIS_URL,
     PaySims,
-    Processes,
     admin_headers,
     customer_headers,
     db_name_for,
@@ -29,6 +28,7 @@ from tests.conftest import (
     drop_database,
     free_port,
     live_sale,
+    order_processes,
     token,
     wait_for,
 )
@@ -45,24 +45,15 @@ LOST_ORDER_EVENTS = "test:order-events-lost-with-redis"
 @pytest.fixture(scope="module")
 def order_url(paysim: PaySims) -> Iterator[str]:
     """A real order process: creates orders from purchases, prices them through the coupon service, takes payment."""
-    asyncio.run(drop_database(db_name_for("orders_coupon_loss")))
-    upgrade("order", ORDER_DB_URL)
-    procs = Processes()
-    try:
-        yield procs.start(
-            "services.order.main:app",
-            {
-                "ORDER_DATABASE_URL": ORDER_DB_URL,
-                "REDIS_URL": TEST_REDIS_URL,
-                "REPLICA_ID": "order-for-coupon-loss",
-                "ORDER_PAYSIM_PRIMARY_URL": paysim.primary,
-                "ORDER_PAYSIM_BACKUP_URL": paysim.backup,
-                "ORDER_COUPON_URL": COUPON_URL,
-                "ORDER_STREAM_DISCOVERY_SECONDS": "0.2",
-            },
-        )
-    finally:
-        procs.stop_all()
+    replica = {
+        "REPLICA_ID": "order-for-coupon-loss",
+        "ORDER_PAYSIM_PRIMARY_URL": paysim.primary,
+        "ORDER_PAYSIM_BACKUP_URL": paysim.backup,
+        "ORDER_COUPON_URL": COUPON_URL,
+        "ORDER_STREAM_DISCOVERY_SECONDS": "0.2",
+    }
+    with order_processes("orders_coupon_loss", replica) as (url,):
+        yield url
 
 
 async def _serve(settings: CouponSettings, port: int) -> AsyncIterator[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.common.migrate import upgrade
-from tests.conftest import TEST_REDIS_URL, Processes, customer_headers, db_name_for, db_url_for, drop_database
+from tests.conftest import customer_headers, db_url_for, order_processes
 from tests.gateway.test_failover import NO_EJECTION
 
 ORDER_DB_URL = db_url_for("orders_lp")
@@ -20,16 +18,8 @@ ORDER_DB_URL = db_url_for("orders_lp")
 @pytest.fixture(scope="module")
 def order_replica() -> Iterator[str]:
     """A real order process on a database of its own."""
-    asyncio.run(drop_database(db_name_for("orders_lp")))
-    upgrade("order", ORDER_DB_URL)
-    procs = Processes()
-    try:
-        yield procs.start(
-            "services.order.main:app",
-            {"ORDER_DATABASE_URL": ORDER_DB_URL, "REDIS_URL": TEST_REDIS_URL, "REPLICA_ID": "gw-long-poll"},
-        )
-    finally:
-        procs.stop_all()
+    with order_processes("orders_lp", {"REPLICA_ID": "gw-long-poll"}) as (url,):
+        yield url
 
 
 async def test_a_long_poll_longer_than_the_route_timeout_answers_404_after_its_wait(

@@ -26,6 +26,7 @@ from tests.conftest import (
     db_url_for,
     drop_database,
     live_sale,
+    order_processes,
     sale_stats,
     wait_for,
 )
@@ -40,21 +41,9 @@ def order_url(database: str) -> Iterator[str]:
 
     It follows no purchase streams (an empty registry): the in-process replica creates the orders.
     """
-    asyncio.run(drop_database(db_name_for("orders")))
-    upgrade("order", ORDER_DB_URL)
-    procs = Processes()
-    try:
-        yield procs.start(
-            "services.order.main:app",
-            {
-                "ORDER_DATABASE_URL": ORDER_DB_URL,
-                "REDIS_URL": TEST_REDIS_URL,
-                "REPLICA_ID": "order-admin-only",
-                "ORDER_PURCHASE_STREAM_REGISTRY": "test:no-streams",
-            },
-        )
-    finally:
-        procs.stop_all()
+    replica = {"REPLICA_ID": "order-admin-only", "ORDER_PURCHASE_STREAM_REGISTRY": "test:no-streams"}
+    with order_processes("orders", replica) as (url,):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from services.common.migrate import upgrade
 from services.common.resources import open_engine, session_factory
 from services.order.config import OrderSettings
 from services.order.main import create_app
@@ -25,12 +24,10 @@ from services.order.service import OrderService
 from tests.conftest import (
     TEST_REDIS_URL,
     PaySims,
-    Processes,
     admin_headers,
     customer_headers,
-    db_name_for,
     db_url_for,
-    drop_database,
+    order_processes,
     wait_for,
 )
 from tests.paysim.procs import payments_for, reset_faults, set_faults
@@ -58,12 +55,7 @@ def _settings(paysim: PaySims, **overrides: Any) -> OrderSettings:
 @pytest.fixture(scope="module")
 def replicas(paysim: PaySims) -> Iterator[list[str]]:
     """Two order processes on a database of their own, as the stack runs them."""
-    asyncio.run(drop_database(db_name_for("orders_races")))
-    upgrade("order", DB_URL)
-    procs = Processes()
     env = {
-        "ORDER_DATABASE_URL": DB_URL,
-        "REDIS_URL": TEST_REDIS_URL,
         "ORDER_PURCHASE_STREAM_REGISTRY": "test:races:no-streams",
         "ORDER_EVENTS_STREAM": EVENTS_STREAM,
         "ORDER_PAYSIM_PRIMARY_URL": paysim.primary,
@@ -72,10 +64,8 @@ def replicas(paysim: PaySims) -> Iterator[list[str]]:
         # PostgreSQL's connections are shared with the rest of the suite (and its max_connections is 100).
         "ORDER_DB_POOL_SIZE": "4",
     }
-    try:
-        yield [procs.start("services.order.main:app", {**env, "REPLICA_ID": f"races-{n}"}) for n in (1, 2)]
-    finally:
-        procs.stop_all()
+    with order_processes("orders_races", *({**env, "REPLICA_ID": f"races-{n}"} for n in (1, 2))) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
