@@ -37,6 +37,10 @@ class OrderSettings(BaseServiceSettings):
     sweeper_interval_seconds: float = 1.0
     relay_interval_seconds: float = 0.05
     relay_batch: int = 1000
+    # When Redis restarted or lost its data, events published within this many seconds before the last publish
+    # are sent again: AOF everysec loses up to ~1 s (2 s when an fsync is slow), a pass is 0.05 s, and a pass
+    # that published to the new Redis before its restart was seen is inside it too; consumers are idempotent.
+    relay_republish_seconds: float = 10.0
     max_long_poll_seconds: float = 20.0
     # Orders that name coupons are priced (and their coupons locked) by the coupon service.
     coupon_url: str = "http://127.0.0.1:8103"

@@ -18,12 +18,12 @@ from sqlalchemy import TextClause, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from services.common.streams import encode_event
 from services.order import errors
 from services.order.checkout import Checkout
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
 from services.order.models import AuditEntry, Order, OrderState, OrderTransition, OutboxEvent, PaymentAttempt
+from services.order.outbox import OutboxRelay
 from services.order.payments import PaymentRouter
 from services.order.refunds import Refunds
 from services.order.schemas import (
@@ -101,7 +101,6 @@ SALE_RESERVATIONS = text(
     "WHERE o.sale_id = :sale_id GROUP BY o.id ORDER BY o.reservation_id"
 )
 ORDER_OF_RESERVATION = text("SELECT id FROM orders WHERE reservation_id = :rid")
-RELAY_LOCK = 727_102  # one outbox relay at a time keeps events in commit order
 
 
 def new_order_id() -> str:
@@ -173,6 +172,7 @@ class OrderService:
         self.sessions = sessions
         self.payments = payments
         self.coupons = coupons
+        self.outbox = OutboxRelay(settings=settings, redis=redis, sessions=sessions)
         self.checkout = Checkout(engine=sessions.kw["bind"], sessions=sessions, payments=payments)
         self.refunds = Refunds(settings=settings, sessions=sessions, payments=payments)
 
@@ -454,30 +454,7 @@ class OrderService:
 
     async def relay_outbox(self) -> int:
         """Publish committed outbox events to the order events stream, oldest first; at least once."""
-        async with self.sessions.begin() as session:
-            if not await session.scalar(text(f"SELECT pg_try_advisory_xact_lock({RELAY_LOCK})")):
-                return 0  # another replica is relaying
-            rows = (
-                await session.scalars(
-                    select(OutboxEvent)
-                    .where(OutboxEvent.published_at.is_(None))
-                    .order_by(OutboxEvent.id)
-                    .limit(self.settings.relay_batch)
-                )
-            ).all()
-            if not rows:
-                return 0
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    pipe.xadd(
-                        self.settings.events_stream,
-                        encode_event(row.event_type, {**row.payload, "event_id": row.id}),  # type: ignore[arg-type]
-                    )
-                await pipe.execute()
-            await session.execute(
-                update(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])).values(published_at=utcnow())
-            )
-        return len(rows)
+        return await self.outbox.relay()
 
     # ---------------------------------------------------------------- admin
 

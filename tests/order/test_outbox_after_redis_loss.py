@@ -1,0 +1,195 @@
+"""Order events the relay published just before Redis lost them are published again: real Redis (the suite's
+and one the test restarts itself), real PostgreSQL, the order service's own code in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from services.common.migrate import upgrade
+from services.common.resources import open_engine, session_factory
+from services.common.streams import decode_event
+from services.order.config import OrderSettings
+from services.order.outbox import marker_key
+from services.order.payments import PaymentRouter
+from services.order.service import OrderService
+from tests.conftest import TEST_REDIS_URL, db_name_for, db_url_for, drop_database, free_port
+
+DB_BASE = "orders_relay"
+
+
+@pytest.fixture
+def order_db() -> str:
+    """A freshly migrated order database for each test: its outbox holds only that test's events."""
+    asyncio.run(drop_database(db_name_for(DB_BASE)))
+    upgrade("order", db_url_for(DB_BASE))
+    return db_url_for(DB_BASE)
+
+
+class AofRedis:
+    """A redis-server of the test's own that keeps its data in an AOF across a SIGKILL, with a new run id."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="relay-aof-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (reloading its AOF) and wait until it answers."""
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", ""]
+        cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {self.port} did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def aof_redis() -> Iterator[AofRedis]:
+    """A private persistent Redis, killed at the end."""
+    server = AofRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def _service(db_url: str, redis_url: str) -> tuple[OrderService, Any]:
+    settings = OrderSettings(
+        env="test",
+        database_url=db_url,
+        redis_url=redis_url,
+        db_pool_size=2,
+        purchase_stream_registry=f"test:relay:{uuid.uuid4().hex[:8]}:no-streams",
+        events_stream=f"test:relay:{uuid.uuid4().hex[:8]}:order-events",
+        paysim_primary_url="http://127.0.0.1:9",
+        paysim_backup_url="http://127.0.0.1:9",
+    )
+    engine = open_engine(settings)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    payments = PaymentRouter(primary_url=settings.paysim_primary_url, backup_url=settings.paysim_backup_url)
+    return OrderService(settings=settings, redis=redis, sessions=session_factory(engine), payments=payments), engine
+
+
+@pytest.fixture
+async def service(order_db: str) -> AsyncIterator[OrderService]:
+    """The order service over the suite's Redis, with an events stream nobody else reads."""
+    svc, engine = await _service(order_db, TEST_REDIS_URL)
+    yield svc
+    await svc.redis.delete(svc.settings.events_stream, marker_key(svc.settings.events_stream))
+    await svc.payments.aclose()
+    await svc.redis.aclose()
+    await engine.dispose()
+
+
+async def _create_orders(service: OrderService, count: int) -> list[str]:
+    """`count` new orders (each an order.created outbox event); their reservation ids."""
+    tag = uuid.uuid4().hex[:8]
+    events = [
+        {
+            "reservation_id": f"r-{tag}-{n}",
+            "sale_id": 1,
+            "user_id": f"buyer-{tag}-{n}",
+            "sku": "SKU-RELAY",
+            "quantity": 1,
+            "unit_price": 500,
+        }
+        for n in range(count)
+    ]
+    assert await service.create_orders(events) == count
+    return [e["reservation_id"] for e in events]
+
+
+async def _drain(service: OrderService) -> None:
+    while await service.relay_outbox():
+        pass
+
+
+async def _outbox_ids(service: OrderService, reservation_ids: list[str]) -> list[int]:
+    async with service.sessions() as session:
+        rows = await session.scalars(
+            text("SELECT id FROM outbox WHERE payload->>'reservation_id' = ANY(:rids) ORDER BY id"),
+            {"rids": reservation_ids},
+        )
+        return list(rows)
+
+
+async def _published_long_ago(service: OrderService, event_ids: list[int]) -> None:
+    """Those events went out a minute ago, well before the republish window."""
+    async with service.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE outbox SET published_at = now() - interval '60 seconds' WHERE id = ANY(:ids)"),
+            {"ids": event_ids},
+        )
+
+
+async def _stream_event_ids(redis: Redis, stream: str) -> list[int]:
+    return [int(decode_event(fields)["event_id"]) for _, fields in await redis.xrange(stream)]
+
+
+async def test_events_published_just_before_redis_lost_its_data_are_published_again_with_their_ids(
+    service: OrderService,
+) -> None:
+    stream = service.settings.events_stream
+    old = await _outbox_ids(service, await _create_orders(service, 3))
+    await _drain(service)
+    await _published_long_ago(service, old)
+    recent = await _outbox_ids(service, await _create_orders(service, 4))
+    await _drain(service)
+    assert await _stream_event_ids(service.redis, stream) == old + recent
+
+    # What a Redis that restarted without its data looks like: the stream and the marker beside it are gone.
+    await service.redis.delete(stream, marker_key(stream))
+    await _drain(service)
+
+    assert await _stream_event_ids(service.redis, stream) == recent
+    await _drain(service)
+    assert await _stream_event_ids(service.redis, stream) == recent  # a Redis that kept its data: no repeats
+
+
+async def test_a_redis_restarted_from_its_aof_gets_the_recent_events_again_and_nothing_older(
+    order_db: str, aof_redis: AofRedis
+) -> None:
+    service, engine = await _service(order_db, f"redis://127.0.0.1:{aof_redis.port}/0")
+    stream = service.settings.events_stream
+    try:
+        old = await _outbox_ids(service, await _create_orders(service, 2))
+        await _drain(service)
+        await _published_long_ago(service, old)
+        recent = await _outbox_ids(service, await _create_orders(service, 3))
+        await _drain(service)
+        before = await service.redis.xlen(stream)
+
+        aof_redis.kill()
+        aof_redis.start()  # same data (marker included), new run: it may have lost its last second
+        await service.redis.connection_pool.disconnect()
+        await _drain(service)
+
+        after = await service.redis.xrange(stream)
+        again = [int(decode_event(fields)["event_id"]) for _, fields in after[before:]]
+        assert again == recent
+        await _drain(service)
+        assert await service.redis.xlen(stream) == before + len(recent)
+    finally:
+        await service.payments.aclose()
+        await service.redis.aclose()
+        await engine.dispose()
