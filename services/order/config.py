@@ -35,6 +35,8 @@ class OrderSettings(BaseServiceSettings):
     consumer_claim_idle_ms: int = 5_000
     stream_discovery_seconds: float = 1.0
     sweeper_interval_seconds: float = 1.0
+    # Expired Idempotency-Key records of pay and cancel are deleted this often.
+    idempotency_sweep_seconds: float = 60.0
     relay_interval_seconds: float = 0.05
     relay_batch: int = 1000
     # When Redis restarted or lost its data, events published within this many seconds before the last publish

@@ -18,6 +18,7 @@ from services.order import admin, router
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
 from services.order.events import PurchaseIngest
+from services.order.idempotency import OrderIdempotency
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
 
@@ -48,9 +49,15 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
         app.state.service, app.state.ingest, app.state.payments = service, ingest, payments
         app.state.token_verifier = TokenVerifier(settings)
+        app.state.idempotency = idempotency = OrderIdempotency(engine)
         stop = asyncio.Event()
         full = settings.relay_batch
         tasks = [
+            asyncio.create_task(
+                run_every(
+                    settings.idempotency_sweep_seconds, "idempotency record sweep", idempotency.sweep_expired, stop
+                )
+            ),
             asyncio.create_task(run_every(settings.stream_discovery_seconds, "stream discovery", ingest.sync, stop)),
             asyncio.create_task(
                 run_every(settings.sweeper_interval_seconds, "expiry sweeper", service.expire_due, stop)
@@ -117,8 +124,8 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         title="order",
         description="Orders from flash-sale reservations: payment with failover, timeouts, refunds, outbox events.",
         lifespan=lifespan,
-        # Redis down: order views (PostgreSQL) go on; pay and cancel (idempotency records in Redis) answer 503
-        # REDIS_UNAVAILABLE, and new orders wait in the purchase streams.
+        # Redis down: every HTTP route goes on (orders and the Idempotency-Key records of pay and cancel are in
+        # PostgreSQL); new orders wait in the purchase streams and order events in the outbox.
         serves_without=frozenset({"redis"}),
     )
     app.include_router(router.router)

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import JSONResponse, Response
 
 from services.common.auth import CurrentUser
-from services.common.idempotency import IdempotencyKey, IdempotencyStore, fingerprint
+from services.common.idempotency import IdempotencyKey, fingerprint
 from services.common.openapi import problems
 from services.order import errors
 from services.order.deps import ServiceDep
+from services.order.idempotency import OrderIdempotency
 from services.order.schemas import OrderOut
 
 router = APIRouter(tags=["orders"])
@@ -50,15 +51,15 @@ async def get_order(order_id: OrderId, user: CurrentUser, service: ServiceDep) -
     return await service.get_order(order_id=order_id, user_id=user.user_id)
 
 
-async def _once(request: Request, owner: str, key: str, namespace: str, action: Any) -> Response:
-    store = IdempotencyStore(request.app.state.redis, namespace)
+async def _once(request: Request, owner: str, key: str, scope: str, action: Any) -> Response:
+    store: OrderIdempotency = request.app.state.idempotency
 
     async def run() -> tuple[int, Any]:
         order: OrderOut = await action()
         return 200, order.model_dump(mode="json")
 
     status, body = await store.run(
-        key=key, owner=owner, request_fingerprint=fingerprint({"path": request.url.path}), action=run
+        scope=scope, key=key, owner=owner, request_fingerprint=fingerprint({"path": request.url.path}), action=run
     )
     return JSONResponse(body, status_code=status)
 

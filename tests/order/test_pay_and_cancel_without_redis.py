@@ -1,0 +1,236 @@
+"""Pay and cancel keep their Idempotency-Key records in the order database: a real order process whose own
+Redis server was killed after it started still pays, cancels, replays and refuses reused or in-flight keys."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import text
+
+from services.common.idempotency import fingerprint
+from services.common.resources import open_engine, session_factory
+from services.order.config import OrderSettings
+from services.order.idempotency import OrderIdempotency
+from services.order.payments import PaymentRouter
+from services.order.service import OrderService
+from tests.conftest import TEST_REDIS_URL, PaySims, customer_headers, db_url_for, free_port, order_processes, wait_for
+from tests.paysim.procs import payments_for, reset_faults, set_faults
+
+DB_BASE = "orders_noredis"
+STREAMS = "test:noredis:no-streams"
+
+
+@pytest.fixture(scope="module")
+def dead_redis_url() -> Iterator[str]:
+    """A redis-server of the test's own; the order process connects to it, then it is killed."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def replica(paysim: PaySims, dead_redis_url: str) -> Iterator[str]:
+    """One order process started on its own Redis, which is killed before any test runs."""
+    env = {
+        "REDIS_URL": dead_redis_url,
+        "ORDER_PURCHASE_STREAM_REGISTRY": STREAMS,
+        "ORDER_EVENTS_STREAM": "test:noredis:order-events",
+        "ORDER_PAYSIM_PRIMARY_URL": paysim.primary,
+        "ORDER_PAYSIM_BACKUP_URL": paysim.backup,
+        "ORDER_PAYMENT_TIMEOUT_SECONDS": "5",
+        "ORDER_DB_POOL_SIZE": "4",
+        "REPLICA_ID": "noredis-1",
+    }
+    with order_processes(DB_BASE, env) as urls:
+        port = int(dead_redis_url.rsplit(":", 1)[1].split("/")[0])
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True)
+        yield urls[0]
+
+
+@pytest.fixture(scope="module")
+async def service(replica: str, paysim: PaySims) -> AsyncIterator[OrderService]:
+    """The order service's own code in the test process, to create orders as purchase events would."""
+    settings = OrderSettings(
+        env="test",
+        database_url=db_url_for(DB_BASE),
+        redis_url=TEST_REDIS_URL,
+        purchase_stream_registry=STREAMS,
+        db_pool_size=2,
+    )
+    engine = open_engine(settings)
+    redis = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    payments = PaymentRouter(primary_url=paysim.primary, backup_url=paysim.backup)
+    yield OrderService(settings=settings, redis=redis, sessions=session_factory(engine), payments=payments)
+    await payments.aclose()
+    await redis.aclose()
+    await engine.dispose()
+
+
+@pytest.fixture
+async def http(paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for the process; both providers healthy before and after each test."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        await reset_faults(client, paysim.primary, paysim.backup)
+        yield client
+        await reset_faults(client, paysim.primary, paysim.backup)
+
+
+async def _order(service: OrderService, user: str | None = None) -> tuple[str, str]:
+    """A new unpaid order of 1,000 cents: (order id, its buyer)."""
+    tag = uuid.uuid4().hex[:10]
+    user = user or f"buyer-{tag}"
+    event = {"reservation_id": f"r-{tag}", "sale_id": 1, "user_id": user, "sku": "SKU-NR", "quantity": 1}
+    assert await service.create_orders([{**event, "unit_price": 1_000}]) == 1
+    async with service.sessions() as session:
+        order_id = await session.scalar(text("SELECT id FROM orders WHERE reservation_id = :r"), {"r": f"r-{tag}"})
+    assert order_id
+    return str(order_id), user
+
+
+async def _state(http: httpx.AsyncClient, replica: str, order_id: str, user: str) -> str:
+    resp = await http.get(f"{replica}/orders/{order_id}", headers=customer_headers(user))
+    assert resp.status_code == 200, resp.text
+    state: str = resp.json()["state"]
+    return state
+
+
+async def _post(http: httpx.AsyncClient, url: str, user: str, key: str) -> httpx.Response:
+    return await http.post(url, headers=customer_headers(user, key))
+
+
+async def test_pay_and_cancel_answer_200_with_the_order_service_redis_down_and_replays_get_the_first_answer(
+    http: httpx.AsyncClient, replica: str, service: OrderService, dead_redis_url: str
+) -> None:
+    gone = Redis.from_url(dead_redis_url)
+    with pytest.raises(RedisConnectionError):
+        await gone.ping()
+    await gone.aclose()
+    (to_pay, payer), (to_cancel, canceller) = await _order(service), await _order(service)
+
+    paid = await _post(http, f"{replica}/orders/{to_pay}/pay", payer, "pay-1")
+    cancelled = await _post(http, f"{replica}/orders/{to_cancel}/cancel", canceller, "cancel-1")
+
+    assert (paid.status_code, paid.json()["state"]) == (200, "paid"), paid.text
+    assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled"), cancelled.text
+    pay_again = await _post(http, f"{replica}/orders/{to_pay}/pay", payer, "pay-1")
+    cancel_again = await _post(http, f"{replica}/orders/{to_cancel}/cancel", canceller, "cancel-1")
+    assert (pay_again.status_code, pay_again.json()) == (200, paid.json())
+    assert (cancel_again.status_code, cancel_again.json()) == (200, cancelled.json())
+    ready = await http.get(f"{replica}/healthz/ready")
+    assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+
+
+async def test_a_key_reused_for_another_order_is_refused_with_idempotency_key_reused_and_changes_nothing(
+    http: httpx.AsyncClient, replica: str, service: OrderService
+) -> None:
+    first, user = await _order(service)
+    second, _ = await _order(service, user)
+    assert (await _post(http, f"{replica}/orders/{first}/pay", user, "one-key")).status_code == 200
+
+    reused = await _post(http, f"{replica}/orders/{second}/pay", user, "one-key")
+
+    assert (reused.status_code, reused.json()["code"]) == (422, "IDEMPOTENCY_KEY_REUSED"), reused.text
+    assert reused.headers["content-type"].startswith("application/problem+json")
+    assert await _state(http, replica, second, user) == "pending_payment"
+
+
+async def test_a_duplicate_pay_during_the_charge_gets_idempotency_key_in_flight_and_the_order_is_charged_once(
+    http: httpx.AsyncClient, replica: str, service: OrderService, paysim: PaySims
+) -> None:
+    order_id, user = await _order(service)
+    await set_faults(http, paysim.primary, latency_ms=1_500)
+    url = f"{replica}/orders/{order_id}/pay"
+
+    first = asyncio.create_task(_post(http, url, user, "double-click"))
+    await wait_for(lambda: _claimed(service, user, "double-click"))
+    duplicate = await _post(http, url, user, "double-click")
+    paid = await first
+
+    assert (duplicate.status_code, duplicate.json()["code"]) == (409, "IDEMPOTENCY_KEY_IN_FLIGHT"), duplicate.text
+    assert duplicate.headers["retry-after"] == "1"
+    assert (paid.status_code, paid.json()["state"]) == (200, "paid"), paid.text
+    assert (await _post(http, url, user, "double-click")).json() == paid.json()
+    assert len(await payments_for(http, paysim.primary, order_id)) == 1
+
+
+async def test_the_same_key_of_two_buyers_pays_each_buyer_own_order(
+    http: httpx.AsyncClient, replica: str, service: OrderService
+) -> None:
+    (a, alice), (b, bob) = await _order(service), await _order(service)
+
+    for order_id, user in ((a, alice), (b, bob)):
+        resp = await _post(http, f"{replica}/orders/{order_id}/pay", user, "checkout")
+        assert (resp.status_code, resp.json()["id"], resp.json()["state"]) == (200, order_id, "paid"), resp.text
+
+
+async def test_a_refused_pay_frees_its_key_and_an_in_flight_marker_left_by_a_crash_expires(
+    http: httpx.AsyncClient, replica: str, service: OrderService
+) -> None:
+    order_id, user = await _order(service)
+    cancel = f"{replica}/orders/{order_id}/cancel"
+    assert (await _post(http, cancel, user, "c")).status_code == 200
+    refused = await _post(http, f"{replica}/orders/{order_id}/pay", user, "p")
+    assert (refused.status_code, refused.json()["code"]) == (409, "INVALID_ORDER_STATE"), refused.text
+    assert await _record(service, user, "p") is None
+
+    other, _ = await _order(service, user)
+    await _insert_marker(service, user, "crashed", 3600.0, f"/orders/{other}/pay")
+    held = await _post(http, f"{replica}/orders/{other}/pay", user, "crashed")
+    assert (held.status_code, held.json()["code"]) == (409, "IDEMPOTENCY_KEY_IN_FLIGHT"), held.text
+    await _insert_marker(service, user, "crashed", -1.0, f"/orders/{other}/pay")
+    resumed = await _post(http, f"{replica}/orders/{other}/pay", user, "crashed")
+    assert (resumed.status_code, resumed.json()["state"]) == (200, "paid"), resumed.text
+
+
+async def test_the_sweep_deletes_expired_records_and_keeps_live_ones(service: OrderService) -> None:
+    user = f"sweep-{uuid.uuid4().hex[:8]}"
+    await _insert_marker(service, user, "old", -1.0)
+    await _insert_marker(service, user, "live", 3600.0)
+    store = OrderIdempotency(service.sessions.kw["bind"])
+
+    while await store.sweep_expired():
+        pass
+
+    assert await _record(service, user, "old") is None
+    assert await _record(service, user, "live") is not None
+
+
+async def _claimed(service: OrderService, user: str, key: str) -> bool:
+    return await _record(service, user, key) is not None
+
+
+async def _record(service: OrderService, user: str, key: str) -> Any:
+    async with service.sessions() as session:
+        return (
+            await session.execute(
+                text("SELECT status FROM idempotency_records WHERE owner = :o AND key = :k"), {"o": user, "k": key}
+            )
+        ).first()
+
+
+async def _insert_marker(service: OrderService, user: str, key: str, expires_in: float, path: str = "/") -> None:
+    """An in-flight record of a pay of `path`, as a request that died mid-way leaves it."""
+    async with service.sessions.begin() as session:
+        await session.execute(
+            text(
+                "INSERT INTO idempotency_records (scope, owner, key, fingerprint, expires_at)"
+                " VALUES ('order-pay', :o, :k, :fp, now() + make_interval(secs => :e))"
+                " ON CONFLICT (scope, owner, key) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+            ),
+            {"o": user, "k": key, "e": expires_in, "fp": fingerprint({"path": path})},
+        )
