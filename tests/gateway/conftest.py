@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from gateway.config import GatewaySettings
 from gateway.main import create_app
 from services.common.server import CoalescingHttpProtocol
-from tests.conftest import ROOT, TEST_REDIS_URL, free_port, redis_url_for
+from tests.conftest import ROOT, TEST_REDIS_URL, PrivateRedis, free_port, redis_url_for
 
 # The gateway's limiter buckets live in a logical DB of this run's own, apart from the services' data.
 GATEWAY_REDIS_URL = redis_url_for(2)
@@ -307,35 +307,6 @@ def flashsale_replicas(database: str) -> Iterator[FlashsaleReplicas]:
         yield replicas
     finally:
         replicas.stop_all()
-
-
-class PrivateRedis:
-    """A redis-server of the test's own (no persistence), so that the test can take it down and bring it back."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start it and wait until it answers."""
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on {self.port} did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL it: every client's connections drop at once."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 @pytest.fixture

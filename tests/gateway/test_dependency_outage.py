@@ -15,6 +15,7 @@ import pytest
 
 from services.common.migrate import upgrade
 from tests.conftest import (
+    PrivateRedis,
     Processes,
     admin_headers,
     customer_headers,
@@ -24,7 +25,7 @@ from tests.conftest import (
     sale_body,
     wait_for,
 )
-from tests.gateway.conftest import PrivateRedis, dead_url
+from tests.gateway.conftest import dead_url
 
 ORDER_DB_URL = db_url_for("orders_gw")
 

@@ -4,9 +4,6 @@ and one the test restarts itself), real PostgreSQL, the order service's own code
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,7 +19,7 @@ from services.order.config import OrderSettings
 from services.order.outbox import marker_key
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
-from tests.conftest import TEST_REDIS_URL, db_name_for, db_url_for, drop_database, free_port
+from tests.conftest import TEST_REDIS_URL, PrivateRedis, db_name_for, db_url_for, drop_database
 
 DB_BASE = "orders_relay"
 
@@ -35,37 +32,10 @@ def order_db() -> str:
     return db_url_for(DB_BASE)
 
 
-class AofRedis:
-    """A redis-server of the test's own that keeps its data in an AOF across a SIGKILL, with a new run id."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="relay-aof-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start it (reloading its AOF) and wait until it answers."""
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", ""]
-        cmd += ["--appendonly", "yes", "--appendfsync", "always"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on {self.port} did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
-def aof_redis() -> Iterator[AofRedis]:
+def aof_redis() -> Iterator[PrivateRedis]:
     """A private persistent Redis, killed at the end."""
-    server = AofRedis()
+    server = PrivateRedis(aof=True)
     server.start()
     try:
         yield server
@@ -167,7 +137,7 @@ async def test_events_published_just_before_redis_lost_its_data_are_published_ag
 
 
 async def test_a_redis_restarted_from_its_aof_gets_the_recent_events_again_and_nothing_older(
-    order_db: str, aof_redis: AofRedis
+    order_db: str, aof_redis: PrivateRedis
 ) -> None:
     service, engine = await _service(order_db, f"redis://127.0.0.1:{aof_redis.port}/0")
     stream = service.settings.events_stream

@@ -21,7 +21,15 @@ from services.order.config import OrderSettings
 from services.order.idempotency import OrderIdempotency
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
-from tests.conftest import TEST_REDIS_URL, PaySims, customer_headers, db_url_for, free_port, order_processes, wait_for
+from tests.conftest import (
+    TEST_REDIS_URL,
+    PaySims,
+    PrivateRedis,
+    customer_headers,
+    db_url_for,
+    order_processes,
+    wait_for,
+)
 from tests.paysim.procs import payments_for, reset_faults, set_faults
 
 DB_BASE = "orders_noredis"
@@ -31,16 +39,12 @@ STREAMS = "test:noredis:no-streams"
 @pytest.fixture(scope="module")
 def dead_redis_url() -> Iterator[str]:
     """A redis-server of the test's own; the order process connects to it, then it is killed."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    server = PrivateRedis()
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        server.kill()
 
 
 @pytest.fixture(scope="module")
