@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -270,11 +271,20 @@ def test_dockerfile_exposes_every_replica_port() -> None:
     assert {str(port) for _spec, _replica, port in REPLICAS} <= exposed
 
 
-def test_dockerfile_builds_one_slim_non_root_image_of_the_package() -> None:
-    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip()]
+def test_dockerfile_builds_a_pinned_multi_stage_non_root_image_without_build_tools() -> None:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")  # continued lines as one instruction
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     instructions = [line for line in lines if not line.startswith("#")]
-    assert instructions[0] == "FROM python:3.11-slim"
-    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    base = next(line for line in instructions if line.startswith("ARG PYTHON_IMAGE="))
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm", base), "one pinned Python release"
+    stages = {line.split()[-1]: i for i, line in enumerate(instructions) if line.startswith("FROM ")}
+    assert list(stages) == ["build", "runtime", "loadgenerator"]
+    runtime = instructions[stages["runtime"] : stages["loadgenerator"]]
+    assert runtime[0] == "FROM ${PYTHON_IMAGE} AS runtime"
+    assert "COPY --from=build /opt/venv /opt/venv" in runtime
+    assert not [line for line in runtime if line.startswith("RUN") and ("pip install" in line or "apt-get" in line)]
+    assert any(line.startswith("HEALTHCHECK ") and "/healthz/live" in line for line in runtime)
+    users = [line.split()[1] for line in runtime if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
-    text = "\n".join(instructions)
-    assert "pip install" in text and "COPY services" in text
+    build = "\n".join(instructions[stages["build"] : stages["runtime"]])
+    assert "pip install" in build and "COPY services" in build
