@@ -112,5 +112,6 @@ def main(argv: list[str]) -> None:
         heads = sorted(head_revisions(args.service, url))
         raise SystemExit(f"{args.service}: the database did not reach revision {heads} in {seconds:g} s")
 
+
 if __name__ == "__main__":
     main(sys.argv[1:])
