@@ -22,7 +22,7 @@ from deploy import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("staging", "production")
+OVERLAYS = ("staging", "staging-redis-cluster", "production")
 KUBERNETES_VERSION = "1.31"  # the oldest minor the manifests promise to apply on (docs/deploy.md)
 GRACEFUL_SHUTDOWN = 10  # uvicorn --timeout-graceful-shutdown, as the launcher runs every replica
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
@@ -318,3 +318,13 @@ def test_staging_runs_its_stores_prometheus_and_the_load_test_in_the_cluster() -
     shape = objects("staging", "ConfigMap")["loadtest-shape"]["data"]
     assert 5 <= int(shape["LOADTEST_MULTIPLE"]) <= 10 and shape["LOADTEST_SHAPE"] == "flash"
     assert "prometheus" in objects("staging", "Deployment")
+
+
+def test_the_redis_cluster_variant_runs_six_nodes_and_creates_the_cluster_once() -> None:
+    redis = objects("staging-redis-cluster", "StatefulSet")["redis"]
+    assert redis["spec"]["replicas"] == 6
+    command = " ".join(pod_spec(redis)["containers"][0]["args"])
+    assert "--cluster-enabled yes" in command and "--appendfsync everysec" in command
+    assert objects("staging-redis-cluster", "Service")["redis"]["spec"]["clusterIP"] == "None"
+    script = pod_spec(objects("staging-redis-cluster", "Job")["redis-create-cluster"])["containers"][0]["args"][0]
+    assert "--cluster-replicas 1" in script and "cluster_state:ok" in script
