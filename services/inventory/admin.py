@@ -6,21 +6,23 @@ Every change is audited; a change sent with an Idempotency-Key is applied once a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 
 from services.common.auth import AdminUser
-from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyInFlight, IdempotencyKeyReused
+from services.common.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    IdempotencyStore,
+    fingerprint,
+)
 from services.common.openapi import KEY_PATTERN, problems
 from services.inventory import errors
-from services.inventory.deps import (
-    AllocationsDep,
-    LedgerDep,
-    ReconcilerDep,
-    ReplenishmentDep,
-    SkusDep,
-)
+from services.inventory.deps import AllocationsDep, LedgerDep, ReconcilerDep, ReplenishmentDep, SkusDep
 from services.inventory.router import SkuPath
 from services.inventory.schemas import (
     SKU_PATTERN,
@@ -50,18 +52,44 @@ SKU_CHANGE = (errors.SkuNotFound, errors.InsufficientStock, errors.StockLimitExc
 ALLOCATION_CHANGE = (errors.AllocationNotFound, errors.AllocationExceeded, errors.InsufficientStock, *KEYED)
 
 
+@dataclass(frozen=True, slots=True)
+class OncePerKey:
+    """An admin change with the request's Idempotency-Key: applied once when a key is sent, replayed after."""
+
+    records: IdempotencyStore
+    key: str | None
+
+    async def run(self, *, actor: str, payload: dict[str, Any], action: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `action`, or answer what its first run with this key answered (a key with another body: 422)."""
+        if self.key is None:
+            return await action()
+
+        async def first_run() -> tuple[int, Any]:
+            result = await action()
+            return 200, result.model_dump(mode="json")
+
+        _status, body = await self.records.run(
+            key=self.key, owner=actor, request_fingerprint=fingerprint(payload), action=first_run
+        )
+        return body
+
+
+async def _once_per_key(ledger: LedgerDep, key: OptionalKey = None) -> OncePerKey:
+    return OncePerKey(ledger.admin_keys, key)
+
+
+Once = Annotated[OncePerKey, Depends(_once_per_key)]
+
+
 @router.post(
     "/skus",
     status_code=201,
     response_model=SkuOut,
     responses=problems(errors.SkuExists, errors.InvalidThreshold, errors.StockLimitExceeded, *KEYED),
 )
-async def create_sku(
-    body: SkuCreate, user: AdminUser, ledger: LedgerDep, skus: SkusDep, key: OptionalKey = None
-) -> Any:
+async def create_sku(body: SkuCreate, user: AdminUser, skus: SkusDep, once: Once) -> Any:
     """Create a SKU with its initial stock (409 SKU_EXISTS when the code is taken)."""
-    return await ledger.idempotent(
-        key=key,
+    return await once.run(
         actor=user.user_id,
         payload={"op": "create", **body.model_dump()},
         action=lambda: skus.create_sku(actor=user.user_id, data=body),
@@ -87,12 +115,9 @@ async def ledger(
 
 
 @router.post("/skus/{sku}/restock", response_model=SkuOut, responses=problems(*SKU_CHANGE))
-async def restock(
-    sku: SkuPath, body: RestockRequest, user: AdminUser, ledger: LedgerDep, skus: SkusDep, key: OptionalKey = None
-) -> Any:
+async def restock(sku: SkuPath, body: RestockRequest, user: AdminUser, skus: SkusDep, once: Once) -> Any:
     """Add received units; lifting available above the low-stock threshold re-arms its alert."""
-    return await ledger.idempotent(
-        key=key,
+    return await once.run(
         actor=user.user_id,
         payload={"op": "restock", "sku": sku, **body.model_dump()},
         action=lambda: skus.restock(actor=user.user_id, sku=sku, quantity=body.quantity, reason=body.reason),
@@ -100,12 +125,9 @@ async def restock(
 
 
 @router.post("/skus/{sku}/adjust", response_model=SkuOut, responses=problems(*SKU_CHANGE))
-async def adjust(
-    sku: SkuPath, body: AdjustRequest, user: AdminUser, ledger: LedgerDep, skus: SkusDep, key: OptionalKey = None
-) -> Any:
+async def adjust(sku: SkuPath, body: AdjustRequest, user: AdminUser, skus: SkusDep, once: Once) -> Any:
     """Correct stock after a count; removing more than is available is refused (409 INSUFFICIENT_STOCK)."""
-    return await ledger.idempotent(
-        key=key,
+    return await once.run(
         actor=user.user_id,
         payload={"op": "adjust", "sku": sku, **body.model_dump()},
         action=lambda: skus.adjust(actor=user.user_id, sku=sku, delta=body.delta, reason=body.reason),
@@ -126,12 +148,9 @@ async def set_threshold(sku: SkuPath, body: ThresholdRequest, user: AdminUser, s
     response_model=AllocationOut,
     responses=problems(errors.SkuNotFound, *ALLOCATION_CHANGE),
 )
-async def allocate(
-    body: AllocationRequest, user: AdminUser, ledger: LedgerDep, allocations: AllocationsDep, key: OptionalKey = None
-) -> Any:
+async def allocate(body: AllocationRequest, user: AdminUser, allocations: AllocationsDep, once: Once) -> Any:
     """Give a sale units from available stock (409 INSUFFICIENT_STOCK, nothing changed, when too few)."""
-    return await ledger.idempotent(
-        key=key,
+    return await once.run(
         actor=user.user_id,
         payload={"op": "allocate", **body.model_dump()},
         action=lambda: allocations.allocate(
@@ -155,12 +174,7 @@ async def set_allocation(
     raise `sold`, units left when a sale ends raise `returned`.
     """
     return await allocations.set_allocation(
-        actor=user.user_id,
-        sale_id=sale_id,
-        sku=sku,
-        allocated=body.allocated,
-        sold=body.sold,
-        returned=body.returned,
+        actor=user.user_id, sale_id=sale_id, sku=sku, allocated=body.allocated, sold=body.sold, returned=body.returned
     )
 
 
@@ -180,17 +194,10 @@ async def get_allocation(sale_id: SaleId, sku: SkuPath, user: AdminUser, allocat
     "/allocations/{sale_id}/{sku}/return", response_model=AllocationOut, responses=problems(*ALLOCATION_CHANGE)
 )
 async def return_allocation(
-    sale_id: SaleId,
-    sku: SkuPath,
-    body: AllocationChange,
-    user: AdminUser,
-    ledger: LedgerDep,
-    allocations: AllocationsDep,
-    key: OptionalKey = None,
+    sale_id: SaleId, sku: SkuPath, body: AllocationChange, user: AdminUser, allocations: AllocationsDep, once: Once
 ) -> Any:
     """Unsold units of a sale go back to available."""
-    return await ledger.idempotent(
-        key=key,
+    return await once.run(
         actor=user.user_id,
         payload={"op": "return", "sale_id": sale_id, "sku": sku, **body.model_dump()},
         action=lambda: allocations.return_allocation(
@@ -201,17 +208,10 @@ async def return_allocation(
 
 @router.post("/allocations/{sale_id}/{sku}/sell", response_model=AllocationOut, responses=problems(*ALLOCATION_CHANGE))
 async def sell_allocation(
-    sale_id: SaleId,
-    sku: SkuPath,
-    body: AllocationChange,
-    user: AdminUser,
-    ledger: LedgerDep,
-    allocations: AllocationsDep,
-    key: OptionalKey = None,
+    sale_id: SaleId, sku: SkuPath, body: AllocationChange, user: AdminUser, allocations: AllocationsDep, once: Once
 ) -> Any:
     """Units the sale sold: allocated -> sold."""
-    return await ledger.idempotent(
-        key=key,
+    return await once.run(
         actor=user.user_id,
         payload={"op": "sell", "sale_id": sale_id, "sku": sku, **body.model_dump()},
         action=lambda: allocations.sell_allocation(

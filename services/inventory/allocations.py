@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.inventory import errors
-from services.inventory.ledger import StockChange, StockLedger, counters_of
+from services.inventory.ledger import StockChange, StockLedger, counters_of, require_available
 from services.inventory.models import Allocation, LedgerKind, Sku
 from services.inventory.schemas import AllocationOut
 
@@ -58,10 +58,7 @@ class Allocations:
         """Move available units to a sale; refused (nothing changed) when fewer are available."""
         async with self.ledger.change() as change:
             row = await change.lock(sku)
-            if row.available < quantity:
-                raise errors.InsufficientStock(
-                    f"Only {row.available} of {sku} available; {quantity} asked", extra={"available": row.available}
-                )
+            require_available(row, quantity)
             before = counters_of(row)
             allocation = await _locked(change.session, sale_id, sku, create=True)
             allocation.allocated += quantity

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.idempotency import IdempotencyStore, fingerprint
 from services.inventory import errors
-from services.inventory.ledger import StockChange, StockLedger, utcnow
+from services.inventory.ledger import StockChange, StockLedger, require_available, utcnow
 from services.inventory.models import Hold, HoldState, LedgerKind
 from services.inventory.schemas import HoldOut
 
@@ -74,10 +74,7 @@ class Holds:
     async def _hold(self, *, user_id: str, sku: str, quantity: int, ttl_seconds: int) -> HoldOut:
         async with self.ledger.change() as change:
             row = await change.lock(sku)
-            if row.available < quantity:
-                raise errors.InsufficientStock(
-                    f"Only {row.available} of {sku} available; {quantity} asked", extra={"available": row.available}
-                )
+            require_available(row, quantity)
             hold = Hold(
                 id=os.urandom(16).hex(),
                 sku=sku,

@@ -9,7 +9,7 @@ forget the ledger row, the threshold or the mirror.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.idempotency import IdempotencyStore, fingerprint
+from services.common.idempotency import IdempotencyStore
 from services.inventory import errors
 from services.inventory.alerts import (
     AlertRelay,
@@ -61,6 +61,14 @@ def above_threshold(row: Sku) -> bool:
     """Whether the SKU is not short: no threshold, or `available` above it."""
     threshold = threshold_units(row)
     return threshold is None or row.available > threshold
+
+
+def require_available(row: Sku, quantity: int) -> None:
+    """Refuse a change that takes more units than are available (INSUFFICIENT_STOCK, nothing changed)."""
+    if row.available < quantity:
+        raise errors.InsufficientStock(
+            f"Only {row.available} of {row.sku} available; {quantity} asked", extra={"available": row.available}
+        )
 
 
 @dataclass
@@ -157,7 +165,7 @@ def _watch_threshold(row: Sku, *, rearm: bool) -> dict[str, Any] | None:
 
 
 class StockLedger:
-    """The core every flow shares: the engine, the Redis mirror, the alert relay and admin idempotency."""
+    """The core every flow shares: the engine, the Redis mirror, the alert relay, admin Idempotency-Key records."""
 
     def __init__(
         self, *, settings: InventorySettings, redis: Redis, sessions: async_sessionmaker[AsyncSession]
@@ -191,24 +199,3 @@ class StockLedger:
                 await self.relay.relay_once(ids=effects.alerts)
             except (RedisError, SQLAlchemyError, OSError) as exc:
                 log.warning("alerts %s left to the relay (%s)", effects.alerts, type(exc).__name__)
-
-    async def idempotent(
-        self,
-        *,
-        key: str | None,
-        actor: str,
-        payload: dict[str, Any],
-        action: Callable[[], Awaitable[Any]],
-    ) -> Any:
-        """Run an admin change once per Idempotency-Key (when one is sent); a replay gets the first answer."""
-        if key is None:
-            return await action()
-
-        async def run() -> tuple[int, Any]:
-            result = await action()
-            return 200, result.model_dump(mode="json")
-
-        _status, body = await self.admin_keys.run(
-            key=key, owner=actor, request_fingerprint=fingerprint(payload), action=run
-        )
-        return body
