@@ -20,17 +20,8 @@ from services.common.idempotency import IdempotencyKeyReused
 from services.coupon import errors
 from services.coupon.config import CouponSettings
 from services.coupon.models import AuditEntry, Coupon, CouponState, PaidOrder, Template
-from services.coupon.pricing import (
-    CouponRule,
-    Customer,
-    Line,
-    Quote,
-    Tier,
-    quote,
-    refund_amount,
-    settled_total,
-    validate_rule,
-)
+from services.coupon.pricing import Quote, quote, refund_amount, settled_total
+from services.coupon.rules import CouponRule, Customer, Line, Tier, validate_rule
 from services.coupon.schemas import (
     ClaimedCoupon,
     DiscountOut,

@@ -13,8 +13,13 @@ from services.common.background import freeze_startup_objects, run_every, stop_b
 from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory, warm_redis
 from services.inventory import admin, router
+from services.inventory.allocations import Allocations
 from services.inventory.config import InventorySettings
-from services.inventory.service import InventoryService
+from services.inventory.holds import Holds
+from services.inventory.ledger import StockLedger
+from services.inventory.reconciliation import Reconciler
+from services.inventory.reminders import Replenishment
+from services.inventory.skus import Skus
 
 
 def create_app(settings: InventorySettings | None = None) -> FastAPI:
@@ -28,9 +33,12 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
         await warm_redis(redis, settings)
         engine = open_engine(settings)
         sessions = session_factory(engine)
-        service = InventoryService(settings=settings, redis=redis, sessions=sessions)
+        ledger = StockLedger(settings=settings, redis=redis, sessions=sessions)
+        holds, reconciler = Holds(ledger), Reconciler(ledger)
         app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
-        app.state.service, app.state.token_verifier = service, TokenVerifier(settings)
+        app.state.ledger, app.state.skus, app.state.allocations = ledger, Skus(ledger), Allocations(ledger)
+        app.state.holds, app.state.reconciler, app.state.replenishment = holds, reconciler, Replenishment(sessions)
+        app.state.token_verifier = TokenVerifier(settings)
         stop = asyncio.Event()
         batch = settings.sweep_batch
         relay_batch = settings.alert_relay_batch
@@ -39,7 +47,7 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
                 run_every(
                     settings.sweep_interval_seconds,
                     "hold sweeper",
-                    service.expire_due_holds,
+                    holds.expire_due_holds,
                     stop,
                     again_now=lambda n: isinstance(n, int) and n >= batch,
                 )
@@ -48,16 +56,16 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
                 run_every(
                     settings.alert_relay_interval_seconds,
                     "alert relay",
-                    service.relay.relay_once,
+                    ledger.relay.relay_once,
                     stop,
                     again_now=lambda n: isinstance(n, int) and n >= relay_batch,
                 )
             ),
             asyncio.create_task(
-                run_every(settings.reminder_check_seconds, "replenishment reminders", service.relay.remind_due, stop)
+                run_every(settings.reminder_check_seconds, "replenishment reminders", ledger.relay.remind_due, stop)
             ),
             asyncio.create_task(
-                run_every(settings.reconcile_interval_seconds, "reconciliation", service.reconcile_tick, stop)
+                run_every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_tick, stop)
             ),
         ]
         freeze_startup_objects()
@@ -65,8 +73,8 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
             yield
         finally:
             await stop_background(stop, jobs)
-            await service.release_leadership()
-            await service.relay.aclose()
+            await reconciler.release_leadership()
+            await ledger.relay.aclose()
             await redis.aclose()
             await engine.dispose()
 

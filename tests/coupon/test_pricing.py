@@ -10,18 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.coupon.pricing import (
-    AppliedDiscount,
-    CouponRule,
-    Customer,
-    Kind,
-    Line,
-    Quote,
-    Tier,
-    quote,
-    refund_amount,
-    validate_rule,
-)
+from services.coupon.pricing import AppliedDiscount, Quote, quote, refund_amount
+from services.coupon.rules import CouponRule, Customer, Kind, Line, Tier, validate_rule
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 ALICE = Customer("alice")

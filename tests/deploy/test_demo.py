@@ -66,7 +66,7 @@ def _seed_plan(**changes: Any) -> seed.SaleSeed:
 
 
 def test_demo_coupon_template_is_valid_tiered_and_scoped_to_the_demo_sale() -> None:
-    from services.coupon.pricing import validate_rule
+    from services.coupon.rules import validate_rule
     from services.coupon.schemas import TemplateCreate
     from services.coupon.service import rule_of
 
