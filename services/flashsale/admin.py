@@ -90,7 +90,7 @@ async def create_sale(
     """Create a sale in draft."""
     payload = body.model_dump(mode="json")
     return await _once(
-        request, user, key, payload, lambda: service.create_sale(actor=user.user_id, data=body), status=201
+        request, user, key, payload, lambda: service.sales.create_sale(actor=user.user_id, data=body), status=201
     )
 
 
@@ -103,7 +103,7 @@ async def create_sale(
 )
 async def update_sale(sale_id: SaleId, body: SaleUpdate, user: AdminUser, service: ServiceDep) -> dict[str, Any]:
     """Change a sale before it goes live."""
-    return await service.update_sale(actor=user.user_id, sale_id=sale_id, data=body)
+    return await service.sales.update_sale(actor=user.user_id, sale_id=sale_id, data=body)
 
 
 def _transition_route(action: str) -> None:
@@ -115,7 +115,7 @@ def _transition_route(action: str) -> None:
             user,
             key,
             {"sale_id": sale_id},
-            lambda: transition(service, actor=user.user_id, sale_id=sale_id, action=action),
+            lambda: transition(service.core, actor=user.user_id, sale_id=sale_id, action=action),
         )
 
     endpoint.__doc__ = f"{action.capitalize()} a sale."
@@ -153,7 +153,7 @@ async def add_stock(
         user,
         key,
         {"sale_id": sale_id, "units": body.units},
-        lambda: service.add_stock(actor=user.user_id, sale_id=sale_id, units=body.units),
+        lambda: service.sales.add_stock(actor=user.user_id, sale_id=sale_id, units=body.units),
     )
 
 
@@ -166,15 +166,15 @@ async def list_sales(
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     """All sales, newest first."""
-    await service.audit_read(actor=user.user_id, action="list")
-    return await service.list_sales(state=state, limit=limit, offset=offset)
+    await service.sales.audit_read(actor=user.user_id, action="list")
+    return await service.sales.list_sales(state=state, limit=limit, offset=offset)
 
 
 @router.get("/sales/{sale_id}", response_model=SaleOut, responses=problems(errors.SaleNotFound))
 async def get_sale(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> SaleOut:
     """One sale as recorded."""
-    sale = await service.get_sale(sale_id)
-    await service.audit_read(actor=user.user_id, action="get", sale_id=sale_id)
+    sale = await service.sales.get_sale(sale_id)
+    await service.sales.audit_read(actor=user.user_id, action="get", sale_id=sale_id)
     return SaleOut.model_validate(sale)
 
 
@@ -183,8 +183,8 @@ async def get_sale(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> Sal
 )
 async def sale_stats(sale_id: SaleId, user: AdminUser, service: ServiceDep) -> SaleStats:
     """Sold, reserved, remaining, attempts by outcome, and when it sold out."""
-    stats = await service.stats(sale_id)
-    await service.audit_read(actor=user.user_id, action="stats", sale_id=sale_id)
+    stats = await service.sales.stats(sale_id)
+    await service.sales.audit_read(actor=user.user_id, action="stats", sale_id=sale_id)
     return stats
 
 
@@ -201,7 +201,7 @@ async def list_sale_alerts(
 ) -> list[SaleAlert]:
     """The sale's alerts (stock.low, sale.sold_out, reconciliation.drift), oldest first; page on with `after`."""
     alerts = await sale_alerts(service, sale_id=sale_id, after=after, limit=limit)
-    await service.audit_read(actor=user.user_id, action="alerts", sale_id=sale_id)
+    await service.sales.audit_read(actor=user.user_id, action="alerts", sale_id=sale_id)
     return alerts
 
 
@@ -214,8 +214,8 @@ async def audit_log(
     offset: Offset = 0,
 ) -> list[AuditOut]:
     """Who did what to which sale, and when, newest first."""
-    entries = await service.audit_log(sale_id=sale_id, limit=limit, offset=offset)
-    await service.audit_read(actor=user.user_id, action="audit", sale_id=sale_id)
+    entries = await service.sales.audit_log(sale_id=sale_id, limit=limit, offset=offset)
+    await service.sales.audit_read(actor=user.user_id, action="audit", sale_id=sale_id)
     return [AuditOut.model_validate(e) for e in entries]
 
 

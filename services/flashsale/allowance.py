@@ -5,21 +5,21 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 
 from services.flashsale import errors
+from services.flashsale.core import SaleCore, effective_state, utcnow
 from services.flashsale.models import SaleState
 from services.flashsale.schemas import BuyerAllowance
-from services.flashsale.service import FlashSaleService, utcnow
 
 
-async def buyer_allowance(service: FlashSaleService, *, sale_id: int, user_id: str) -> BuyerAllowance:
+async def buyer_allowance(core: SaleCore, *, sale_id: int, user_id: str) -> BuyerAllowance:
     """Bought, limit and how many more units the buyer may buy (never another buyer's numbers)."""
-    entry = service.catalog.get(sale_id)
+    entry = core.catalog.get(sale_id)
     if entry is None or entry.state == SaleState.DRAFT:
         raise errors.SaleNotFound(f"No sale {sale_id}")
     try:
-        bought, status = await service.store.buyer_position(sale_id, user_id)
+        bought, status = await core.store.buyer_position(sale_id, user_id)
     except RedisError:
         raise errors.StockUnavailable("Live stock is unavailable right now") from None
-    state = service.effective_state(entry.state, status.get("state"), entry.starts_at, entry.ends_at, utcnow())
+    state = effective_state(entry.state, status.get("state"), entry.starts_at, entry.ends_at, utcnow())
     limit = int(status.get("limit", entry.data["per_user_limit"]))
     remaining = int(status.get("remaining", 0)) if state != SaleState.ENDED else 0
     may_buy = max(0, min(limit - bought, remaining))

@@ -16,8 +16,9 @@ from redis.exceptions import RedisError
 from services.common.streams import StreamConsumer, decode_event
 from services.common.webhooks import sign
 from services.flashsale import errors
+from services.flashsale.core import WARM_STATES, utcnow
 from services.flashsale.schemas import SaleAlert
-from services.flashsale.service import WARM_STATES, FlashSaleService, utcnow
+from services.flashsale.service import FlashSaleService
 from services.flashsale.store import NOTIFY_CHANNEL, alerts_stream
 
 log = logging.getLogger("flashsale.events")
@@ -91,7 +92,7 @@ class AlertRelay:
         recent = utcnow() - timedelta(hours=1)
         return {
             e.id
-            for e in self.service.catalog.values()
+            for e in self.service.core.catalog.values()
             if e.state in WARM_STATES or (e.ends_at >= recent and e.state.value == "ended")
         }
 
@@ -100,7 +101,7 @@ class AlertRelay:
         wanted = self._wanted()
         for sale_id in wanted - self._consumers.keys():
             consumer = StreamConsumer(
-                redis=self.service.redis,
+                redis=self.service.core.redis,
                 stream=alerts_stream(sale_id),
                 group=self.GROUP,
                 consumer=self.consumer_name,
@@ -123,17 +124,17 @@ class AlertRelay:
 
     async def relay(self, sale_id: int, entry_id: str, fields: dict[str, Any]) -> None:
         """Publish one alert: global stream, metric, webhooks; pause the record if the script paused."""
-        redis = self.service.redis
+        redis = self.service.core.redis
         event = decode_event(fields)
         event_type = str(event["type"])
         if event_type == "stock.low" and event.get("paused"):
-            await self.service.sync_auto_pause(sale_id)  # safe to repeat; must not be skipped by a retry
+            await self.service.automatic.sync_auto_pause(sale_id)  # safe to repeat; must not be skipped by a retry
         seen_key = f"fs:alert-relayed:{sale_id}:{entry_id}"
         if await redis.exists(seen_key):
             return  # delivered before a crash stopped the acknowledgement
         payload = {"id": f"{sale_id}-{entry_id}", **event}
         await redis.xadd(
-            self.service.settings.alerts_stream,
+            self.service.core.settings.alerts_stream,
             {"type": event_type, "v": str(event["v"]), "data": orjson.dumps(payload).decode()},
             maxlen=100_000,
             approximate=True,
@@ -153,13 +154,13 @@ class AlertRelay:
 
 async def sale_alerts(service: FlashSaleService, *, sale_id: int, after: str | None, limit: int) -> list[SaleAlert]:
     """A sale's alerts as raised, oldest first; each `id` is the one its webhook and `alerts` entry carry."""
-    await service.get_sale(sale_id)  # 404 for a sale that does not exist
+    await service.sales.get_sale(sale_id)  # 404 for a sale that does not exist
     prefix = f"{sale_id}-"
     if after is not None and not after.startswith(prefix):
         raise errors.InvalidSale(f"after must be an alert id of sale {sale_id} ({prefix}<ms>-<seq>)")
     start = after[len(prefix) :] if after else None
     try:
-        entries = await service.store.sale_alerts(sale_id, after=start, limit=limit)
+        entries = await service.core.store.sale_alerts(sale_id, after=start, limit=limit)
     except RedisError:
         raise errors.StockUnavailable("The sale's alerts are unavailable right now") from None
     return [
@@ -186,17 +187,17 @@ async def handle_order_event(service: FlashSaleService, entry_id: str, fields: d
         log.error("order event %s without sale_id/reservation_id; skipped", entry_id)
         return
     if event_type in RELEASE_EVENTS:
-        released = await service.release_reservation(sale_id=sale_id, reservation_id=reservation_id)
+        released = await service.purchases.release_reservation(sale_id=sale_id, reservation_id=reservation_id)
         log.info("release %s: %s", reservation_id, "released" if released else "already done")
     else:
-        await service.confirm_reservation(sale_id=sale_id, reservation_id=reservation_id)
+        await service.purchases.confirm_reservation(sale_id=sale_id, reservation_id=reservation_id)
 
 
 async def listen_notifications(service: FlashSaleService) -> None:
     """Follow other replicas: sold out, buyable again, catalog changed."""
     while True:
         try:
-            async with service.redis.pubsub() as pubsub:
+            async with service.core.redis.pubsub() as pubsub:
                 await pubsub.subscribe(NOTIFY_CHANNEL)
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
@@ -212,9 +213,9 @@ async def listen_notifications(service: FlashSaleService) -> None:
 async def _on_notification(service: FlashSaleService, data: str) -> None:
     kind, _, arg = data.partition(":")
     if kind == "soldout" and arg.isdigit():
-        service.sold_out.mark(int(arg))
+        service.core.sold_out.mark(int(arg))
     elif kind == "buyable" and arg.isdigit():
-        service.sold_out.clear(int(arg))
+        service.core.sold_out.clear(int(arg))
     elif kind == "catalog":
         try:
             await service.refresh_catalog()

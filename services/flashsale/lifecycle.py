@@ -23,8 +23,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from services.flashsale import errors
+from services.flashsale.core import SaleCore, epoch_ms, snapshot, utcnow
 from services.flashsale.models import Sale, SaleState
-from services.flashsale.service import FlashSaleService, _ms, snapshot, utcnow
 
 log = logging.getLogger("flashsale.lifecycle")
 
@@ -58,44 +58,44 @@ def _apply(sale: Sale, action: str, target: SaleState) -> None:
         sale.ended_at = now
 
 
-async def transition(service: FlashSaleService, *, actor: str, sale_id: int, action: str) -> dict[str, Any]:
+async def transition(core: SaleCore, *, actor: str, sale_id: int, action: str) -> dict[str, Any]:
     """schedule, start, pause, resume or stop a sale."""
     allowed, target = TRANSITIONS[action]
-    async with service.sessions.begin() as session:
-        sale = await service._locked(session, sale_id)
-        current = await service._current_state(sale)
+    async with core.sessions.begin() as session:
+        sale = await core.locked(session, sale_id)
+        current = await core.current_state(sale)
         if current not in allowed:
             raise errors.InvalidTransition(f"Cannot {action} a sale that is {current.value}")
         _check_window(sale, action)
         before = snapshot(sale)
         # What Redis may say until the record commits: the state and window the sale had before.
-        held = {"state": sale.state, "starts": _ms(sale.starts_at)}
+        held = {"state": sale.state, "starts": epoch_ms(sale.starts_at)}
         _apply(sale, action, target)
         if action in OPENING:
-            await service._warm(sale, reset=False, held=held)
+            await core.warm(sale, reset=False, held=held)
         elif current != SaleState.DRAFT and action != "resume":
             # Stopping selling goes to Redis first: if the commit then fails, the sale sells less, not more.
-            await service.store.set_state(sale.id, target.value)
+            await core.store.set_state(sale.id, target.value)
         await session.flush()
         await session.refresh(sale)
         after = snapshot(sale)
-        await service._audit(session, actor=actor, action=action, sale_id=sale_id, before=before, after=after)
-    service.catalog[sale.id] = service._entry(sale)
-    await service._notify("catalog")
+        await core.audit(session, actor=actor, action=action, sale_id=sale_id, before=before, after=after)
+    core.remember(sale)
+    await core.notify("catalog")
     if action in OPENING:
-        await _open_gate(service, sale, held_state=str(held["state"]))
+        await _open_gate(core, sale, held_state=str(held["state"]))
     elif action == "resume":
         # Selling again goes to Redis only once the record says so (a failed write here is put right by
         # the settlement job, which brings Redis to the recorded state).
-        await service.store.set_state(sale.id, target.value)
+        await core.store.set_state(sale.id, target.value)
     return after
 
 
-async def _open_gate(service: FlashSaleService, sale: Sale, *, held_state: str) -> None:
+async def _open_gate(core: SaleCore, sale: Sale, *, held_state: str) -> None:
     """Let Redis sell as the committed record says; a failure leaves the sale not selling, for a while."""
     try:
-        await service.store.advance_state(
-            sale.id, expected=held_state, new=sale.state, fields={"starts": _ms(sale.starts_at)}
+        await core.store.advance_state(
+            sale.id, expected=held_state, new=sale.state, fields={"starts": epoch_ms(sale.starts_at)}
         )
     except RedisError as exc:
         log.error("sale %s is recorded %s but Redis still holds it %s: %s", sale.id, sale.state, held_state, exc)

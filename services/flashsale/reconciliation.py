@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from sqlalchemy import select, update
 
 from services.common.streams import trim_acknowledged
 from services.flashsale import errors
+from services.flashsale.core import SYSTEM_ACTOR, WARM_STATES, epoch_ms, utcnow
 from services.flashsale.models import LowStockPolicy, Sale, SaleState
 from services.flashsale.schemas import (
     AllocationView,
@@ -33,7 +33,7 @@ from services.flashsale.schemas import (
     RedisCounters,
     SaleReconciliation,
 )
-from services.flashsale.service import SYSTEM_ACTOR, WARM_STATES, FlashSaleService, _ms
+from services.flashsale.service import FlashSaleService
 from services.flashsale.store import alerts_stream, events_stream
 
 log = logging.getLogger("flashsale.reconciliation")
@@ -53,18 +53,15 @@ RECORD_CHECK_SECONDS = 5.0
 PURCHASE_STREAM_GROUPS = ("order",)
 
 
-def utcnow() -> datetime:
-    """Now, in UTC."""
-    return datetime.now(UTC)
-
-
 class SaleReconciler:
     """Reconciliation reports, the Redis rebuild, and the settlement with the warehouse."""
 
     def __init__(self, service: FlashSaleService) -> None:
-        self.service = service
-        self.store = service.store
-        self.settings = service.settings
+        self.core = service.core
+        self.sales = service.sales
+        self.automatic = service.automatic
+        self.store = service.core.store
+        self.settings = service.core.settings
         # (allocated, sold, returned) last reported to the warehouse per sale: unchanged totals are not resent.
         self._reported: dict[int, tuple[int, int, int]] = {}
         # When an ended sale's order record may be asked again whether any order is still open.
@@ -79,7 +76,7 @@ class SaleReconciler:
 
     async def report(self, sale_id: int) -> SaleReconciliation:
         """Check one sale; nothing is changed."""
-        sale = await self.service.get_sale(sale_id)
+        sale = await self.sales.get_sale(sale_id)
         return await self._report(sale)
 
     async def _report(self, sale: Sale) -> SaleReconciliation:
@@ -99,7 +96,7 @@ class SaleReconciler:
         problems: list[str] = []
         orders: OrderUnits | None = None
         in_flight = 0
-        if self.service.orders is not None and sale.state != SaleState.DRAFT.value:
+        if self.core.orders is not None and sale.state != SaleState.DRAFT.value:
             record, in_flight = await self._record(sale.id)
             orders = OrderUnits(
                 reserved=int(record["reserved_units"]),
@@ -130,8 +127,8 @@ class SaleReconciler:
                 "or units lost to a failure): repair gives them back if it persists"
             )
         allocation: AllocationView | None = None
-        if self.service.inventory is not None:
-            record_alloc = await self.service.inventory.allocation(sale_id=sale.id, sku=sale.sku)
+        if self.core.inventory is not None:
+            record_alloc = await self.core.inventory.allocation(sale_id=sale.id, sku=sale.sku)
             if record_alloc is None:
                 problems.append(f"The warehouse has no allocation of {sale.sku} for this sale")
             else:
@@ -166,8 +163,8 @@ class SaleReconciler:
 
     async def _record(self, sale_id: int) -> tuple[dict[str, Any], int]:
         """The order record of a sale, and the units Redis reserved whose order is not created yet (in flight)."""
-        assert self.service.orders is not None
-        record = await self.service.orders.sale_reservations(sale_id)
+        assert self.core.orders is not None
+        record = await self.core.orders.sale_reservations(sale_id)
         known = {r["reservation_id"] for r in record["reservations"]}
         held = await self.store.reservations(sale_id)
         in_flight = sum(q for rid, (_u, q, st) in held.items() if st == "reserved" and rid not in known)
@@ -175,7 +172,7 @@ class SaleReconciler:
 
     async def _unsettled(self, limit: int) -> list[Sale]:
         """Sales not settled yet (draft, warm, or ended with units still to settle), oldest first."""
-        async with self.service.sessions() as session:
+        async with self.core.sessions() as session:
             query = select(Sale).where(Sale.settled_at.is_(None)).order_by(Sale.id).limit(limit)
             return list((await session.scalars(query)).all())
 
@@ -187,21 +184,21 @@ class SaleReconciler:
 
     async def repair(self, sale_id: int, *, actor: str) -> SaleReconciliation:
         """Rebuild the sale's Redis counters from the order record; audited."""
-        if self.service.orders is None:
+        if self.core.orders is None:
             raise errors.ReconciliationUnavailable("Repair needs the order record: set FLASHSALE_ORDER_URL")
-        sale = await self.service.get_sale(sale_id)
+        sale = await self.sales.get_sale(sale_id)
         if sale.state == SaleState.DRAFT.value:
             raise errors.InvalidTransition("A draft sale has nothing in Redis to repair")
         before = await self._report(sale)
-        record = await self.service.orders.sale_reservations(sale_id)
+        record = await self.core.orders.sale_reservations(sale_id)
         known = [(r["reservation_id"], r["user_id"], int(r["quantity"]), r["stock"]) for r in record["reservations"]]
-        config = self.service._redis_config(sale)
+        config = self.core.redis_config(sale)
         current_state = (await self.store.live_status(sale_id)).get("state")
         if current_state and sale.state != SaleState.ENDED.value:
             config.pop("state")  # keep what Redis says (the purchase script may have paused it)
         outcome = await self.store.rebuild(
             sale_id=sale_id,
-            incarnation=str(_ms(sale.created_at)),
+            incarnation=str(epoch_ms(sale.created_at)),
             quantity=sale.quantity,
             returned=before.returned,
             config=config,
@@ -217,8 +214,8 @@ class SaleReconciler:
         )
         if outcome.excess:
             log.error("sale %s: %d unit(s) more promised than the sale has; left for a human", sale_id, outcome.excess)
-        async with self.service.sessions.begin() as session:
-            await self.service._audit(
+        async with self.core.sessions.begin() as session:
+            await self.core.audit(
                 session,
                 actor=actor,
                 action="reconcile_repair",
@@ -227,8 +224,8 @@ class SaleReconciler:
                 after=rebuilt.model_dump(mode="json"),
                 note="; ".join(before.problems) or None,
             )
-        self.service.sold_out.clear(sale_id)
-        await self.service._notify(f"buyable:{sale_id}")
+        self.core.sold_out.clear(sale_id)
+        await self.core.notify(f"buyable:{sale_id}")
         self._reported.pop(sale_id, None)
         after = await self._report(sale)
         after.repaired = rebuilt
@@ -245,7 +242,7 @@ class SaleReconciler:
         for report in reports:
             DRIFT.labels(str(report.sale_id)).set(report.drift)
             lost = report.redis is None and report.state in (SaleState.LIVE.value, SaleState.PAUSED.value)
-            if lost and self.settings.auto_rebuild_lost_sales and self.service.orders is not None:
+            if lost and self.settings.auto_rebuild_lost_sales and self.core.orders is not None:
                 log.error("sale %s: Redis data lost; rebuilding from the order record", report.sale_id)
                 repaired = await self.repair(report.sale_id, actor=SYSTEM_ACTOR)
                 DRIFT.labels(str(report.sale_id)).set(repaired.drift)
@@ -266,12 +263,12 @@ class SaleReconciler:
         grace period (`FLASHSALE_ORPHAN_ALLOCATION_GRACE_SECONDS`) covers a creation still in flight; first
         sightings are kept in Redis so every replica counts from the same moment. Returns how many it released.
         """
-        inventory = self.service.inventory
+        inventory = self.core.inventory
         if inventory is None:
             return 0
         open_allocations = await inventory.open_allocations()
         sale_ids = {int(a["sale_id"]) for a in open_allocations}
-        async with self.service.sessions() as session:
+        async with self.core.sessions() as session:
             known = set(await session.scalars(select(Sale.id).where(Sale.id.in_(sale_ids)))) if sale_ids else set()
         redis = self.store.redis
         seen: dict[str, str] = await redis.hgetall(ORPHANS_KEY)  # type: ignore[assignment]
@@ -355,8 +352,8 @@ class SaleReconciler:
         if redis_state not in (SaleState.LIVE.value, SaleState.PAUSED.value):
             return
         if redis_state == SaleState.PAUSED.value and counters.get("low_alerted") == "1":
-            await self.service.sync_auto_pause(sale_id)  # the script's own pause (it checks the policy too)
-        async with self.service.sessions.begin() as session:
+            await self.automatic.sync_auto_pause(sale_id)  # the script's own pause (it checks the policy too)
+        async with self.core.sessions.begin() as session:
             sale = await session.scalar(select(Sale).where(Sale.id == sale_id).with_for_update())
             if sale is None or sale.state == redis_state:
                 return
@@ -370,12 +367,12 @@ class SaleReconciler:
 
     async def _open_recorded(self, sale_id: int, redis_state: str) -> None:
         """An opening (schedule, start) committed but its Redis write failed: Redis follows the record."""
-        async with self.service.sessions.begin() as session:
+        async with self.core.sessions.begin() as session:
             sale = await session.scalar(select(Sale).where(Sale.id == sale_id).with_for_update())
             if sale is None or sale.state == redis_state or SaleState(sale.state) not in WARM_STATES:
                 return
             opened = await self.store.advance_state(
-                sale_id, expected=redis_state, new=sale.state, fields={"starts": _ms(sale.starts_at)}
+                sale_id, expected=redis_state, new=sale.state, fields={"starts": epoch_ms(sale.starts_at)}
             )
         log.warning("sale %s: Redis held it %s while recorded %s; now %s", sale_id, redis_state, sale.state, opened)
 
@@ -406,9 +403,9 @@ class SaleReconciler:
 
     async def _report_to_warehouse(self, sale_id: int, *, sold: int | None, returned: int | None) -> None:
         """Bring the warehouse allocation to the sale's quantity and these running totals."""
-        if self.service.inventory is None:
+        if self.core.inventory is None:
             return
-        async with self.service.sessions.begin() as session:
+        async with self.core.sessions.begin() as session:
             # The quantity is read under a share lock held across the call: an add_stock committing meanwhile
             # (it allocates under the row's update lock) waits, and is never undone by an older quantity.
             row = (
@@ -419,7 +416,7 @@ class SaleReconciler:
             totals = (int(row.quantity), sold or 0, returned or 0)
             if self._reported.get(sale_id) == totals:
                 return
-            await self.service.inventory.set_allocation(
+            await self.core.inventory.set_allocation(
                 sale_id=sale_id, sku=row.sku, allocated=row.quantity, sold=sold, returned=returned
             )
         self._reported[sale_id] = totals
@@ -432,7 +429,7 @@ class SaleReconciler:
         settlement waits until the record has no open order either, and counts what was paid from it.
         """
         paid = redis_sold
-        if self.service.orders is not None:
+        if self.core.orders is not None:
             now = time.monotonic()
             if now < self._next_record_check.get(sale.id, 0.0):
                 return
@@ -447,7 +444,7 @@ class SaleReconciler:
             log.error("sale %s: %d paid of %d units: oversold; not settled, for a human", sale.id, paid, sale.quantity)
             return
         await self._report_to_warehouse(sale.id, sold=paid, returned=returned)
-        async with self.service.sessions.begin() as session:
+        async with self.core.sessions.begin() as session:
             await session.execute(
                 update(Sale)
                 .where(Sale.id == sale.id, Sale.settled_at.is_(None))

@@ -46,7 +46,7 @@ PURCHASE_PROBLEMS = problems(
 @router.get("/sales", response_model=list[SaleView], responses=problems(errors.StockUnavailable))
 async def list_sales(service: ServiceDep) -> list[SaleView]:
     """Live and upcoming sales."""
-    return await service.list_public()
+    return await service.storefront.list_public()
 
 
 @router.get(
@@ -54,7 +54,7 @@ async def list_sales(service: ServiceDep) -> list[SaleView]:
 )
 async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
     """A sale with server time, countdown and remaining stock."""
-    return await service.view(sale_id)
+    return await service.storefront.view(sale_id)
 
 
 @router.get(
@@ -64,7 +64,7 @@ async def get_sale(sale_id: SaleId, service: ServiceDep) -> SaleView:
 )
 async def my_allowance(sale_id: SaleId, user: CurrentUser, service: ServiceDep) -> BuyerAllowance:
     """The caller's own numbers in a sale: units bought, the per-user limit, and how many more they may buy."""
-    return await buyer_allowance(service, sale_id=sale_id, user_id=user.user_id)
+    return await buyer_allowance(service.core, sale_id=sale_id, user_id=user.user_id)
 
 
 @functools.cache

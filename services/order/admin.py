@@ -30,8 +30,8 @@ async def search_orders(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[OrderOut]:
     """Orders by sale, user, state and close reason (refund_pending ones need a human)."""
-    await service.audit_read(actor=user.user_id, action="search")
-    return await service.admin_search(
+    await service.operations.audit_read(actor=user.user_id, action="search")
+    return await service.operations.admin_search(
         sale_id=sale_id, user_id=user_id, state=state, limit=limit, offset=offset, close_reason=close_reason
     )
 
@@ -41,8 +41,8 @@ async def order_stats(
     user: AdminUser, service: ServiceDep, sale_id: Annotated[int | None, Query(ge=1, le=2**62)] = None
 ) -> OrderStats:
     """Orders, paid, GMV, payment success rate, median time to pay."""
-    await service.audit_read(actor=user.user_id, action="stats")
-    return await service.stats(sale_id=sale_id)
+    await service.operations.audit_read(actor=user.user_id, action="stats")
+    return await service.operations.stats(sale_id=sale_id)
 
 
 @router.get("/sales/{sale_id}/reservations", response_model=SaleReservations)
@@ -51,15 +51,15 @@ async def sale_reservations(
 ) -> SaleReservations:
     """Every reservation of a sale that has an order, with its units' stock state; flashsale's
     reconciliation compares it with its Redis counters and rebuilds them from it."""
-    await service.audit_read(actor=user.user_id, action="sale_reservations")
-    return await service.sale_reservations(sale_id=sale_id)
+    await service.operations.audit_read(actor=user.user_id, action="sale_reservations")
+    return await service.operations.sale_reservations(sale_id=sale_id)
 
 
 @router.get("/orders/{order_id}", response_model=AdminOrderOut, responses=problems(errors.OrderNotFound))
 async def admin_order(order_id: OrderId, user: AdminUser, service: ServiceDep) -> AdminOrderOut:
     """One order with every payment attempt."""
-    await service.audit_read(actor=user.user_id, action="get")
-    return await service.admin_get(order_id)
+    await service.operations.audit_read(actor=user.user_id, action="get")
+    return await service.operations.admin_get(order_id)
 
 
 CancelReason = Literal["cancelled_by_ops", "system_failure"]
@@ -71,13 +71,15 @@ async def force_cancel(
 ) -> OrderOut:
     """Cancel an unpaid order on the buyer's behalf; `system_failure` marks orders our outage broke
     (the coupon service can compensate all of them in one call)."""
-    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="cancel", reason=reason)
+    return await service.operations.admin_transition(
+        actor=user.user_id, order_id=order_id, action="cancel", reason=reason
+    )
 
 
 @router.post("/orders/{order_id}/fulfil", response_model=OrderOut, responses=problems(*TRANSITION_PROBLEMS))
 async def fulfil(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
     """Mark a paid order shipped."""
-    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="fulfil")
+    return await service.operations.admin_transition(actor=user.user_id, order_id=order_id, action="fulfil")
 
 
 @router.post(
@@ -87,4 +89,4 @@ async def fulfil(order_id: OrderId, user: AdminUser, service: ServiceDep) -> Ord
 )
 async def refund(order_id: OrderId, user: AdminUser, service: ServiceDep) -> OrderOut:
     """Refund a paid order, or one paid after it closed (refund_pending)."""
-    return await service.admin_transition(actor=user.user_id, order_id=order_id, action="refund")
+    return await service.operations.admin_transition(actor=user.user_id, order_id=order_id, action="refund")

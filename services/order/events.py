@@ -27,10 +27,10 @@ class PurchaseIngest:
         )
 
     async def _one(self, entry_id: str, fields: dict[str, Any]) -> None:
-        await self.service.create_orders([decode_event(fields)])
+        await self.service.creation.create_orders([decode_event(fields)])
 
     async def _batch(self, entries: list[Entry]) -> None:
-        await self.service.create_orders([decode_event(fields) for _id, fields in entries])
+        await self.service.creation.create_orders([decode_event(fields) for _id, fields in entries])
 
     def consumer_for(self, stream: str) -> StreamConsumer:
         """A consumer of one purchase stream (also used by the benchmark)."""

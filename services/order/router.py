@@ -29,7 +29,7 @@ async def my_orders(
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> list[OrderOut]:
     """The caller's orders, newest first."""
-    return await service.list_orders(user_id=user.user_id, limit=limit, offset=offset)
+    return await service.views.list_orders(user_id=user.user_id, limit=limit, offset=offset)
 
 
 @router.get(
@@ -42,13 +42,13 @@ async def order_by_reservation(
     wait: Annotated[float, Query(ge=0, le=20, description="Seconds to wait for the order to appear")] = 0,
 ) -> OrderOut:
     """The order created from a purchase; `wait` long-polls right after buying."""
-    return await service.get_by_reservation(reservation_id=reservation_id, user_id=user.user_id, wait=wait)
+    return await service.views.get_by_reservation(reservation_id=reservation_id, user_id=user.user_id, wait=wait)
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut, responses=problems(errors.OrderNotFound))
 async def get_order(order_id: OrderId, user: CurrentUser, service: ServiceDep) -> OrderOut:
     """One of the caller's orders (another user's is 404)."""
-    return await service.get_order(order_id=order_id, user_id=user.user_id)
+    return await service.views.get_order(order_id=order_id, user_id=user.user_id)
 
 
 async def _once(request: Request, owner: str, key: str, scope: str, action: Any) -> Response:
@@ -83,7 +83,7 @@ async def pay(
 ) -> Response:
     """Pay an order (primary provider, backup on failure); the same key never charges twice."""
     return await _once(
-        request, user.user_id, key, "order-pay", lambda: service.pay(order_id=order_id, user_id=user.user_id)
+        request, user.user_id, key, "order-pay", lambda: service.checkout.pay(order_id=order_id, user_id=user.user_id)
     )
 
 
@@ -97,5 +97,9 @@ async def cancel(
 ) -> Response:
     """Cancel an unpaid order; its units go back to the sale."""
     return await _once(
-        request, user.user_id, key, "order-cancel", lambda: service.cancel(order_id=order_id, user_id=user.user_id)
+        request,
+        user.user_id,
+        key,
+        "order-cancel",
+        lambda: service.cancellations.cancel(order_id=order_id, user_id=user.user_id),
     )

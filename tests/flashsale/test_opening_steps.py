@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.flashsale.core import SaleCore
 from services.flashsale.lifecycle import transition
-from services.flashsale.service import FlashSaleService
 from services.flashsale.store import STREAM_REGISTRY, events_stream
 from tests.conftest import admin_headers, create_sale, customer_headers, wait_for
 
@@ -38,8 +38,8 @@ class FaultyStep:
 
 
 @pytest.fixture
-def service(app: FastAPI) -> FlashSaleService:
-    flashsale: FlashSaleService = app.state.service
+def core(app: FastAPI) -> SaleCore:
+    flashsale: SaleCore = app.state.service.core
     return flashsale
 
 
@@ -67,12 +67,12 @@ async def _assert_not_opened_then_retry_opens(client: httpx.AsyncClient, redis: 
 
 @pytest.mark.parametrize("fault", ["before", "after"])
 async def test_a_failed_stream_registration_leaves_a_sale_that_does_not_sell(
-    client: httpx.AsyncClient, redis: Redis, service: FlashSaleService, monkeypatch: pytest.MonkeyPatch, fault: str
+    client: httpx.AsyncClient, redis: Redis, core: SaleCore, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     sale = await create_sale(client, quantity=5)
     stream = events_stream(sale["id"])
-    step = FaultyStep(service.redis.sadd, fault, lambda name, *values: name == STREAM_REGISTRY and stream in values)
-    monkeypatch.setattr(service.redis, "sadd", step)
+    step = FaultyStep(core.redis.sadd, fault, lambda name, *values: name == STREAM_REGISTRY and stream in values)
+    monkeypatch.setattr(core.redis, "sadd", step)
     answer = await _start(client, sale["id"])
     assert (answer.status_code, step.failed) == (503, 1)
     await _assert_not_opened_then_retry_opens(client, redis, sale["id"])
@@ -80,40 +80,40 @@ async def test_a_failed_stream_registration_leaves_a_sale_that_does_not_sell(
 
 @pytest.mark.parametrize("fault", ["before", "after"])
 async def test_a_failed_stock_load_leaves_a_sale_that_does_not_sell(
-    client: httpx.AsyncClient, redis: Redis, service: FlashSaleService, monkeypatch: pytest.MonkeyPatch, fault: str
+    client: httpx.AsyncClient, redis: Redis, core: SaleCore, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     sale = await create_sale(client, quantity=5)
-    step = FaultyStep(service.store._warm, fault, lambda **kw: kw["keys"][0] == f"{{fs:{sale['id']}}}:sale")
-    monkeypatch.setattr(service.store, "_warm", step)
+    step = FaultyStep(core.store._warm, fault, lambda **kw: kw["keys"][0] == f"{{fs:{sale['id']}}}:sale")
+    monkeypatch.setattr(core.store, "_warm", step)
     answer = await _start(client, sale["id"])
     assert (answer.status_code, step.failed) == (503, 1)
     await _assert_not_opened_then_retry_opens(client, redis, sale["id"])
 
 
 async def test_a_record_that_fails_to_commit_after_the_stock_load_leaves_a_sale_that_does_not_sell(
-    client: httpx.AsyncClient, redis: Redis, service: FlashSaleService, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, redis: Redis, core: SaleCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sale = await create_sale(client, quantity=5)
-    real_audit = service._audit
+    real_audit = core.audit
 
     async def audit_then_fail(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("action") == "start" and kwargs.get("sale_id") == sale["id"]:
             raise ConnectionResetError("the database connection dropped before the commit")
         return await real_audit(*args, **kwargs)
 
-    monkeypatch.setattr(service, "_audit", audit_then_fail)
+    monkeypatch.setattr(core, "audit", audit_then_fail)
     with pytest.raises(ConnectionResetError):
-        await transition(service, actor="ops-alice", sale_id=sale["id"], action="start")
+        await transition(core, actor="ops-alice", sale_id=sale["id"], action="start")
     monkeypatch.undo()
     await _assert_not_opened_then_retry_opens(client, redis, sale["id"])
 
 
 async def test_a_start_whose_gate_write_failed_is_answered_503_and_opens_once_redis_follows_the_record(
-    client: httpx.AsyncClient, redis: Redis, service: FlashSaleService, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, redis: Redis, core: SaleCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sale = await create_sale(client, quantity=5)
-    step = FaultyStep(service.store.advance_state, "before", lambda sale_id, **kw: sale_id == sale["id"])
-    monkeypatch.setattr(service.store, "advance_state", step)
+    step = FaultyStep(core.store.advance_state, "before", lambda sale_id, **kw: sale_id == sale["id"])
+    monkeypatch.setattr(core.store, "advance_state", step)
     answer = await _start(client, sale["id"])
     assert (answer.status_code, answer.json()["code"], step.failed) == (503, "STOCK_UNAVAILABLE", 1)
     assert "recorded as live" in answer.json()["detail"]
@@ -123,7 +123,7 @@ async def test_a_start_whose_gate_write_failed_is_answered_503_and_opens_once_re
 
 
 async def test_a_schedule_whose_gate_write_failed_still_opens_at_its_start(
-    client: httpx.AsyncClient, redis: Redis, service: FlashSaleService, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, redis: Redis, core: SaleCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = datetime.now(UTC)
     sale = await create_sale(
@@ -132,8 +132,8 @@ async def test_a_schedule_whose_gate_write_failed_still_opens_at_its_start(
         starts_at=(now + timedelta(seconds=1)).isoformat(),
         ends_at=(now + timedelta(hours=1)).isoformat(),
     )
-    step = FaultyStep(service.store.advance_state, "before", lambda sale_id, **kw: sale_id == sale["id"])
-    monkeypatch.setattr(service.store, "advance_state", step)
+    step = FaultyStep(core.store.advance_state, "before", lambda sale_id, **kw: sale_id == sale["id"])
+    monkeypatch.setattr(core.store, "advance_state", step)
     answer = await client.post(f"/admin/sales/{sale['id']}/schedule", headers=admin_headers())
     assert (answer.status_code, step.failed) == (503, 1)
     await wait_for(lambda: _sells(client, redis, sale["id"]), timeout=15, interval=0.2)

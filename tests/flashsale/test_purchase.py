@@ -188,7 +188,7 @@ async def test_purchases_go_on_after_redis_drops_its_scripts_and_the_connection(
 
     # Redis drops the purchase connection (found by its address: other connections run scripts too): the
     # next purchase goes out on a new one.
-    pipe = app.state.service.store._purchase.conn
+    pipe = app.state.service.core.store._purchase.conn
     host, port = pipe.transport.get_extra_info("sockname")[:2]
     assert await redis.client_kill_filter(addr=f"{host}:{port}") == 1
     await asyncio.sleep(0.1)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.flashsale.core import SaleCore
 from services.flashsale.lifecycle import transition
 from services.flashsale.service import FlashSaleService
 from services.inventory.schemas import SkuCreate
@@ -108,8 +109,9 @@ async def test_a_sale_started_while_the_catalog_is_being_read_stays_on_the_store
     client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service: FlashSaleService = app.state.service
+    core: SaleCore = service.core
     sale = await create_sale(client, quantity=3)
-    real = service.sessions
+    real = core.sessions
     started: list[dict[str, Any]] = []
 
     @contextlib.asynccontextmanager
@@ -122,7 +124,7 @@ async def test_a_sale_started_while_the_catalog_is_being_read_stays_on_the_store
                 # The rows are read (the sale is a draft in them); then an admin starts it. Only in this
                 # test's own refresh: the replica's periodic refresh runs in another task.
                 if this_refresh.get() and not started:
-                    started.append(await transition(service, actor="ops-alice", sale_id=sale["id"], action="start"))
+                    started.append(await transition(core, actor="ops-alice", sale_id=sale["id"], action="start"))
                 return rows
 
             monkeypatch.setattr(session, "scalars", scalars)
@@ -132,7 +134,7 @@ async def test_a_sale_started_while_the_catalog_is_being_read_stays_on_the_store
         begin = real.begin
         __call__ = staticmethod(session_that_sees_a_start_after_its_read)
 
-    monkeypatch.setattr(service, "sessions", Sessions())
+    monkeypatch.setattr(core, "sessions", Sessions())
     this_refresh.set(True)
     await service.refresh_catalog()
     monkeypatch.undo()

@@ -380,7 +380,7 @@ async def test_purchase_naming_a_coupon_is_priced_with_it_and_payment_uses_it(
         service = orders._transport.app.state.service  # type: ignore[attr-defined]
         async with service.sessions.begin() as session:
             current = await session.get(Order, order["id"])
-            await service._release_coupons_of_closed(session, current)
+            await service.pricing.release_coupons_of_closed(session, current)
         async with service.sessions() as session:
             released = await session.scalars(
                 select(OutboxEvent).where(

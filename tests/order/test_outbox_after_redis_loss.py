@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
 from services.common.migrate import upgrade
-from services.common.resources import open_engine, session_factory
 from services.common.streams import decode_event
 from services.order.config import OrderSettings
 from services.order.outbox import marker_key
-from services.order.payments import PaymentRouter
 from services.order.service import OrderService
 from tests.conftest import TEST_REDIS_URL, PrivateRedis, db_name_for, db_url_for, drop_database
+from tests.order.conftest import order_service
 
 DB_BASE = "orders_relay"
 
@@ -43,8 +41,8 @@ def aof_redis() -> Iterator[PrivateRedis]:
         server.kill()
 
 
-async def _service(db_url: str, redis_url: str) -> tuple[OrderService, Any]:
-    settings = OrderSettings(
+def _settings(db_url: str, redis_url: str) -> OrderSettings:
+    return OrderSettings(
         env="test",
         database_url=db_url,
         redis_url=redis_url,
@@ -54,21 +52,14 @@ async def _service(db_url: str, redis_url: str) -> tuple[OrderService, Any]:
         paysim_primary_url="http://127.0.0.1:9",
         paysim_backup_url="http://127.0.0.1:9",
     )
-    engine = open_engine(settings)
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    payments = PaymentRouter(primary_url=settings.paysim_primary_url, backup_url=settings.paysim_backup_url)
-    return OrderService(settings=settings, redis=redis, sessions=session_factory(engine), payments=payments), engine
 
 
 @pytest.fixture
 async def service(order_db: str) -> AsyncIterator[OrderService]:
     """The order service over the suite's Redis, with an events stream nobody else reads."""
-    svc, engine = await _service(order_db, TEST_REDIS_URL)
-    yield svc
-    await svc.redis.delete(svc.settings.events_stream, marker_key(svc.settings.events_stream))
-    await svc.payments.aclose()
-    await svc.redis.aclose()
-    await engine.dispose()
+    async with order_service(_settings(order_db, TEST_REDIS_URL)) as svc:
+        yield svc
+        await svc.redis.delete(svc.settings.events_stream, marker_key(svc.settings.events_stream))
 
 
 async def _create_orders(service: OrderService, count: int) -> list[str]:
@@ -85,12 +76,12 @@ async def _create_orders(service: OrderService, count: int) -> list[str]:
         }
         for n in range(count)
     ]
-    assert await service.create_orders(events) == count
+    assert await service.creation.create_orders(events) == count
     return [e["reservation_id"] for e in events]
 
 
 async def _drain(service: OrderService) -> None:
-    while await service.relay_outbox():
+    while await service.outbox.relay():
         pass
 
 
@@ -139,9 +130,8 @@ async def test_events_published_just_before_redis_lost_its_data_are_published_ag
 async def test_a_redis_restarted_from_its_aof_gets_the_recent_events_again_and_nothing_older(
     order_db: str, aof_redis: PrivateRedis
 ) -> None:
-    service, engine = await _service(order_db, f"redis://127.0.0.1:{aof_redis.port}/0")
-    stream = service.settings.events_stream
-    try:
+    async with order_service(_settings(order_db, f"redis://127.0.0.1:{aof_redis.port}/0")) as service:
+        stream = service.settings.events_stream
         old = await _outbox_ids(service, await _create_orders(service, 2))
         await _drain(service)
         await _published_long_ago(service, old)
@@ -159,7 +149,3 @@ async def test_a_redis_restarted_from_its_aof_gets_the_recent_events_again_and_n
         assert again == recent
         await _drain(service)
         assert await service.redis.xlen(stream) == before + len(recent)
-    finally:
-        await service.payments.aclose()
-        await service.redis.aclose()
-        await engine.dispose()

@@ -16,10 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
 
 from services.common.idempotency import fingerprint
-from services.common.resources import open_engine, session_factory
 from services.order.config import OrderSettings
 from services.order.idempotency import OrderIdempotency
-from services.order.payments import PaymentRouter
 from services.order.service import OrderService
 from tests.conftest import (
     TEST_REDIS_URL,
@@ -67,22 +65,17 @@ def replica(paysim: PaySims, dead_redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def service(replica: str, paysim: PaySims) -> AsyncIterator[OrderService]:
-    """The order service's own code in the test process, to create orders as purchase events would."""
-    settings = OrderSettings(
+def order_settings(replica: str, paysim: PaySims) -> OrderSettings:
+    """The in-process service's settings: the replica's database (migrated once it runs), the suite's Redis."""
+    return OrderSettings(
         env="test",
         database_url=db_url_for(DB_BASE),
         redis_url=TEST_REDIS_URL,
         purchase_stream_registry=STREAMS,
+        paysim_primary_url=paysim.primary,
+        paysim_backup_url=paysim.backup,
         db_pool_size=2,
     )
-    engine = open_engine(settings)
-    redis = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
-    payments = PaymentRouter(primary_url=paysim.primary, backup_url=paysim.backup)
-    yield OrderService(settings=settings, redis=redis, sessions=session_factory(engine), payments=payments)
-    await payments.aclose()
-    await redis.aclose()
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -99,7 +92,7 @@ async def _order(service: OrderService, user: str | None = None) -> tuple[str, s
     tag = uuid.uuid4().hex[:10]
     user = user or f"buyer-{tag}"
     event = {"reservation_id": f"r-{tag}", "sale_id": 1, "user_id": user, "sku": "SKU-NR", "quantity": 1}
-    assert await service.create_orders([{**event, "unit_price": 1_000}]) == 1
+    assert await service.creation.create_orders([{**event, "unit_price": 1_000}]) == 1
     async with service.sessions() as session:
         order_id = await session.scalar(text("SELECT id FROM orders WHERE reservation_id = :r"), {"r": f"r-{tag}"})
     assert order_id

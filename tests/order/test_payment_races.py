@@ -16,10 +16,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from services.common.resources import open_engine, session_factory
 from services.order.config import OrderSettings
+from services.order.creation import OrderCreation
 from services.order.main import create_app
-from services.order.payments import PaymentRouter
 from services.order.service import OrderService
 from tests.conftest import (
     TEST_REDIS_URL,
@@ -69,18 +68,9 @@ def replicas(paysim: PaySims) -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-async def service(replicas: list[str], paysim: PaySims) -> AsyncIterator[OrderService]:
-    """The order service's own code in the test process, to create orders as purchase events would."""
-    from redis.asyncio import Redis
-
-    settings = _settings(paysim, db_pool_size=2)
-    engine = open_engine(settings)
-    redis = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
-    payments = PaymentRouter(primary_url=paysim.primary, backup_url=paysim.backup)
-    yield OrderService(settings=settings, redis=redis, sessions=session_factory(engine), payments=payments)
-    await payments.aclose()
-    await redis.aclose()
-    await engine.dispose()
+def order_settings(replicas: list[str], paysim: PaySims) -> OrderSettings:
+    """The in-process service's settings: the replicas' database (migrated once they run) and providers."""
+    return _settings(paysim, db_pool_size=2)
 
 
 @pytest.fixture
@@ -108,14 +98,14 @@ async def _orders(
         }
         for n in range(count)
     ]
+    creation = service.creation
     if deadline_seconds is not None:
-        service = OrderService(
+        creation = OrderCreation(
             settings=service.settings.model_copy(update={"payment_deadline_seconds": deadline_seconds}),
-            redis=service.redis,
             sessions=service.sessions,
-            payments=service.payments,
+            pricing=service.pricing,
         )
-    assert await service.create_orders(events) == count
+    assert await creation.create_orders(events) == count
     async with service.sessions() as session:
         rows = await session.execute(
             text("SELECT id, user_id FROM orders WHERE reservation_id = ANY(:rids)"),
