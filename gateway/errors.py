@@ -49,3 +49,58 @@ async def send_problem(
         out.extend(headers)
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body})
+
+
+class EarlyAnswer(Exception):
+    """The gateway's own answer to a request, raised by the proxy stage that decided it instead of forwarding.
+
+    One exception type, caught once by the proxy, which sends the problem and counts the status: the
+    stages stay free of answer plumbing, and a refusal costs a raise, not a round of return values.
+    A `code` of None is a client that went away (counted as 499): there is nobody to answer.
+    """
+
+    def __init__(
+        self, status: int, code: str | None, detail: str = "", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(status, code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+    async def send(self, send: Send, *, instance: str, request_id: bytes) -> None:
+        """Send the problem (nothing when the client is gone)."""
+        if self.code is not None:
+            await send_problem(
+                send,
+                self.status,
+                self.code,
+                self.detail,
+                instance=instance,
+                request_id=request_id,
+                headers=self.headers,
+            )
+
+
+CLIENT_GONE = 499
+_BEARER_CHALLENGE = [(b"www-authenticate", b"Bearer")]
+
+
+def rate_limited(wait: int) -> EarlyAnswer:
+    """429 with the seconds the caller must wait."""
+    return EarlyAnswer(429, RATE_LIMITED, "Too many requests; slow down", [(b"retry-after", b"%d" % wait)])
+
+
+def unauthenticated(detail: str) -> EarlyAnswer:
+    """401 with the Bearer challenge."""
+    return EarlyAnswer(401, UNAUTHENTICATED, detail, _BEARER_CHALLENGE)
+
+
+def too_large(max_body: int) -> EarlyAnswer:
+    """413: the body passed the gateway's limit."""
+    return EarlyAnswer(413, PAYLOAD_TOO_LARGE, f"Request body exceeds {max_body} bytes")
+
+
+def unavailable(status: int, why: str, retry_after: list[tuple[bytes, bytes]]) -> EarlyAnswer:
+    """503 (no replica to pick) or 502 (none could be reached), both to be retried shortly."""
+    return EarlyAnswer(status, UPSTREAM_UNAVAILABLE, f"{why.capitalize()}; retry shortly", retry_after)

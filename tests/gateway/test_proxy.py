@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import admin_headers, customer_headers
+from tests.conftest import admin_headers, customer_headers, wait_for
 
 
 async def test_routes_strip_the_prefix_and_pass_status_body_and_headers(start_gateway: Any, upstreams: Any) -> None:
@@ -128,3 +131,65 @@ async def test_health_metrics_and_body_limit(start_gateway: Any, upstreams: Any)
         metrics = (await client.get("/metrics")).text
         assert f'gateway_requests_total{{route="order",status="200",upstream="{echo.url}"}}' in metrics
         assert 'gateway_request_duration_seconds_bucket{le="0.001",route="order"' in metrics
+
+
+def _requests_counted(metrics: str) -> Counter[tuple[str, str, str]]:
+    """gateway_requests_total by (route, upstream, status), as /metrics exposes it."""
+    counted: Counter[tuple[str, str, str]] = Counter()
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "gateway_requests":
+            for sample in family.samples:
+                if sample.name == "gateway_requests_total":
+                    labels = sample.labels
+                    counted[labels["route"], labels["upstream"], labels["status"]] = int(sample.value)
+    return counted
+
+
+async def test_every_answer_is_counted_under_its_route_upstream_and_status(start_gateway: Any, upstreams: Any) -> None:
+    (echo,) = await upstreams("coupon")
+    gw = await start_gateway(coupon_urls=echo.url, coupon_timeout=0.3, max_body_bytes=1000)
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        before = _requests_counted((await client.get("/metrics")).text)
+        two_tokens = [("authorization", "Bearer a"), ("authorization", "Bearer b")]
+        assert (await client.get("/api/coupon/templates", headers=two_tokens)).status_code == 400
+        assert (await client.get("/api/coupon/healthz/ready")).status_code == 404
+        assert (await client.get("/api/coupon/admin/templates")).json()["detail"] == "Missing bearer token"
+        assert (await client.get("/api/coupon/admin/templates", headers=customer_headers("eve"))).status_code == 403
+        assert (await client.post("/api/coupon/claims", content=b"x" * 2000)).status_code == 413
+
+        # A HEAD answer ends at its headers: relayed at once, without waiting for a body that never comes.
+        resp = await client.head("/api/coupon/templates")
+        assert (resp.status_code, resp.content, resp.headers["x-upstream"]) == (200, b"", "coupon")
+
+        # A replica that does not answer in time: 504, counted under that replica.
+        echo.mode = "hang"
+        resp = await client.get("/api/coupon/templates", headers=customer_headers("ann"))
+        assert (resp.status_code, resp.json()["code"]) == (504, "UPSTREAM_TIMEOUT")
+        echo.mode = "ok"
+        echo.release.set()
+
+        # A client gone before its announced body arrived: nothing to answer, counted as 499.
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"POST /api/coupon/claims HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n{")
+        await writer.drain()
+        writer.close()
+
+        async def counted() -> Counter[tuple[str, str, str]]:
+            return _requests_counted((await client.get("/metrics")).text) - before
+
+        async def client_gone_counted() -> bool:
+            return ("coupon", "none", "499") in await counted()
+
+        await wait_for(client_gone_counted)
+        assert await counted() == Counter(
+            {
+                ("unmatched", "none", "400"): 1,
+                ("unmatched", "none", "404"): 1,
+                ("coupon", "none", "401"): 1,
+                ("coupon", "none", "403"): 1,
+                ("coupon", "none", "413"): 1,
+                ("coupon", echo.url, "200"): 1,
+                ("coupon", echo.url, "504"): 1,
+                ("coupon", "none", "499"): 1,
+            }
+        )
