@@ -168,6 +168,22 @@ class LoopbackCluster:
             n += 1
         return [found[i] for i in range(len(self.masters))]
 
+    def begin_migration(self, slot: int, source: ClusterNode, target: ClusterNode, keys: list[str]) -> None:
+        """Start moving `slot` from `source` to `target` and move `keys` (of that slot) already."""
+        with target.client() as conn:
+            conn.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id())
+        with source.client() as conn:
+            conn.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id())
+            if keys:
+                conn.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+    def end_migration(self, slot: int, target: ClusterNode) -> None:
+        """Give `slot` to `target`, telling every master at once (no waiting for gossip)."""
+        target_id = target.node_id()
+        for node in [target, *(m for m in self.masters if m is not target)]:
+            with node.client() as conn:
+                conn.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def flush(self) -> None:
         """Empty every master (a cluster has database 0 only) and drop every loaded script."""
         for node in self.masters:
@@ -186,7 +202,8 @@ class LoopbackCluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LoopbackCluster]:
     """A 3-master Redis Cluster for the whole run."""
-    nodes = LoopbackCluster(PORT_BASE)
+    # A node down is noticed after 5 s: a test that stops one has the others serving until then.
+    nodes = LoopbackCluster(PORT_BASE, node_timeout_ms=5000)
     try:
         nodes.start()
         yield nodes
