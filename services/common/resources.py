@@ -13,7 +13,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import parse_url
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.common.cluster_script_pipe import ClusterScriptPipe
@@ -86,6 +86,18 @@ def open_script_pipe(
     """A pipe running `script` on the Redis `url` names: one connection, or one per master of a cluster."""
     pipe_class = ClusterScriptPipe if uses_cluster(url, cluster) else ScriptPipe
     return pipe_class(url, script, call_timeout=call_timeout, connect_timeout=connect_timeout, decode=decode)
+
+
+async def ping_redis(redis: RedisClient) -> None:
+    """Raise unless Redis can serve this process's data: on a cluster, every master answers (each holds part
+    of it) and the cluster reports every slot served."""
+    if not isinstance(redis, RedisCluster):
+        await redis.ping()
+        return
+    await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+    state = (await redis.cluster_info()).get("cluster_state")
+    if state != "ok":
+        raise ClusterDownError(f"cluster_state:{state}")
 
 
 async def warm_redis(redis: RedisClient, settings: BaseServiceSettings) -> int:

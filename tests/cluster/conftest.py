@@ -202,8 +202,8 @@ class LoopbackCluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LoopbackCluster]:
     """A 3-master Redis Cluster for the whole run."""
-    # A node down is noticed after 5 s: a test that stops one has the others serving until then.
-    nodes = LoopbackCluster(PORT_BASE, node_timeout_ms=5000)
+    # A node down is noticed after 15 s: a test that stops one has the others serving until then.
+    nodes = LoopbackCluster(PORT_BASE, node_timeout_ms=15_000)
     try:
         nodes.start()
         yield nodes
