@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 # Either client, as code that works on both topologies takes it.
 RedisClient: TypeAlias = Redis | RedisCluster
+# Connection options of both: strings in and out, the same timeouts on a single node and on every cluster node.
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+    "health_check_interval": 30,
+}
 
 
 def open_redis(settings: BaseServiceSettings) -> Redis:
@@ -40,19 +47,13 @@ def open_redis(settings: BaseServiceSettings) -> Redis:
     # A blocking pool: past `REDIS_MAX_CONNECTIONS` a request waits (up to 5 s) for a free connection
     # instead of failing, so a burst queues briefly rather than turning into errors.
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        max_connections=settings.redis_max_connections,
-        timeout=5,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout=5, **_CONNECTION_OPTIONS
     )
     return Redis(connection_pool=pool)
 
 
 def open_redis_cluster(settings: BaseServiceSettings) -> RedisCluster:
-    """redis-py's cluster client on the cluster whose node REDIS_URL names; strings in and out.
+    """redis-py's cluster client on the cluster whose node REDIS_URL names.
 
     Up to `REDIS_MAX_CONNECTIONS` connections per master (past them a command fails with MaxConnectionsError
     rather than waiting); reads and writes go to masters only (replicas may lag: stock is never read from
@@ -64,13 +65,10 @@ def open_redis_cluster(settings: BaseServiceSettings) -> RedisCluster:
         raise ValueError("a Redis Cluster has database 0 only: REDIS_URL must name /0")
     return RedisCluster.from_url(
         settings.redis_url,
-        decode_responses=True,
         max_connections=settings.redis_max_connections,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
         require_full_coverage=False,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
+        **_CONNECTION_OPTIONS,
     )
 
 
