@@ -16,7 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from gateway.config import GatewaySettings
-from services.common.script_pipe import ScriptPipe, ScriptPipeError, ScriptReplyError
+from services.common.resources import open_script_pipe
+from services.common.script_pipe import ScriptPipeError, ScriptReplyError
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -44,9 +45,10 @@ class RateLimiter:
     """Decides whether a request may pass; returns the seconds to wait when it may not."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.redis = ScriptPipe(
+        self.redis = open_script_pipe(
             settings.redis_url,
             SCRIPT,
+            cluster=settings.redis_cluster,
             call_timeout=settings.ratelimit_timeout,
             connect_timeout=settings.ratelimit_timeout,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,8 @@ class BaseServiceSettings(BaseSettings):
     service_name: str = "service"
     env: str = Field("dev", validation_alias=AliasChoices("APP_ENV", "ENV"))
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    # Whether REDIS_URL names a node of a Redis Cluster: yes, no, or auto (ask the node once at start).
+    redis_cluster: Literal["auto", "yes", "no"] = Field("auto", validation_alias="REDIS_CLUSTER")
     redis_max_connections: int = Field(256, validation_alias="REDIS_MAX_CONNECTIONS")
     # Pool connections opened at start (see resources.warm_redis); none given: all of them.
     redis_warm_connections: int | None = Field(None, ge=0, validation_alias="REDIS_WARM_CONNECTIONS")

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterUnreachableError, RedisError, SlotNotCoveredError
 from sqlalchemy import text
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +23,7 @@ from services.common.json_body import BODY_METHODS, body_problem
 from services.common.logs import configure_logging, request_id_var
 from services.common.metrics import RequestMetrics
 from services.common.openapi import Answer, install_openapi
+from services.common.resources import ping_redis
 
 log = logging.getLogger("service.access")
 
@@ -192,8 +193,11 @@ def add_service_defaults(
     configure_logging(settings.service_name, settings.log_level)
     install_error_handlers(app)
 
+    # The cluster client's "no node reachable" and "slot not covered" are not RedisErrors; they mean the same.
+    @app.exception_handler(RedisClusterUnreachableError)
+    @app.exception_handler(SlotNotCoveredError)
     @app.exception_handler(RedisError)
-    async def _redis_down(request: Request, exc: RedisError) -> Response:
+    async def _redis_down(request: Request, exc: Exception) -> Response:
         log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return problem_response(
             503,
@@ -244,10 +248,10 @@ def default_ready_checks(app: FastAPI) -> dict[str, ReadyCheck]:
     engine = getattr(app.state, "engine", None)
     if redis is not None:
 
-        async def ping_redis() -> None:
-            await redis.ping()
+        async def redis_serves() -> None:
+            await ping_redis(redis)
 
-        checks["redis"] = ping_redis
+        checks["redis"] = redis_serves
     if engine is not None:
 
         async def ping_db() -> None:

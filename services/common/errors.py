@@ -12,6 +12,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
+from redis.exceptions import ClusterDownError, RedisClusterUnreachableError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -85,6 +86,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     RedisConnectionError,
     RedisTimeoutError,
+    # A Redis Cluster with slots no master serves (a master down, its replica not yet promoted), or none of
+    # its nodes reachable.
+    ClusterDownError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
     InterfaceError,
     OperationalError,
     asyncpg.exceptions.PostgresConnectionError,

@@ -16,6 +16,7 @@ scripts (restart, SCRIPT FLUSH) gets the script loaded again and the call is sen
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import ssl
 from collections import deque
@@ -187,9 +188,31 @@ class ScriptPipe:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # Redis lost its scripts (restarted, or SCRIPT FLUSH): load it again, then send the call once more.
-        conn = await self._connection()
-        await self._await(conn, conn.queue(_pack("SCRIPT", "LOAD", self.script)))
+        await self.command("SCRIPT", "LOAD", self.script)
         return await self._call(keys, args)
+
+    async def evalsha_asking(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        """Run the script on a cluster node that is importing the keys' slot (after an ASK redirect)."""
+        try:
+            return await self._call_asking(keys, args)
+        except ScriptReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await self.command("SCRIPT", "LOAD", self.script)
+        return await self._call_asking(keys, args)
+
+    async def _call_asking(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        # ASKING lets the node serve the one command after it, so both leave in the same write.
+        conn = await self._connection()
+        asking = conn.queue(_pack("ASKING"))
+        call = conn.queue(_pack("EVALSHA", self.sha, len(keys), *keys, *args))
+        await self._await(conn, asking)
+        return await self._await(conn, call)
+
+    async def command(self, *parts: str | int | bytes) -> Any:
+        """Send one other command over the pipe (a script load, a cluster query) and return its answer."""
+        conn = await self._connection()
+        return await self._await(conn, conn.queue(_pack(*parts)))
 
     async def _call(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         conn = self.conn
@@ -204,6 +227,13 @@ class ScriptPipe:
             return await future
         finally:
             timer.cancel()
+
+    def at(self, host: str, port: int) -> ScriptPipe:
+        """The same script, credentials and timeouts on another server (a node of the same cluster)."""
+        pipe = copy.copy(self)
+        pipe.host, pipe.port, pipe.path = host, port, None
+        pipe.conn = pipe.connecting = None
+        return pipe
 
     async def aclose(self) -> None:
         """Close the connection."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.common.script_pipe import ScriptPipe
+from services.common.resources import open_script_pipe
 
 LUA_DIR = Path(__file__).parent / "lua"
 STREAM_REGISTRY = "fs:streams"
@@ -95,11 +95,11 @@ class StockStore:
         self.redis = redis
         # The purchase decision, on the hot path: concurrent purchases share one pipelined connection (every
         # call of an event-loop iteration in one write); the other scripts go through the redis-py pool.
-        self._purchase = ScriptPipe(
+        self._purchase = open_script_pipe(
             redis_url, (LUA_DIR / "purchase.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
         )
         # The sold-out path's replay look-up, a read-only script on a connection of its own.
-        self._replay = ScriptPipe(
+        self._replay = open_script_pipe(
             redis_url, (LUA_DIR / "replay.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
         )
         self._release = redis.register_script((LUA_DIR / "release.lua").read_text())
