@@ -18,7 +18,9 @@ def open_redis(settings: BaseServiceSettings) -> Redis:
     """One connection pool per process, strings in and out.
 
     A blocking pool: past `REDIS_MAX_CONNECTIONS` a request waits (up to 5 s) for a free connection
-    instead of failing, so a burst queues briefly rather than turning into errors.
+    instead of failing, so a burst queues briefly rather than turning into errors. The client owns the
+    pool: its `aclose()` disconnects every pooled connection (a client built on a pool passed in leaves
+    them open).
     """
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -29,7 +31,7 @@ def open_redis(settings: BaseServiceSettings) -> Redis:
         socket_connect_timeout=2,
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)
 
 
 async def warm_redis(redis: Redis, settings: BaseServiceSettings) -> int:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 
-from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
-from services.common.resources import open_engine, open_redis, session_factory, warm_redis
+from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
 from services.inventory import admin, router
 from services.inventory.config import InventorySettings
 from services.inventory.service import InventoryService
@@ -21,60 +15,37 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
     """Build the inventory app; resources and the periodic jobs (hold sweeper, alert relay, replenishment
     reminders, reconciliation) start in the lifespan."""
     settings = settings or InventorySettings()
+    batch = settings.sweep_batch
+    relay_batch = settings.alert_relay_batch
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = open_redis(settings)
-        await warm_redis(redis, settings)
-        engine = open_engine(settings)
-        sessions = session_factory(engine)
-        service = InventoryService(settings=settings, redis=redis, sessions=sessions)
-        app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
-        app.state.service, app.state.token_verifier = service, TokenVerifier(settings)
-        stop = asyncio.Event()
-        batch = settings.sweep_batch
-        relay_batch = settings.alert_relay_batch
-        jobs = [
-            asyncio.create_task(
-                run_every(
-                    settings.sweep_interval_seconds,
-                    "hold sweeper",
-                    service.expire_due_holds,
-                    stop,
-                    again_now=lambda n: isinstance(n, int) and n >= batch,
-                )
+    async def start(runtime: ServiceRuntime) -> list[Job]:
+        sessions = runtime.open_database()
+        redis = await runtime.open_redis()
+        runtime.state.service = service = InventoryService(settings=settings, redis=redis, sessions=sessions)
+        runtime.closing(service.relay)
+        runtime.on_shutdown(service.release_leadership)
+        return [
+            Every(
+                settings.sweep_interval_seconds,
+                "hold sweeper",
+                service.expire_due_holds,
+                again_now=lambda n: isinstance(n, int) and n >= batch,
             ),
-            asyncio.create_task(
-                run_every(
-                    settings.alert_relay_interval_seconds,
-                    "alert relay",
-                    service.relay.relay_once,
-                    stop,
-                    again_now=lambda n: isinstance(n, int) and n >= relay_batch,
-                )
+            Every(
+                settings.alert_relay_interval_seconds,
+                "alert relay",
+                service.relay.relay_once,
+                again_now=lambda n: isinstance(n, int) and n >= relay_batch,
             ),
-            asyncio.create_task(
-                run_every(settings.reminder_check_seconds, "replenishment reminders", service.relay.remind_due, stop)
-            ),
-            asyncio.create_task(
-                run_every(settings.reconcile_interval_seconds, "reconciliation", service.reconcile_tick, stop)
-            ),
+            Every(settings.reminder_check_seconds, "replenishment reminders", service.relay.remind_due),
+            Every(settings.reconcile_interval_seconds, "reconciliation", service.reconcile_tick),
         ]
-        freeze_startup_objects()
-        try:
-            yield
-        finally:
-            await stop_background(stop, jobs)
-            await service.release_leadership()
-            await service.relay.aclose()
-            await redis.aclose()
-            await engine.dispose()
 
     app = service_app(
         settings,
         title="inventory",
         description="Warehouse stock ledger, allocations to sales, checkout holds, low-stock alerts, reconciliation.",
-        lifespan=lifespan,
+        lifespan=service_lifespan(settings, start),
         redis_down_code="INVENTORY_UNAVAILABLE",
         # Availability reads the Redis mirror, PostgreSQL when the mirror is out, so it goes on without either;
         # holds and admin answer 503 until both are back.
