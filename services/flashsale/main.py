@@ -9,10 +9,9 @@ from starlette.routing import Route
 
 from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
-from services.common.streams import StreamConsumer
 from services.flashsale import admin, router
 from services.flashsale.config import FlashSaleSettings
-from services.flashsale.events import AlertRelay, WebhookNotifier, handle_order_event, listen_notifications
+from services.flashsale.events import AlertRelay, WebhookNotifier, listen_notifications, order_events_consumer
 from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.service import FlashSaleService
 
@@ -45,14 +44,6 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             await service.refresh_catalog()
             relay.sync()
 
-        order_events = StreamConsumer(
-            redis=redis,
-            stream=settings.order_events_stream,
-            group="flashsale",
-            consumer=replica,
-            handler=lambda entry_id, fields: handle_order_event(service, entry_id, fields),
-            claim_idle_ms=10_000,
-        )
         return [
             Every(settings.catalog_refresh_seconds, "catalog refresh", refresh),
             Every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick),
@@ -60,7 +51,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             Every(settings.allocation_sync_seconds, "settlement", reconciler.settle),
             Every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_periodically),
             lambda: listen_notifications(service),
-            order_events,
+            order_events_consumer(service, replica),
         ]
 
     app = service_app(
