@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -18,8 +15,8 @@ from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
 from gateway.views import ViewPublisher, worker_name
-from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
+from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
 
 log = logging.getLogger("gateway")
 
@@ -53,35 +50,31 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
 
     worker = worker_name(settings.replica_id)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limiter = RateLimiter(settings)
+    async def start(runtime: ServiceRuntime) -> list[Job]:
+        # Not open_redis: upstream views need a few bytes-mode calls with short timeouts, not a warmed pool
+        # sized for a service's traffic, and the rate limiter opens its own pool.
+        views_redis = runtime.closing(Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1))
+        limiter = runtime.closing(RateLimiter(settings))
+        runtime.on_shutdown(close_pools)
         proxy.limiter = limiter
-        views_redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-        publisher = ViewPublisher(views_redis, worker, pools, settings.view_interval_seconds)
-        app.state.view_publisher = publisher
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(HealthChecker(pools, settings).run()),
-            asyncio.create_task(run_every(settings.view_interval_seconds, "upstream view", publisher.publish, stop)),
+        runtime.state.view_publisher = publisher = ViewPublisher(
+            views_redis, worker, pools, settings.view_interval_seconds
+        )
+        return [
+            HealthChecker(pools, settings).run,
+            Every(settings.view_interval_seconds, "upstream view", publisher.publish),
         ]
-        freeze_startup_objects()
-        try:
-            yield
-        finally:
-            # Bounded: redis-py can swallow a cancellation that lands mid-command.
-            await stop_background(stop, tasks)
-            proxy.limiter = None
-            for pool in pools.values():
-                pool.close()
-            await limiter.aclose()
-            await views_redis.aclose()
+
+    def close_pools() -> None:
+        proxy.limiter = None
+        for pool in pools.values():
+            pool.close()
 
     api = service_app(
         settings,
         title="gateway",
         description="The single entry point: routing, failover, auth at the edge, rate limits, load shedding.",
-        lifespan=lifespan,
+        lifespan=service_lifespan(settings, start, verify_tokens=False),
         public_prefix="",
     )
     api.state.settings = settings

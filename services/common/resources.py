@@ -45,11 +45,12 @@ def open_redis(settings: BaseServiceSettings) -> Redis:
     if uses_cluster(settings.redis_url, settings.redis_cluster):
         return cast(Redis, open_redis_cluster(settings))
     # A blocking pool: past `REDIS_MAX_CONNECTIONS` a request waits (up to 5 s) for a free connection
-    # instead of failing, so a burst queues briefly rather than turning into errors.
+    # instead of failing, so a burst queues briefly rather than turning into errors. The client owns the
+    # pool: its `aclose()` disconnects every pooled connection (a client built on a pool passed in leaves them).
     pool = BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=settings.redis_max_connections, timeout=5, **_CONNECTION_OPTIONS
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)
 
 
 def open_redis_cluster(settings: BaseServiceSettings) -> RedisCluster:

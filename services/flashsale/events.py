@@ -193,6 +193,22 @@ async def handle_order_event(service: FlashSaleService, entry_id: str, fields: d
         await service.purchases.confirm_reservation(sale_id=sale_id, reservation_id=reservation_id)
 
 
+def order_events_consumer(service: FlashSaleService, consumer_name: str) -> StreamConsumer:
+    """Reservations released or confirmed as their orders close or are paid (group `flashsale`)."""
+
+    async def handle(entry_id: str, fields: dict[str, Any]) -> None:
+        await handle_order_event(service, entry_id, fields)
+
+    return StreamConsumer(
+        redis=service.core.redis,
+        stream=service.core.settings.order_events_stream,
+        group="flashsale",
+        consumer=consumer_name,
+        handler=handle,
+        claim_idle_ms=10_000,
+    )
+
+
 async def listen_notifications(service: FlashSaleService) -> None:
     """Follow other replicas: sold out, buyable again, catalog changed."""
     while True:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 
-from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.defaults import service_app
-from services.common.resources import open_engine, open_redis, session_factory, warm_redis
+from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
 from services.inventory import admin, router
 from services.inventory.allocations import Allocations
 from services.inventory.config import InventorySettings
@@ -26,63 +20,41 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
     """Build the inventory app; resources and the periodic jobs (hold sweeper, alert relay, replenishment
     reminders, reconciliation) start in the lifespan."""
     settings = settings or InventorySettings()
+    batch = settings.sweep_batch
+    relay_batch = settings.alert_relay_batch
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = open_redis(settings)
-        await warm_redis(redis, settings)
-        engine = open_engine(settings)
-        sessions = session_factory(engine)
+    async def start(runtime: ServiceRuntime) -> list[Job]:
+        sessions = runtime.open_database()
+        redis = await runtime.open_redis()
         ledger = StockLedger(settings=settings, redis=redis, sessions=sessions)
         holds, reconciler = Holds(ledger), Reconciler(ledger)
-        app.state.redis, app.state.engine, app.state.sessions = redis, engine, sessions
-        app.state.ledger, app.state.skus, app.state.allocations = ledger, Skus(ledger), Allocations(ledger)
-        app.state.holds, app.state.reconciler, app.state.replenishment = holds, reconciler, Replenishment(sessions)
-        app.state.token_verifier = TokenVerifier(settings)
-        stop = asyncio.Event()
-        batch = settings.sweep_batch
-        relay_batch = settings.alert_relay_batch
-        jobs = [
-            asyncio.create_task(
-                run_every(
-                    settings.sweep_interval_seconds,
-                    "hold sweeper",
-                    holds.expire_due_holds,
-                    stop,
-                    again_now=lambda n: isinstance(n, int) and n >= batch,
-                )
+        state = runtime.state
+        state.ledger, state.skus, state.allocations = ledger, Skus(ledger), Allocations(ledger)
+        state.holds, state.reconciler, state.replenishment = holds, reconciler, Replenishment(sessions)
+        runtime.closing(ledger.relay)
+        runtime.on_shutdown(reconciler.release_leadership)
+        return [
+            Every(
+                settings.sweep_interval_seconds,
+                "hold sweeper",
+                holds.expire_due_holds,
+                again_now=lambda n: isinstance(n, int) and n >= batch,
             ),
-            asyncio.create_task(
-                run_every(
-                    settings.alert_relay_interval_seconds,
-                    "alert relay",
-                    ledger.relay.relay_once,
-                    stop,
-                    again_now=lambda n: isinstance(n, int) and n >= relay_batch,
-                )
+            Every(
+                settings.alert_relay_interval_seconds,
+                "alert relay",
+                ledger.relay.relay_once,
+                again_now=lambda n: isinstance(n, int) and n >= relay_batch,
             ),
-            asyncio.create_task(
-                run_every(settings.reminder_check_seconds, "replenishment reminders", ledger.relay.remind_due, stop)
-            ),
-            asyncio.create_task(
-                run_every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_tick, stop)
-            ),
+            Every(settings.reminder_check_seconds, "replenishment reminders", ledger.relay.remind_due),
+            Every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_tick),
         ]
-        freeze_startup_objects()
-        try:
-            yield
-        finally:
-            await stop_background(stop, jobs)
-            await reconciler.release_leadership()
-            await ledger.relay.aclose()
-            await redis.aclose()
-            await engine.dispose()
 
     app = service_app(
         settings,
         title="inventory",
         description="Warehouse stock ledger, allocations to sales, checkout holds, low-stock alerts, reconciliation.",
-        lifespan=lifespan,
+        lifespan=service_lifespan(settings, start),
         redis_down_code="INVENTORY_UNAVAILABLE",
         # Availability reads the Redis mirror, PostgreSQL when the mirror is out, so it goes on without either;
         # holds and admin answer 503 until both are back.

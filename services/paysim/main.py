@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
-from services.common.auth import TokenVerifier
 from services.common.defaults import service_app
+from services.common.lifespan import Job, ServiceRuntime, service_lifespan
 from services.paysim import admin, router
 from services.paysim.config import PaySimSettings
 from services.paysim.errors import ProviderDown
@@ -25,14 +23,12 @@ def create_app(settings: PaySimSettings | None = None) -> FastAPI:
     """Build one paysim provider; payments live in this process's memory (no Redis, no database)."""
     settings = settings or PaySimSettings()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.ledger = PaymentLedger(provider=settings.name, max_payments=settings.max_payments)
-        app.state.faults = FaultState(provider=settings.name)
-        app.state.audit = deque[dict[str, Any]](maxlen=settings.audit_size)
-        app.state.token_verifier = TokenVerifier(settings)
+    async def start(runtime: ServiceRuntime) -> list[Job]:
+        runtime.state.ledger = PaymentLedger(provider=settings.name, max_payments=settings.max_payments)
+        runtime.state.faults = FaultState(provider=settings.name)
+        runtime.state.audit = deque[dict[str, Any]](maxlen=settings.audit_size)
         log.info("paysim provider %s started", settings.name)
-        yield
+        return []
 
     async def provider_up() -> None:
         # A "down" provider keeps answering health probes but leaves the pool, as a gateway would see it.
@@ -43,7 +39,7 @@ def create_app(settings: PaySimSettings | None = None) -> FastAPI:
         settings,
         title=f"paysim ({settings.name})",
         description="A mock payment provider with fault injection for failover drills.",
-        lifespan=lifespan,
+        lifespan=service_lifespan(settings, start),
         ready_checks={"provider": provider_up},
         public_prefix="",  # a provider of its own, called directly (not through the gateway)
     )
