@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    # loadtest/ scripts run by path (`python loadtest/x.py`, Locust's -f): the repo root makes `deploy` importable.
-    sys.path.append(str(ROOT))
+from deploy import topology
 
-from deploy import topology  # noqa: E402  (needs the repo root on the path, just above)
+ROOT = Path(__file__).resolve().parent.parent
 
 HOST = topology.HOST
 GATEWAY_PORT = 8000

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.demo.crowd import BurstResult, Claims
-from deploy.demo.loadtools import checker, seed
 from deploy.demo.settle import CLOSED_STATES, Settled
+from loadtest import checker, seed
 
 DEMO_PRICE = seed.PRICE  # the demo sale's unit price, minor units ($19.99)
 # The demo's coupon, for the demo sale only: buy one unit ($19.99) save $3.00, two units ($39.98) save $8.00.

@@ -19,7 +19,6 @@ from deploy import state as stack_state
 from deploy.backends import Backends
 from deploy.demo.coupons import DEMO_COUPON_TIERS, coupon_summary
 from deploy.demo.crowd import Burst, BurstResult, Checkout, Claiming, Claims, OrdersResult, Shoppers, spread
-from deploy.demo.loadtools import checker, seed, targets
 from deploy.demo.settle import Wait, settled_from, wait_for_orders, wait_settled_with_the_warehouse
 from deploy.demo.summary import (
     DEMO_LOW_STOCK,
@@ -36,6 +35,7 @@ from deploy.demo.summary import (
 from deploy.errors import StackError
 from deploy.state import say
 from deploy.topology import HOST, port_offset, replica_port, spec_named
+from loadtest import checker, seed, targets
 
 RESULTS = stack_state.ROOT / "loadtest" / "results"
 CHECKER_WAIT = 30.0  # seconds the checker may wait for in-flight orders after the sale ended

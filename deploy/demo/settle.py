@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deploy.demo.crowd import OrdersResult
-from deploy.demo.loadtools import checker
 from deploy.state import say
+from loadtest import checker
 
 CLOSED_STATES = ("expired", "cancelled")  # an unpaid order's end: flashsale releases its units
 SETTLE_GRACE = 20.0  # seconds past the last payment deadline: the sweeper runs every second, the relay every 50 ms

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.demo.crowd import BurstResult, OrdersResult
-from deploy.demo.loadtools import checker, seed
 from deploy.demo.settle import Settled
+from loadtest import checker, seed
 
 DEMO_STOCK = 1000  # units the demo's SKU starts with in the warehouse
 DEMO_LOW_STOCK = 100  # its low-stock threshold, units

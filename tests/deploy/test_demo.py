@@ -10,7 +10,7 @@ import pytest
 
 from deploy import cli
 from deploy.demo import coupons, crowd, settle, summary
-from deploy.demo.loadtools import checker, seed
+from loadtest import checker, seed
 
 
 class _FakeInventory:

@@ -4,8 +4,9 @@ chain (sales, coupon, countdown, purchase, order, quote, payment), then the chec
 The shoppers go through a real gateway process (LOADTEST_MODE=gateway), the way storefronts do; the checker and
 the seeder use the same gateway for the admin APIs.
 
-It runs the same commands an SRE runs (loadtest/seed.py, locust -f loadtest/locustfile.py, loadtest/checker.py),
-as subprocesses: Locust patches the standard library with gevent, which must not happen inside pytest.
+It runs the same commands an SRE runs (`python -m loadtest.seed`, `locust -f loadtest/locustfile.py`,
+`python -m loadtest.checker`), as subprocesses: Locust patches the standard library with gevent, which must not
+happen inside pytest.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str
         "LOADTEST_PAY_SHARE": "0.6",
         "LOADTEST_COUPON_SHARE": "0.5",
     }
-    seed = [sys.executable, "loadtest/seed.py", "--run-dir", str(tmp_path), "--quantity", "10", "--start-in", "3"]
+    seed = [sys.executable, "-m", "loadtest.seed", "--run-dir", str(tmp_path), "--quantity", "10", "--start-in", "3"]
     done = await asyncio.to_thread(run, [*seed, "--users", str(SHOPPERS), "--coupons", "5"], env, 60)
     assert done.returncode == 0, done.stderr
 
@@ -134,7 +135,7 @@ async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str
     done = await asyncio.to_thread(run, locust, env, SECONDS + 40)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    checker = [sys.executable, "loadtest/checker.py", "--run", str(tmp_path), "--wait", "20"]
+    checker = [sys.executable, "-m", "loadtest.checker", "--run", str(tmp_path), "--wait", "20"]
     done = await asyncio.to_thread(run, checker, env, 60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all held" in done.stdout
