@@ -1,7 +1,7 @@
 """Locust headless in its own process: how the drills and the demo set their crowd on the chain.
 
-The crowd is loadtest/locustfile.py's shoppers; the run directory (run.json from the seeder), the targets' mode
-and the shape come through the environment (the locustfile's docstring lists it). Locust patches the standard
+The crowd is loadtest/locustfile.py's shoppers; the run directory (run.json from the seeder), the targets and the
+shape come through the environment (the locustfile's docstring lists it). Locust patches the standard
 library with gevent the moment it is imported, so it never runs inside the caller's process. It leaves Locust's
 CSVs and HTML report, locust.log, and the shoppers' own logs (loadtest/outcomes.py) in the run directory.
 """
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from loadtest.targets import ROOT, Targets
+from loadtest.targets import ROOT, Targets, env_for
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 
@@ -25,15 +25,10 @@ def start_crowd(
 ) -> subprocess.Popen[bytes]:
     """Start Locust headless on the run's sale with the shape's settings (LOADTEST_SHAPE and its knobs).
 
-    `env` is the environment it starts from (default: this process's), so STACK_PORT_OFFSET or the targets'
-    URLs reach the shoppers.
+    The shoppers call the caller's targets; `env` is the environment Locust starts from (default: this process's).
     """
-    settings = {
-        **(os.environ if env is None else env),
-        "LOADTEST_RUN_DIR": str(run_dir),
-        "LOADTEST_MODE": targets.mode,
-        **shape,
-    }
+    base = os.environ if env is None else env
+    settings = {**base, "LOADTEST_RUN_DIR": str(run_dir), **env_for(targets), **shape}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary"]
     cmd += ["--csv", str(run_dir / "locust"), "--html", str(run_dir / "locust.html"), "--loglevel", "WARNING"]
     with (run_dir / "locust.log").open("wb") as log:

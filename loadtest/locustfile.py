@@ -212,6 +212,7 @@ class Shopper(ChainUser):
             return
         if random.random() < COUPON_SHARE:
             journey.claim_key, journey.claim_code, journey.coupon_id = self.claim_coupon()
+            journey.claimed_at = time.time()
         view = self.wait_for_start()
         journey.purchase_at = time.time()
         journey.purchase_code, answer = self.purchase(journey.coupon_id)

@@ -31,6 +31,7 @@ class Journey:
     started_at: float
     claim_key: str | None = None  # the Idempotency-Key of its coupon claim (None: it claimed none)
     claim_code: str | None = None  # "201", or the refusal's code
+    claimed_at: float | None = None  # when the claim was answered
     coupon_id: str | None = None  # the coupon it claimed, named in its purchase
     purchase_at: float | None = None  # its first purchase request
     purchase_code: str | None = None  # the last answer to its purchase: "202", or the code

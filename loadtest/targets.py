@@ -90,6 +90,14 @@ def direct_targets(offset: int | None = None) -> Targets:
     return Targets("direct", bases)
 
 
+def env_for(targets: Targets) -> dict[str, str]:
+    """The LOADTEST_* settings under which `resolve()` finds these same targets in another process (Locust's)."""
+    if targets.mode == "gateway":
+        return {"LOADTEST_MODE": "gateway", "LOADTEST_GATEWAY": targets.bases["flashsale"][0].rsplit("/api/", 1)[0]}
+    urls = {f"LOADTEST_{name.upper()}_URLS": ",".join(bases) for name, bases in targets.bases.items()}
+    return {"LOADTEST_MODE": "direct", **urls}
+
+
 def resolve(mode: str | None = None, gateway: str | None = None) -> Targets:
     """The targets for a mode: `gateway`, `direct`, or `auto` (the gateway when its readiness probe answers)."""
     mode = (mode or os.environ.get("LOADTEST_MODE") or "auto").lower()

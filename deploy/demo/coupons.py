@@ -151,7 +151,7 @@ def outcome_problems(burst: BurstResult, settled: Settled, outcome: CouponOutcom
 
 def coupon_summary(
     admin: checker.Admin,
-    wallet: Callable[[int], set[str]],
+    wallet: Callable[[str], set[str]],
     *,
     claims: Claims,
     burst: BurstResult,
@@ -159,7 +159,7 @@ def coupon_summary(
 ) -> tuple[list[str], list[str]]:
     """What became of the coupons (the orders that named one, used, freed again): summary lines and problems.
 
-    `wallet(buyer)` is the coupons available in that buyer's wallet. Used coupons must be those of the paid orders
+    `wallet(user)` is the coupons available in that shopper's wallet. Used coupons must be those of the paid orders
     that applied one; those of expired or cancelled orders must be available again (nothing left locked).
     """
     applied = {state: [o for o in found if discounts(o)] for state, found in settled.orders.items()}
