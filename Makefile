@@ -39,15 +39,15 @@ test: install lint    ## ruff, mypy, then pytest against real Redis and PostgreS
 
 bench: install        ## purchase endpoint vs a trivial endpoint, same server setup, one run
 	$(STACK) backends --env-file .stack/backends.env
-	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_purchase.py
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.purchase
 
 bench-gateway: install ## purchases through the gateway vs straight to flashsale, same setup, one run
 	$(STACK) backends --env-file .stack/backends.env
-	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_gateway.py
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.gateway
 
 bench-orders: install ## order creation throughput from a pre-filled purchase stream
 	$(STACK) backends --env-file .stack/backends.env
-	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_orders.py
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.orders
 
 # ---- load tests and failure drills (docs/loadtest.md). The drills bring up the stack with private Redis and
 # PostgreSQL (`python -m deploy up --private`; STACK_PORT_OFFSET applies) and leave it running: `make down` stops it.
@@ -64,16 +64,16 @@ $(VENV)/.installed-loadtest: $(VENV)/.installed
 	touch $@
 
 loadtest: install-loadtest  ## a flash-crowd run with no fault (= make drill-baseline): report in loadtest/results/
-	$(BIN)/python loadtest/drills.py baseline --peak $(LOADTEST_PEAK) --multiple $(LOADTEST_MULTIPLE) $(DRILL_ARGS)
+	$(BIN)/python -m loadtest.drills baseline --peak $(LOADTEST_PEAK) --multiple $(LOADTEST_MULTIPLE) $(DRILL_ARGS)
 
 $(addprefix drill-,$(DRILLS)): install-loadtest  ## one drill: load, fault, restore, drain, checker, report
-	$(BIN)/python loadtest/drills.py $(@:drill-%=%) --peak $(LOADTEST_PEAK) --multiple $(LOADTEST_MULTIPLE) $(DRILL_ARGS)
+	$(BIN)/python -m loadtest.drills $(@:drill-%=%) --peak $(LOADTEST_PEAK) --multiple $(LOADTEST_MULTIPLE) $(DRILL_ARGS)
 
 drills: install-loadtest     ## every drill, one after another (each reports on its own)
 	for d in $(DRILLS); do $(MAKE) --no-print-directory drill-$$d || exit 1; done
 
 check: install              ## the checker over a run or sales: make check CHECK_ARGS="--run loadtest/results/<run>"
-	$(BIN)/python loadtest/checker.py $(or $(CHECK_ARGS),--all)
+	$(BIN)/python -m loadtest.checker $(or $(CHECK_ARGS),--all)
 
 loadtest-smoke: install     ## CI's short full-chain smoke on its own (part of `make test` too)
 	$(STACK) backends --env-file .stack/backends.env
@@ -81,7 +81,7 @@ loadtest-smoke: install     ## CI's short full-chain smoke on its own (part of `
 
 perf-table: install         ## Redis floor, trivial ceiling, purchases direct / via gateway, row-lock baseline
 	$(STACK) backends --env-file .stack/backends.env
-	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/perf_table.py
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.perf_table
 
 clean: down
 	rm -rf .stack $(VENV)

@@ -155,15 +155,16 @@ def _backend_flags(p: argparse.ArgumentParser) -> None:
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="up, a demo flash sale with a crowd of buyers, the checker, a summary, then down")
     _backend_flags(p)
-    p.add_argument("--users", type=int, default=1000, help="buyers (default 1000)")
+    p.add_argument("--users", type=int, default=1000, help="shoppers in the crowd (default 1000)")
+    p.add_argument("--spawn-rate", type=float, default=200.0, help="shoppers arriving per second (default 200)")
     p.add_argument("--quantity", type=int, default=200, help="units on sale (default 200)")
     p.add_argument("--limit", type=int, default=2, help="per-user limit (default 2)")
-    p.add_argument("--attempts", type=int, default=3, help="purchase attempts per buyer (default 3: limit + 1)")
-    p.add_argument("--concurrency", type=int, default=50, help="buyers in flight at once (default 50)")
-    p.add_argument("--start-in", type=float, default=3.0, help="seconds until the sale starts (default 3)")
-    p.add_argument("--pay-share", type=float, default=0.7, help="share of the orders the buyers pay (default 0.7)")
     p.add_argument(
-        "--coupon-users", type=int, default=300, help="buyers who claim a coupon before the sale (default 300; 0: none)"
+        "--start-in", type=float, default=10.0, help="seconds until the sale starts: the crowd gathers (default 10)"
+    )
+    p.add_argument("--pay-share", type=float, default=0.7, help="share of the orders the shoppers pay (default 0.7)")
+    p.add_argument(
+        "--coupon-users", type=int, default=300, help="about this many shoppers claim a coupon (default 300; 0: none)"
     )
     p.add_argument("--coupons", type=int, default=250, help="coupons the demo's template offers (default 250)")
     p.add_argument(

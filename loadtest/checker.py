@@ -1,8 +1,8 @@
 """The checker: after any run, was anything oversold, lost or duplicated? Exits 1 on any violation and says which.
 
-    .venv/bin/python loadtest/checker.py --sale 12 [--sale 13 ...]
-    .venv/bin/python loadtest/checker.py --run loadtest/results/<run>   # the sales of a run (run.json)
-    .venv/bin/python loadtest/checker.py --all                           # every sale flashsale knows
+    .venv/bin/python -m loadtest.checker --sale 12 [--sale 13 ...]
+    .venv/bin/python -m loadtest.checker --run loadtest/results/<run>   # the sales of a run (run.json)
+    .venv/bin/python -m loadtest.checker --all                           # every sale flashsale knows
 
 Invariants, per sale:
 - not oversold: paid + pending (orders awaiting payment, and accepted purchases whose order is not created yet)
@@ -40,7 +40,8 @@ import httpx
 import orjson
 from redis import Redis
 from redis.exceptions import RedisError
-from targets import Targets, resolve, stack_redis_url  # a neighbour: loadtest/ scripts run by path
+
+from loadtest.targets import Targets, resolve, stack_redis_url
 
 HOLDING_STATES = ("pending_payment", "paid", "fulfilled")  # an order in these holds its coupons
 PAID_STATES = ("paid", "fulfilled")
@@ -351,6 +352,14 @@ def verdict(findings: Sequence[Finding], sales: int) -> str:
     return f"checker: {sales} sale(s), {len(findings)} checks, {held}"
 
 
+def write_findings(path: Path, findings: Sequence[Finding]) -> bool:
+    """The findings as JSON (`ok` and each finding) at `path`; returns whether every invariant held."""
+    ok = all(f.ok for f in findings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"ok": ok, "findings": [asdict(f) for f in findings]}, indent=2) + "\n")
+    return ok
+
+
 def admin_token() -> str:
     """An admin token signed with the stack's JWT secret."""
     from services.common.auth import issue_token
@@ -407,10 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     violations = [f for f in findings if not f.ok]
     print(verdict(findings, len(sale_ids)))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"ok": not violations, "findings": [asdict(f) for f in findings]}, indent=2) + "\n"
-        )
+        write_findings(args.json, findings)
     return 1 if violations else 0
 
 

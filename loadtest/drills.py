@@ -1,7 +1,7 @@
 """Failure drills, one command each: load the whole chain, break one thing on purpose, restore it, let the queues
 drain, then ask the checker whether anything was oversold, lost or duplicated.
 
-    .venv/bin/python loadtest/drills.py DRILL [--peak 50 --multiple 5 --quantity 250 --duration 90 ...]
+    .venv/bin/python -m loadtest.drills DRILL [--peak 50 --multiple 5 --quantity 250 --duration 90 ...]
 
 DRILL is one of:
   baseline       no fault: the reference run
@@ -30,19 +30,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from checker import Admin, CheckError, admin_token, check_sales, read_acknowledged
 from redis import Redis
-from report import write_report
-from seed import seed_run
-from targets import ROOT, Targets, replica_urls, resolve, stack_redis_url
 
-from deploy import state as launcher_state  # importable once targets put the repo root on the path
+from deploy import state as launcher_state
+from loadtest.checker import Admin, CheckError, admin_token, check_sales, read_acknowledged, write_findings
+from loadtest.crowd import start_crowd, wait_for_crowd
+from loadtest.report import write_report
+from loadtest.seed import seed_run
+from loadtest.targets import ROOT, Targets, replica_urls, resolve, stack_redis_url
 
 RESULTS = ROOT / "loadtest" / "results"
 DRILLS = ("baseline", "kill-replica", "postgres-down", "payment-down", "redis-restart")
@@ -125,19 +126,13 @@ class Fault:
 
 def run_locust(run_dir: Path, opts: Options, targets: Targets) -> subprocess.Popen[bytes]:
     """Locust headless with the flash-crowd shape, its CSVs and HTML report in the run directory."""
-    env = {
-        **os.environ,
-        "LOADTEST_RUN_DIR": str(run_dir),
-        "LOADTEST_MODE": targets.mode,
+    shape = {
         "LOADTEST_SHAPE": "flash",
         "LOADTEST_NORMAL_PEAK": str(opts.peak),
         "LOADTEST_MULTIPLE": str(opts.multiple),
         "LOADTEST_HOLD": str(opts.duration - opts.start_in),
     }
-    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless", "--only-summary"]
-    cmd += ["--csv", str(run_dir / "locust"), "--html", str(run_dir / "locust.html"), "--loglevel", "WARNING"]
-    log = (run_dir / "locust.log").open("wb")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start_crowd(run_dir, targets, shape)
 
 
 def at_times(steps: list[tuple[float, Callable[[], None]]], started: float, log: list[str]) -> threading.Thread:
@@ -200,11 +195,7 @@ def drill(opts: Options) -> int:
     timer = None
     if opts.drill != "baseline":
         timer = at_times([(opts.fault_at, inject), (opts.fault_at + opts.fault_for, restore)], started, problems)
-    try:
-        locust.wait(timeout=opts.duration + opts.fault_for + 120)
-    except subprocess.TimeoutExpired:
-        locust.send_signal(signal.SIGINT)
-        locust.wait(timeout=30)
+    wait_for_crowd(locust, opts.duration + opts.fault_for + 120)
     if timer is not None:
         timer.join()
     events["injected_after_s"] = opts.fault_at
@@ -241,10 +232,7 @@ def check(run_dir: Path, targets: Targets, token: str, sale_id: int, drain: floa
         admin.close()
         redis.close()
     (run_dir / "sale.json").write_text(json.dumps({**sale, **stats}, indent=2, default=str) + "\n")
-    ok = all(f.ok for f in findings)
-    (run_dir / "checker.json").write_text(
-        json.dumps({"ok": ok, "findings": [asdict(f) for f in findings]}, indent=2) + "\n"
-    )
+    ok = write_findings(run_dir / "checker.json", findings)
     for f in findings:
         print(f"  {'ok  ' if f.ok else 'FAIL'} {f.name:<24} {f.detail}")
     return 0 if ok else 1

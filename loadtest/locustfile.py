@@ -8,16 +8,19 @@ previews the price with the coupon, and pays (LOADTEST_PAY_SHARE of them; the ot
 orders expire). Then it keeps browsing and now and then tries to buy again (the per-user limit answers).
 A WindowShopper only browses and polls. Business answers (SOLD_OUT, SALE_NOT_LIVE, PURCHASE_LIMIT_EXCEEDED,
 an order not created yet) count as successes in Locust's stats; everything else is a failure named by its
-problem+json `code`. Every answer's code is also counted in <run dir>/outcomes.json, and every 202 is logged
-to <run dir>/accepted.jsonl the moment it arrives (the checker holds the system to it).
+problem+json `code`. Every answer's code is also counted in <run dir>/outcomes.json, every 202 is logged to
+<run dir>/accepted.jsonl the moment it arrives (the checker holds the system to it), and each Shopper's walk
+through the chain to <run dir>/journeys.jsonl (loadtest/outcomes.py). In the `journeys` shape (the demo's crowd)
+only Shoppers come, each walks the chain once and then waits, and the run ends when all of them have walked it.
 
 Environment:
   LOADTEST_RUN_DIR       run directory with run.json (from seed.py): sale, coupon template, tokens file
   LOADTEST_MODE          gateway | direct | auto (default: the gateway when it answers)
   LOADTEST_GATEWAY       gateway base URL (default :8000 + STACK_PORT_OFFSET)
-  LOADTEST_SHAPE         flash | steps | soak | smoke (unset: Locust's -u/-r/-t decide)
+  LOADTEST_SHAPE         flash | steps | soak | smoke | journeys (unset: Locust's -u/-r/-t decide)
   LOADTEST_NORMAL_PEAK   users at the normal peak (default 50); LOADTEST_MULTIPLE its multiple (default 5)
-  LOADTEST_HOLD          seconds a flash crowd / smoke run lasts after the start (default 60 / 20)
+  LOADTEST_HOLD          seconds a flash crowd / smoke / journeys run lasts at most (default 60 / 20 / 120)
+  LOADTEST_USERS         journeys: shoppers (default 100), on at LOADTEST_SPAWN_RATE users/s (default 100)
   LOADTEST_SOAK_SECONDS  length of the soak (default 1800); LOADTEST_STEP_SECONDS each step (default 30)
   LOADTEST_PAY_SHARE     share of orders paid (default 0.7); LOADTEST_COUPON_SHARE share claiming a coupon (0.3)
 """
@@ -30,22 +33,23 @@ import os
 import random
 import time
 import uuid
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import shapes  # neighbours: Locust puts the locustfile's directory on sys.path
-
 # time.sleep yields to the other users: Locust monkey-patches the standard library with gevent.
-from locust import FastHttpUser, LoadTestShape, between, events, task
+from locust import FastHttpUser, LoadTestShape, User, between, events, task
 from locust.env import Environment
-from report import BUSINESS_CODES
-from targets import Targets, resolve
+
+from loadtest import shapes
+from loadtest.outcomes import PURCHASE, Journey, Outcomes
+from loadtest.report import BUSINESS_CODES
+from loadtest.targets import Targets, resolve
 
 RETRY_SAME_KEY = {"RATE_LIMITED", "STOCK_UNAVAILABLE", "TRANSPORT", "HTTP_502", "HTTP_503", "HTTP_504"}
 ORDER_WAIT_SECONDS = 10
 ORDER_POLLS = 9  # up to ~90 s for an order: PostgreSQL may be down for 30 s in a drill
+LINGER_SECONDS = 3600  # journeys shape: longer than any run, which ends (and wakes them) once all have walked
 
 
 def _env_float(name: str, default: float) -> float:
@@ -58,6 +62,8 @@ RUN: dict[str, Any] = json.loads((RUN_DIR / "run.json").read_text()) if RUN_DIR 
 TARGETS: Targets = resolve()
 PAY_SHARE = _env_float("LOADTEST_PAY_SHARE", 0.7)
 COUPON_SHARE = _env_float("LOADTEST_COUPON_SHARE", 0.3)
+SHAPE = os.environ.get("LOADTEST_SHAPE", "").strip().lower()
+ONE_JOURNEY = SHAPE == "journeys"  # each shopper walks the chain once, then waits for the run to end
 
 
 def _load_tokens() -> list[tuple[str, str]]:
@@ -77,56 +83,7 @@ TOKENS = _load_tokens()
 _next_user = itertools.count()
 
 
-class Outcomes:
-    """Every answer's code per request name, the first sold-out answer, and a log of every 202."""
-
-    def __init__(self) -> None:
-        self.codes: Counter[tuple[str, str]] = Counter()
-        self.first_sold_out: float | None = None
-        self.first_accepted: float | None = None
-        self.accepted = 0
-        self._log = (RUN_DIR / "accepted.jsonl").open("a", buffering=1) if RUN_DIR else None
-
-    def count(self, name: str, code: str) -> None:
-        """One answer."""
-        self.codes[(name, code)] += 1
-        if code == "SOLD_OUT" and self.first_sold_out is None:
-            self.first_sold_out = time.time()
-
-    def accept(self, answer: dict[str, Any], user_id: str) -> None:
-        """A 202: written at once (line-buffered), so the log survives a killed load generator."""
-        self.accepted += 1
-        if self.first_accepted is None:
-            self.first_accepted = time.time()
-        if self._log is not None:
-            rec = {
-                "reservation_id": answer["reservation_id"],
-                "sale_id": answer["sale_id"],
-                "quantity": answer["quantity"],
-                "user_id": user_id,
-                "at": time.time(),
-            }
-            self._log.write(json.dumps(rec) + "\n")
-
-    def write(self) -> None:
-        """outcomes.json in the run directory."""
-        if RUN_DIR is None:
-            return
-        by_name: dict[str, dict[str, int]] = {}
-        for (name, code), n in sorted(self.codes.items()):
-            by_name.setdefault(name, {})[code] = n
-        data = {
-            "codes": by_name,
-            "accepted": self.accepted,
-            "first_accepted_at": self.first_accepted,
-            "first_sold_out_at": self.first_sold_out,
-        }
-        (RUN_DIR / "outcomes.json").write_text(json.dumps(data, indent=2) + "\n")
-        if self._log is not None:
-            self._log.flush()
-
-
-OUTCOMES = Outcomes()
+OUTCOMES = Outcomes(RUN_DIR)
 
 
 def _write_outcomes(environment: Environment, **_kwargs: Any) -> None:
@@ -237,33 +194,55 @@ class Shopper(ChainUser):
     wait_time = between(1.0, 3.0)
 
     def on_start(self) -> None:
-        """The journey: sales, coupon, countdown, purchase, order, quote, payment."""
+        """The journey, logged when it ends; in the journeys shape the shopper then waits for the run to end."""
         super().on_start()
+        journey = Journey(user_id=self.user_id, started_at=time.time())
+        try:
+            self.walk(journey)
+        finally:
+            journey.ended_at = time.time()
+            OUTCOMES.walked(journey)
+        if ONE_JOURNEY:
+            time.sleep(LINGER_SECONDS)  # the shape stops the run (and so this wait) once every shopper walked
+
+    def walk(self, journey: Journey) -> None:
+        """Sales, coupon, countdown, purchase, order, quote, payment; `journey` records what each step answered."""
         self.find_sale()
         if not self.sale_id:
             return
-        coupon = self.claim_coupon() if random.random() < COUPON_SHARE else None
+        if random.random() < COUPON_SHARE:
+            journey.claim_key, journey.claim_code, journey.coupon_id = self.claim_coupon()
+            journey.claimed_at = time.time()
         view = self.wait_for_start()
-        rid, quantity = self.purchase(coupon)
-        if rid is None or view is None:
+        journey.purchase_at = time.time()
+        journey.purchase_code, answer = self.purchase(journey.coupon_id)
+        journey.answered_at = time.time()
+        if answer is None or view is None:
             return
-        order = self.wait_for_order(rid)
+        journey.reservation_id, journey.quantity = str(answer["reservation_id"]), int(answer["quantity"])
+        journey.order_code, order = self.wait_for_order(journey.reservation_id)
         if order is None:
             return
-        if coupon:
-            self.quote(view, quantity, coupon)
-        if random.random() < PAY_SHARE:
-            self.pay(order)
+        journey.order_id, journey.ordered_at = str(order["id"]), time.time()
+        journey.order_created_at, journey.order_deadline_at = order.get("created_at"), order.get("deadline_at")
+        if journey.coupon_id:
+            self.quote(view, journey.quantity, journey.coupon_id)
+        journey.pays = random.random() < PAY_SHARE
+        if journey.pays:
+            journey.pay_code, paid, journey.pricing_waits = self.pay(order)
+            if paid is not None:
+                journey.payment_provider, journey.paid_at = paid.get("payment_provider"), time.time()
 
-    def claim_coupon(self) -> str | None:
-        """Claim one coupon of the run's template."""
+    def claim_coupon(self) -> tuple[str | None, str | None, str | None]:
+        """Claim one coupon of the run's template: (Idempotency-Key, answer's code, coupon id when claimed)."""
         template = RUN.get("coupon_template_id")
         if not template:
-            return None
+            return None, None, None
+        key = uuid.uuid4().hex
         code, claimed = self.call(
-            "POST", "coupon", f"/templates/{template}/claim", "POST /templates/{id}/claim", key=uuid.uuid4().hex
+            "POST", "coupon", f"/templates/{template}/claim", "POST /templates/{id}/claim", key=key
         )
-        return str(claimed["coupon_id"]) if code == "201" and claimed else None
+        return key, code, (str(claimed["coupon_id"]) if code == "201" and claimed else None)
 
     def wait_for_start(self) -> dict[str, Any] | None:
         """Poll the sale's countdown until it starts (at most ~2 minutes)."""
@@ -275,26 +254,28 @@ class Shopper(ChainUser):
             time.sleep(min(1.0, max(0.05, float(view["seconds_to_start"]))))
         return view
 
-    def purchase(self, coupon: str | None) -> tuple[str | None, int]:
-        """Buy one unit; retry the same Idempotency-Key when the answer is unknown or "try again"."""
+    def purchase(self, coupon: str | None) -> tuple[str, dict[str, Any] | None]:
+        """Buy one unit; retry the same Idempotency-Key when the answer is unknown or "try again".
+
+        Returns the last answer's code, and the 202's body when accepted."""
         key = uuid.uuid4().hex
         body: dict[str, Any] = {"quantity": 1}
         if coupon:
             body["coupon_ids"] = [coupon]
+        code = "TRANSPORT"
         for attempt in range(4):
-            code, answer = self.call(
-                "POST", "flashsale", f"{self.sale_path()}/purchase", "POST /sales/{id}/purchase", body=body, key=key
-            )
+            code, answer = self.call("POST", "flashsale", f"{self.sale_path()}/purchase", PURCHASE, body=body, key=key)
             if code == "202" and answer:
                 OUTCOMES.accept(answer, self.user_id)
-                return str(answer["reservation_id"]), int(answer["quantity"])
+                return code, answer
             if code not in RETRY_SAME_KEY:
-                return None, 0
+                break
             time.sleep(0.25 * 2**attempt + random.random() * 0.25)
-        return None, 0
+        return code, None
 
-    def wait_for_order(self, rid: str) -> dict[str, Any] | None:
-        """Long-poll the order made from the reservation."""
+    def wait_for_order(self, rid: str) -> tuple[str, dict[str, Any] | None]:
+        """Long-poll the order made from the reservation: the last answer's code, and the order when found."""
+        code = "ORDER_NOT_FOUND"
         for _ in range(ORDER_POLLS):
             code, order = self.call(
                 "GET",
@@ -304,25 +285,32 @@ class Shopper(ChainUser):
                 params=f"?wait={ORDER_WAIT_SECONDS}",
             )
             if code == "200" and isinstance(order, dict):
-                return order
+                return code, order
             if code != "ORDER_NOT_FOUND":
                 time.sleep(1.0)  # an error, not a wait: do not hammer
-        return None
+        return code, None
 
     def quote(self, view: dict[str, Any], quantity: int, coupon: str) -> None:
         """Preview the price with the coupon applied."""
         line = {"sku": view["sku"], "sale_id": self.sale_id, "unit_price": int(view["price"]), "quantity": quantity}
         self.call("POST", "coupon", "/quote", "POST /quote", body={"lines": [line], "coupon_ids": [coupon]})
 
-    def pay(self, order: dict[str, Any]) -> None:
-        """Pay; one Idempotency-Key for every retry, so nobody is charged twice."""
+    def pay(self, order: dict[str, Any]) -> tuple[str, dict[str, Any] | None, int]:
+        """Pay; one Idempotency-Key for every retry, so nobody is charged twice.
+
+        Returns the last answer's code, the paid order when it was paid, and how often the order was still
+        being priced with its coupons."""
         key = uuid.uuid4().hex
+        code, pricing = "TRANSPORT", 0
         for _ in range(20):
-            code, _paid = self.call("POST", "order", f"/orders/{order['id']}/pay", "POST /orders/{id}/pay", key=key)
+            code, paid = self.call("POST", "order", f"/orders/{order['id']}/pay", "POST /orders/{id}/pay", key=key)
+            if code == "ORDER_PRICING_PENDING":
+                pricing += 1
             if code == "ORDER_PRICING_PENDING" or code in RETRY_SAME_KEY:
                 time.sleep(0.5)
                 continue
-            return
+            return code, (paid if code == "200" and isinstance(paid, dict) else None), pricing
+        return code, None, pricing
 
     @task(5)
     def poll_sale(self) -> None:
@@ -343,9 +331,9 @@ class Shopper(ChainUser):
     def buy_again(self) -> None:
         """Try once more (the per-user limit or sold out answers; a restock would sell)."""
         if self.sale_id:
-            rid, _qty = self.purchase(None)
-            if rid is not None:
-                self.wait_for_order(rid)
+            _code, answer = self.purchase(None)
+            if answer is not None:
+                self.wait_for_order(str(answer["reservation_id"]))
 
 
 class WindowShopper(ChainUser):
@@ -371,8 +359,8 @@ class WindowShopper(ChainUser):
 
 
 def _stages() -> list[shapes.Stage]:
-    """The stages LOADTEST_SHAPE asks for, in multiples of LOADTEST_NORMAL_PEAK."""
-    name = os.environ.get("LOADTEST_SHAPE", "").strip().lower()
+    """The stages LOADTEST_SHAPE asks for, in multiples of LOADTEST_NORMAL_PEAK (journeys: LOADTEST_USERS)."""
+    name = SHAPE
     peak = int(_env_float("LOADTEST_NORMAL_PEAK", 50))
     multiple = _env_float("LOADTEST_MULTIPLE", 5)
     if name == "flash":
@@ -385,8 +373,11 @@ def _stages() -> list[shapes.Stage]:
         return shapes.soak(peak=peak, multiple=multiple, seconds=_env_float("LOADTEST_SOAK_SECONDS", 1800))
     if name == "smoke":
         return shapes.smoke(users=peak, seconds=_env_float("LOADTEST_HOLD", 20))
+    if name == "journeys":
+        users, rate = int(_env_float("LOADTEST_USERS", 100)), _env_float("LOADTEST_SPAWN_RATE", 100)
+        return shapes.journeys(users=users, spawn_rate=rate, seconds=_env_float("LOADTEST_HOLD", 120))
     if name:
-        raise ValueError(f"LOADTEST_SHAPE must be flash, steps, soak or smoke, not {name!r}")
+        raise ValueError(f"LOADTEST_SHAPE must be flash, steps, soak, smoke or journeys, not {name!r}")
     return []
 
 
@@ -397,7 +388,12 @@ if STAGES:
     class ConfiguredShape(LoadTestShape):
         """The stages of LOADTEST_SHAPE; Locust calls tick() about once a second."""
 
-        def tick(self) -> tuple[int, float] | None:
-            """(users, spawn rate) now, or None to stop."""
+        def tick(self) -> tuple[int, float] | tuple[int, float, list[type[User]]] | None:
+            """(users, spawn rate) now, or None to stop; the journeys shape sends Shoppers only and stops as soon
+            as every one of them has walked the chain."""
             stage = shapes.at(STAGES, self.get_run_time())  # type: ignore[no-untyped-call]
-            return None if stage is None else (stage.users, stage.spawn_rate)
+            if stage is None:
+                return None
+            if ONE_JOURNEY:
+                return None if OUTCOMES.journeys >= stage.users else (stage.users, stage.spawn_rate, [Shopper])
+            return stage.users, stage.spawn_rate

@@ -1,6 +1,6 @@
 """The run report: summary.md / summary.json and plot.png, from what a run left in its directory.
 
-    .venv/bin/python loadtest/report.py loadtest/results/<run>
+    .venv/bin/python -m loadtest.report loadtest/results/<run>
 
 Reads Locust's CSVs (locust_stats.csv, locust_stats_history.csv), outcomes.json (every answer's `code`, from
 the locustfile), drill.json (the fault's name and when it was injected and restored, if any), checker.json
@@ -244,7 +244,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Report on one run directory."""
     if len(argv) != 1:
-        print("usage: report.py RUN_DIR", file=sys.stderr)
+        print("usage: python -m loadtest.report RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
     write_report(run_dir)

@@ -1,7 +1,7 @@
 """Seed one load-test run: a warehouse SKU, a flash sale allocated from it, a coupon template for the sale, and
 the shoppers' tokens; written to <run dir>/run.json (the locustfile and the checker read it).
 
-    .venv/bin/python loadtest/seed.py --run-dir loadtest/results/try --quantity 500 --start-in 15 --users 2000
+    .venv/bin/python -m loadtest.seed --run-dir loadtest/results/try --quantity 500 --start-in 15 --users 2000
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from targets import Targets, resolve  # a neighbour: loadtest/ scripts run by path
+
+from loadtest.targets import Targets, resolve
 
 PRICE = 1999  # minor units
 ORIGINAL_PRICE = 4999
@@ -205,7 +206,8 @@ def seed_sale(
         "created_at": datetime.now(UTC).isoformat(),
     }
     (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    (run_dir / "accepted.jsonl").unlink(missing_ok=True)
+    for log in ("accepted.jsonl", "journeys.jsonl"):  # the shoppers' logs of an earlier run in this directory
+        (run_dir / log).unlink(missing_ok=True)
     return run
 
 

@@ -50,6 +50,12 @@ def smoke(*, users: int, seconds: float) -> list[Stage]:
     return [Stage(until=seconds, users=users, spawn_rate=float(users))]
 
 
+def journeys(*, users: int, spawn_rate: float, seconds: float) -> list[Stage]:
+    """`users` shoppers, on at `spawn_rate` users/s, each walking the chain once; `seconds` bounds the run, which
+    the locustfile ends as soon as every shopper has walked it (the demo's crowd)."""
+    return [Stage(until=seconds, users=users, spawn_rate=spawn_rate)]
+
+
 def at(stages: list[Stage], t: float) -> Stage | None:
     """The stage in force at time t, or None once the last one is over (the test stops)."""
     for stage in stages:

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    # loadtest/ scripts run by path (`python loadtest/x.py`, Locust's -f): the repo root makes `deploy` importable.
-    sys.path.append(str(ROOT))
+from deploy import topology
 
-from deploy import topology  # noqa: E402  (needs the repo root on the path, just above)
+ROOT = Path(__file__).resolve().parent.parent
 
 HOST = topology.HOST
 GATEWAY_PORT = 8000
@@ -92,6 +88,14 @@ def direct_targets(offset: int | None = None) -> Targets:
         listed = [u.strip().rstrip("/") for u in os.environ.get(f"LOADTEST_{name.upper()}_URLS", "").split(",")]
         bases[name] = [u for u in listed if u] or replica_urls(name, offset)
     return Targets("direct", bases)
+
+
+def env_for(targets: Targets) -> dict[str, str]:
+    """The LOADTEST_* settings under which `resolve()` finds these same targets in another process (Locust's)."""
+    if targets.mode == "gateway":
+        return {"LOADTEST_MODE": "gateway", "LOADTEST_GATEWAY": targets.bases["flashsale"][0].rsplit("/api/", 1)[0]}
+    urls = {f"LOADTEST_{name.upper()}_URLS": ",".join(bases) for name, bases in targets.bases.items()}
+    return {"LOADTEST_MODE": "direct", **urls}
 
 
 def resolve(mode: str | None = None, gateway: str | None = None) -> Targets:

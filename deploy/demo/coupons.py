@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.demo.crowd import BurstResult, Claims
-from deploy.demo.loadtools import checker, seed
 from deploy.demo.settle import CLOSED_STATES, Settled
+from loadtest import checker, seed
 
 DEMO_PRICE = seed.PRICE  # the demo sale's unit price, minor units ($19.99)
 # The demo's coupon, for the demo sale only: buy one unit ($19.99) save $3.00, two units ($39.98) save $8.00.
@@ -151,7 +151,7 @@ def outcome_problems(burst: BurstResult, settled: Settled, outcome: CouponOutcom
 
 def coupon_summary(
     admin: checker.Admin,
-    wallet: Callable[[int], set[str]],
+    wallet: Callable[[str], set[str]],
     *,
     claims: Claims,
     burst: BurstResult,
@@ -159,7 +159,7 @@ def coupon_summary(
 ) -> tuple[list[str], list[str]]:
     """What became of the coupons (the orders that named one, used, freed again): summary lines and problems.
 
-    `wallet(buyer)` is the coupons available in that buyer's wallet. Used coupons must be those of the paid orders
+    `wallet(user)` is the coupons available in that shopper's wallet. Used coupons must be those of the paid orders
     that applied one; those of expired or cancelled orders must be available again (nothing left locked).
     """
     applied = {state: [o for o in found if discounts(o)] for state, found in settled.orders.items()}

@@ -1,13 +1,9 @@
-"""The demo flash sale, stage by stage: seed, claims, the crowd, the orders, the end of the sale, the checker."""
+"""The demo flash sale, stage by stage: seed, the crowd (the load test's shoppers), the claims and orders they
+left, the end of the sale, the checker."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +14,8 @@ from redis import Redis
 from deploy import state as stack_state
 from deploy.backends import Backends
 from deploy.demo.coupons import DEMO_COUPON_TIERS, coupon_summary
-from deploy.demo.crowd import Burst, BurstResult, Checkout, Claiming, Claims, OrdersResult, Shoppers, spread
-from deploy.demo.loadtools import checker, seed, targets
+from deploy.demo.crowd import Claims, CrowdPlan, CrowdRun, OrdersResult, run_crowd
+from deploy.demo.probes import Shoppers, cancel_if_too_long, quote_a_holder, replay_claims
 from deploy.demo.settle import Wait, settled_from, wait_for_orders, wait_settled_with_the_warehouse
 from deploy.demo.summary import (
     DEMO_LOW_STOCK,
@@ -36,9 +32,11 @@ from deploy.demo.summary import (
 from deploy.errors import StackError
 from deploy.state import say
 from deploy.topology import HOST, port_offset, replica_port, spec_named
+from loadtest import checker, seed, targets
 
 RESULTS = stack_state.ROOT / "loadtest" / "results"
 CHECKER_WAIT = 30.0  # seconds the checker may wait for in-flight orders after the sale ended
+CROWD_SECONDS = 120.0  # the most the crowd may take, from Locust's start to the last shopper's journey
 
 
 def stream_count(redis_url: str, sale_id: int) -> StreamCount:
@@ -108,19 +106,48 @@ class DemoSale:
         say(f"the sale took {stock.allocated:,} units of {stock.sku} from the warehouse (an allocation)")
         return stock
 
-    def claims(self, run: dict[str, Any], shoppers: Shoppers) -> Claims | None:
-        """Some buyers claim the sale's coupon; a holder's quotes of one and two units."""
-        template = run["coupon_template"]
-        if not template:
+    def crowd(self, run: dict[str, Any]) -> CrowdRun:
+        """The load test's shoppers walk the chain once each; with --fail-primary, paying through the backup."""
+        args = self.args
+        share = min(1.0, args.coupon_users / max(1, args.users)) if run["coupon_template"] else 0.0
+        plan = CrowdPlan(args.users, args.spawn_rate, share, args.pay_share, CROWD_SECONDS)
+        say(
+            f"{args.users:,} shoppers (loadtest/locustfile.py, the drills' crowd, in the journeys shape) come at "
+            f"{args.spawn_rate:g}/s and walk the chain once through the gateway: the countdown, "
+            + (f"a coupon claim ({share:.0%} of them), " if share else "")
+            + f"one purchase, the order (long poll), the payment ({args.pay_share:.0%} of them)"
+        )
+        primary = f"http://{HOST}:{replica_port(spec_named('order').links['ORDER_PAYSIM_PRIMARY_URL'], port_offset())}"
+        if args.fail_primary:
+            resp = self.admin.client.put(f"{primary}/admin/faults", json={"down": True})
+            if resp.status_code >= 300:
+                raise StackError(f"PUT /admin/faults on the primary payment provider answered {resp.status_code}")
+            say(f"payment provider primary ({primary}) is down (fault injection); payments fail over to backup")
+        try:
+            crowd = run_crowd(self.run_dir, self.targets, plan, run)
+        finally:
+            if args.fail_primary:
+                self.admin.client.delete(f"{primary}/admin/faults")  # a healthy provider again
+        stats = crowd.locust_stats
+        say(
+            f"the crowd is done: {len(crowd.journeys):,} journeys, {crowd.burst.accepted:,} purchases accepted; "
+            f"Locust counted {stats.get('Request Count', '?')} requests, {stats.get('Failure Count', '?')} failed, "
+            f"p50 {stats.get('50%', '?')} ms, p95 {stats.get('95%', '?')} ms (exit {crowd.locust_exit})"
+        )
+        return crowd
+
+    def claims(self, run: dict[str, Any], crowd: CrowdRun, shoppers: Shoppers) -> Claims | None:
+        """The claims the crowd made, each holder's claim repeated and a second one tried; a holder's quotes."""
+        claims = crowd.claims
+        if claims is None:
             return None
-        claimers = spread(len(shoppers.tokens), self.args.coupon_users)
-        claims = asyncio.run(Claiming(self.targets.bases["coupon"], Claims(template=template), shoppers).run(claimers))
-        if claims.coupons:
-            self.quote(run, shoppers, claims)
+        replay_claims(shoppers, claims)
+        quote_a_holder(shoppers, run, claims, crowd.burst)
+        template = claims.template
         refused = ", ".join(f"{code} {n:,}" for code, n in claims.refused.most_common()) or "none"
         say(
             f"coupon template {template['id']} ({template['name']}, sale {run['sale_id']} only): "
-            f"{len(claims.coupons):,} of {template['total_quantity']:,} claimed by {claims.claimers:,} buyers "
+            f"{len(claims.coupons):,} of {template['total_quantity']:,} claimed by {claims.claimers:,} shoppers "
             f"in {claims.elapsed:.2f}s (refused: {refused})"
         )
         for units, quote in claims.quotes:
@@ -130,63 +157,6 @@ class DemoSale:
                 f"{seed.money(quote['discount'])} = {seed.money(quote['total'])} ({reasons})"
             )
         return claims
-
-    def quote(self, run: dict[str, Any], shoppers: Shoppers, claims: Claims) -> None:
-        """A holder's best price of one and of two units with the coupons of the wallet (`coupon_ids: null`)."""
-        buyer = min(claims.coupons)
-        for units in (1, 2):
-            line = {"sku": run["sku"], "sale_id": int(run["sale_id"]), "unit_price": seed.PRICE, "quantity": units}
-            resp = httpx.post(
-                self.targets.url("coupon", "/quote"),
-                json={"lines": [line], "coupon_ids": None},
-                headers=shoppers.auth(buyer),
-                timeout=10.0,
-            )
-            if resp.status_code != 200:
-                raise StackError(f"POST /quote answered {resp.status_code}: {resp.text}")
-            claims.quotes.append((units, resp.json()))
-
-    def wait_live(self, sale_id: int) -> None:
-        """Until the scheduled sale is live."""
-        deadline = time.monotonic() + self.args.start_in + 30
-        while True:
-            resp = httpx.get(self.targets.url("flashsale", f"/sales/{sale_id}"), timeout=10.0)
-            if resp.status_code == 200 and resp.json()["state"] == "live":
-                return
-            if time.monotonic() > deadline:
-                raise StackError(f"sale {sale_id} did not go live: {resp.status_code} {resp.text}")
-            time.sleep(0.1)
-
-    def burst(self, sale_id: int, shoppers: Shoppers, claims: Claims | None) -> BurstResult:
-        """The crowd buys; every 202 goes to the run's accepted.jsonl."""
-        holders = claims.coupons if claims else {}
-        say(
-            f"sale {sale_id} is live; {len(shoppers.tokens):,} buyers x up to {self.args.attempts} attempts through "
-            "the gateway"
-            + (f"; the {len(holders):,} coupon holders name their coupon in their purchase" if holders else "")
-        )
-        crowd = Burst(sale_id=sale_id, shoppers=shoppers, coupons=holders, log=self.run_dir / "accepted.jsonl")
-        bases = self.targets.bases["flashsale"]
-        return asyncio.run(crowd.run(bases, attempts=self.args.attempts, concurrency=self.args.concurrency))
-
-    def checkout(self, shoppers: Shoppers, burst: BurstResult) -> OrdersResult:
-        """The buyers fetch their orders and pay a share; with --fail-primary, through the backup provider."""
-        say(
-            f"{burst.accepted:,} reservations; the buyers fetch their orders (long-poll) over "
-            f"the gateway and pay {self.args.pay_share:.0%} of them"
-        )
-        primary = f"http://{HOST}:{replica_port(spec_named('order').links['ORDER_PAYSIM_PRIMARY_URL'], port_offset())}"
-        if self.args.fail_primary:
-            resp = self.admin.client.put(f"{primary}/admin/faults", json={"down": True})
-            if resp.status_code >= 300:
-                raise StackError(f"PUT /admin/faults on the primary payment provider answered {resp.status_code}")
-            say(f"payment provider primary ({primary}) is down (fault injection); payments fail over to backup")
-        try:
-            checkout = Checkout(self.targets.bases["order"], shoppers, burst.reservations)
-            return asyncio.run(checkout.run(self.args.pay_share))
-        finally:
-            if self.args.fail_primary:
-                self.admin.client.delete(f"{primary}/admin/faults")  # a healthy provider again
 
     def end(self, sale_id: int, orders: OrdersResult) -> tuple[Wait, dict[str, Any]]:
         """Wait for the orders to settle, stop the sale, and wait until flashsale settled it with the warehouse."""
@@ -204,22 +174,8 @@ class DemoSale:
             raise StackError(f"the checker could not check sale {sale_id}: {exc}") from exc
         finally:
             redis.close()
-        ok = all(f.ok for f in findings)
-        report = {"ok": ok, "findings": [asdict(f) for f in findings]}
-        (self.run_dir / "checker.json").write_text(json.dumps(report, indent=2) + "\n")
+        checker.write_findings(self.run_dir / "checker.json", findings)
         return findings, facts[sale_id]
-
-    def wallet(self, shoppers: Shoppers) -> Callable[[int], set[str]]:
-        """The coupons available in a buyer's wallet, by buyer."""
-
-        def available(buyer: int) -> set[str]:
-            url = self.targets.url("coupon", "/wallet")
-            resp = httpx.get(url, params={"state": "available"}, headers=shoppers.auth(buyer), timeout=10.0)
-            if resp.status_code != 200:
-                raise StackError(f"GET /wallet answered {resp.status_code}: {resp.text}")
-            return {str(c["coupon_id"]) for c in resp.json()}
-
-        return available
 
 
 def run_demo_sale(args: argparse.Namespace, backends: Backends) -> bool:
@@ -235,28 +191,30 @@ def _run(demo: DemoSale, args: argparse.Namespace) -> bool:
     run = demo.seed()
     sale_id = int(run["sale_id"])
     stock = demo.allocation(run)
-    pairs = seed.read_tokens(Path(run["tokens_file"]))
-    shoppers = Shoppers(users=[user for user, _t in pairs], tokens=[token for _u, token in pairs])
-    claims = demo.claims(run, shoppers)
-    demo.wait_live(sale_id)
-    burst = demo.burst(sale_id, shoppers, claims)
+    crowd = demo.crowd(run)
+    burst, orders = crowd.burst, crowd.orders
     stats = demo.admin.get("flashsale", f"/admin/sales/{sale_id}/stats")
     stream = stream_count(demo.backends.redis_url, sale_id)
-    orders = demo.checkout(shoppers, burst)
-    wait, ended = demo.end(sale_id, orders)
-    findings, facts = demo.check(sale_id)
-    order_stats = demo.admin.get("order", "/admin/orders/stats", {"sale_id": sale_id})
-    settled = settled_from(facts, order_stats, wait)
-    lines = burst_lines(sale_id, args.quantity, burst, stats, stream)
-    problems = burst_problems(burst, stats, stream)
-    lines += orders_lines(burst, orders, settled, args.fail_primary)
-    problems += orders_problems(args.quantity, burst, orders, settled)
-    if claims:
-        coupon_lines, coupon_problems = coupon_summary(
-            demo.admin, demo.wallet(shoppers), claims=claims, burst=burst, settled=settled
-        )
-        lines += coupon_lines
-        problems += coupon_problems
+    shoppers = Shoppers(demo.targets, Path(run["tokens_file"]))
+    try:
+        claims = demo.claims(run, crowd, shoppers)
+        cancel_if_too_long(shoppers, orders)
+        wait, ended = demo.end(sale_id, orders)
+        findings, facts = demo.check(sale_id)
+        order_stats = demo.admin.get("order", "/admin/orders/stats", {"sale_id": sale_id})
+        settled = settled_from(facts, order_stats, wait)
+        lines = burst_lines(sale_id, args.quantity, burst, stats, stream)
+        problems = burst_problems(burst, stats, stream)
+        lines += orders_lines(burst, orders, settled, args.fail_primary)
+        problems += orders_problems(args.quantity, burst, orders, settled)
+        if claims:
+            coupon_lines, coupon_problems = coupon_summary(
+                demo.admin, shoppers.wallet, claims=claims, burst=burst, settled=settled
+            )
+            lines += coupon_lines
+            problems += coupon_problems
+    finally:
+        shoppers.close()
     inventory_lines, inventory_problems = inventory_summary(demo.admin, stock=stock, sold=settled.paid_units)
     lines += [*inventory_lines, balance_line(facts.reconciliation)]
     problems += inventory_problems
@@ -280,4 +238,7 @@ def _print_summary(
     for problem in problems:
         say(f"  FAILED: {problem}")
     run_dir = stack_state.rel(demo.run_dir)
-    say(f"run files (run.json, tokens, accepted.jsonl, checker.json): {run_dir}/")
+    say(
+        f"run files (run.json, tokens, accepted.jsonl, journeys.jsonl, outcomes.json, Locust's CSVs and "
+        f"locust.html, checker.json): {run_dir}/"
+    )

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deploy.demo.crowd import OrdersResult
-from deploy.demo.loadtools import checker
 from deploy.state import say
+from loadtest import checker
 
 CLOSED_STATES = ("expired", "cancelled")  # an unpaid order's end: flashsale releases its units
 SETTLE_GRACE = 20.0  # seconds past the last payment deadline: the sweeper runs every second, the relay every 50 ms
@@ -48,11 +48,11 @@ def units(order: dict[str, Any]) -> int:
 
 def _time_to_pay(orders: OrdersResult) -> tuple[float, float]:
     """(seconds an order has to pay, seconds until the last unpaid one expires)."""
-    if not orders.orders:
+    known = [j for j in orders.orders.values() if j.order_created_at and j.order_deadline_at]
+    if not known:
         return 0.0, 0.0
-    sample = next(iter(orders.orders.values()))
-    created, due = (datetime.fromisoformat(sample[k]) for k in ("created_at", "deadline_at"))
-    latest = max(datetime.fromisoformat(o["deadline_at"]) for o in orders.orders.values())
+    created, due = (datetime.fromisoformat(str(t)) for t in (known[0].order_created_at, known[0].order_deadline_at))
+    latest = max(datetime.fromisoformat(str(j.order_deadline_at)) for j in known)
     return (due - created).total_seconds(), max(0.0, (latest - datetime.now(UTC)).total_seconds())
 
 

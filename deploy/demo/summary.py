@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.demo.crowd import BurstResult, OrdersResult
-from deploy.demo.loadtools import checker, seed
 from deploy.demo.settle import Settled
+from loadtest import checker, seed
 
 DEMO_STOCK = 1000  # units the demo's SKU starts with in the warehouse
 DEMO_LOW_STOCK = 100  # its low-stock threshold, units
@@ -34,16 +34,16 @@ class StreamCount:
 def burst_lines(
     sale_id: int, quantity: int, burst: BurstResult, stats: dict[str, Any], stream: StreamCount
 ) -> list[str]:
-    """What the buyers saw, beside what flashsale recorded right after the burst."""
-    recorded = int(stats["reserved"]) + int(stats["sold"])
+    """What the shoppers' purchases were answered, beside what flashsale recorded right after the crowd."""
+    recorded = int(stats["reserved"]) + int(stats["sold"]) + int(stats["released"])
     oversold = burst.units - quantity
     rps = burst.requests / burst.elapsed if burst.elapsed else 0.0
     rejected = ", ".join(f"{code} {n:,}" for code, n in burst.rejections.most_common()) or "none"
     lines = [
         f"  requests          {burst.requests:,} in {burst.elapsed:.2f}s = {rps:,.0f} requests/s",
         f"  units sold        {burst.units:,} of {quantity:,} (202 answers: {burst.accepted:,} reservations)",
-        f"  admin stats       reserved {stats['reserved']} + sold {stats['sold']} = {recorded}, "
-        f"remaining {stats['remaining']}",
+        f"  admin stats       reserved {stats['reserved']} + sold {stats['sold']} + released {stats['released']} "
+        f"= {recorded}, remaining {stats['remaining']}",
         f"  rejections        {rejected}",
     ]
     if burst.transport_errors:
@@ -57,8 +57,10 @@ def burst_lines(
 
 
 def burst_problems(burst: BurstResult, stats: dict[str, Any], stream: StreamCount) -> list[str]:
-    """Answers and records that disagree (overselling itself is the checker's to judge)."""
-    recorded = int(stats["reserved"]) + int(stats["sold"])
+    """Answers and records that disagree (overselling itself is the checker's to judge).
+
+    Every accepted reservation is reserved, sold (paid) or released (its order expired or was cancelled)."""
+    recorded = int(stats["reserved"]) + int(stats["sold"]) + int(stats["released"])
     problems = []
     if stream.events != stream.reservations:
         problems.append(f"the events stream ({stream.events}) and the reservations ({stream.reservations}) disagree")
@@ -72,7 +74,7 @@ def burst_problems(burst: BurstResult, stats: dict[str, Any], stream: StreamCoun
 def orders_lines(burst: BurstResult, orders: OrdersResult, settled: Settled, fail_primary: bool) -> list[str]:
     """The order half of the summary: created, paid, expired, and flashsale's stock afterwards."""
     stats, sale = settled.order_stats, settled.sale_stats
-    providers = Counter(str(o.get("payment_provider")) for o in orders.paid.values())
+    providers = Counter(orders.paid.values())
     by_provider = ", ".join(f"{name} {n:,}" for name, n in sorted(providers.items())) or "none"
     refused = ", ".join(f"{code} {n:,}" for code, n in orders.pay_failures.most_common())
     missing = ", ".join(f"{code} {n:,}" for code, n in orders.missing.most_common())

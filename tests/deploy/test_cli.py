@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy import cli, topology
-from deploy.demo.loadtools import targets
+from loadtest import targets
 from tests.conftest import ROOT
 
 

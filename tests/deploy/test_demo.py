@@ -10,7 +10,8 @@ import pytest
 
 from deploy import cli
 from deploy.demo import coupons, crowd, settle, summary
-from deploy.demo.loadtools import checker, seed
+from loadtest import checker, seed
+from loadtest.outcomes import PURCHASE, Journey, Outcomes
 
 
 class _FakeInventory:
@@ -93,25 +94,49 @@ def test_the_load_test_keeps_its_fixed_three_dollar_coupon() -> None:
     assert (template.kind, template.amount_off, template.total_quantity) == ("fixed_off", 300, 40)
 
 
-def test_demo_coupon_claimers_are_spread_over_the_crowd() -> None:
-    claimers = crowd.spread(1000, 300)
-    assert len(set(claimers)) == 300 and claimers[0] == 0 and max(claimers) < 1000
-    assert sum(1 for i in claimers if i < 100) in range(29, 32), "some of the first buyers (who get stock) hold one"
-    assert crowd.spread(10, 300) == list(range(10))
+def test_the_demo_crowd_takes_its_size_coupon_and_pay_shares_from_the_command_line() -> None:
     demo = cli.parse_args(["demo"])
-    assert (demo.coupon_users, demo.coupons) == (300, 250)
+    assert (demo.users, demo.coupon_users, demo.coupons, demo.pay_share) == (1000, 300, 250, 0.7)
     assert cli.parse_args(["demo", "--coupon-users", "0"]).coupon_users == 0
+    plan = crowd.CrowdPlan(users=demo.users, spawn_rate=demo.spawn_rate, coupon_share=0.3, pay_share=0.7, seconds=90)
+    shape = plan.shape()
+    assert shape["LOADTEST_SHAPE"] == "journeys", "each shopper walks the chain once; the run ends when all have"
+    assert (shape["LOADTEST_USERS"], shape["LOADTEST_COUPON_SHARE"], shape["LOADTEST_PAY_SHARE"]) == (
+        "1000",
+        "0.3",
+        "0.7",
+    )
 
 
-def test_every_purchase_the_demo_crowd_was_told_accepted_reaches_the_checker(tmp_path: Path) -> None:
-    shoppers = crowd.Shoppers(users=["lt-a-000000", "lt-a-000001"], tokens=["t0", "t1"])
-    log = tmp_path / "accepted.jsonl"
-    burst = crowd.Burst(sale_id=7, shoppers=shoppers, coupons={1: "c9"}, log=log)
-    burst.accept({"reservation_id": "r-1", "quantity": 1}, 0, None)
-    burst.accept({"reservation_id": "r-2", "quantity": 2}, 1, "c9")
-    acknowledged = checker.read_acknowledged(log, {7})
-    assert acknowledged == {7: {"r-1": ("lt-a-000000", 1), "r-2": ("lt-a-000001", 2)}}
-    assert (burst.result.accepted, burst.result.units, burst.result.coupon_of) == (2, 3, {"r-2": "c9"})
+def test_what_the_crowds_shoppers_logged_is_what_the_demo_and_the_checker_read(tmp_path: Path) -> None:
+    bought = {"started_at": 1.0, "purchase_at": 2.0, "purchase_code": "202", "answered_at": 2.5, "order_code": "200"}
+    paid = Journey(
+        user_id="lt-a-000000", claim_key="k0", claim_code="201", claimed_at=1.5, coupon_id="c9", reservation_id="r-1",
+        quantity=1, order_id="o-1", ordered_at=3.0, pays=True, pay_code="200", payment_provider="backup", paid_at=4.0,
+        pricing_waits=2, **bought,
+    )  # fmt: skip
+    unpaid = Journey(user_id="lt-a-000001", reservation_id="r-2", quantity=2, order_id="o-2", ordered_at=3.0, **bought)
+    refused = Journey(user_id="lt-a-000002", started_at=1.0, purchase_at=2.0, purchase_code="SOLD_OUT", answered_at=2.1)
+    log = Outcomes(tmp_path)  # what the locustfile's shoppers write as they shop
+    for journey in (paid, unpaid):
+        log.count(PURCHASE, "202")
+        log.accept(
+            {"reservation_id": journey.reservation_id, "quantity": journey.quantity, "sale_id": 7}, journey.user_id
+        )
+    log.count(PURCHASE, "SOLD_OUT")
+    for journey in (paid, unpaid, refused):
+        log.walked(journey)
+    log.write()
+
+    run = crowd.read_crowd(tmp_path, 7, {"id": 3, "total_quantity": 5}, locust_exit=0)
+    burst, orders = run.burst, run.orders
+    acknowledged = checker.read_acknowledged(tmp_path / "accepted.jsonl", {7})[7]
+    assert burst.reservations == acknowledged == {"r-1": ("lt-a-000000", 1), "r-2": ("lt-a-000001", 2)}
+    assert (burst.requests, burst.accepted, burst.units, dict(burst.rejections)) == (3, 2, 3, {"SOLD_OUT": 1})
+    assert burst.coupon_of == {"r-1": "c9"}
+    assert set(orders.orders) == {"r-1", "r-2"} and orders.paid == {"o-1": "backup"}
+    assert [j.order_id for j in orders.unpaid] == ["o-2"] and orders.pricing_waits == 2
+    assert run.claims is not None and run.claims.coupons == {"lt-a-000000": "c9"} and run.claims.claimers == 1
 
 
 class _FakeCoupons:
@@ -141,10 +166,10 @@ def _coupon_outcome(stats: dict[str, int], wallet: list[str]) -> tuple[list[str]
             "coupons": {"discounts": [applied], "rejections": []},
         }
 
-    claims = crowd.Claims(template={"id": 1, "total_quantity": 2}, claimers=2, coupons={0: "c1", 1: "c2"})
+    claims = crowd.Claims(template={"id": 1, "total_quantity": 2}, claimers=2, coupons={"u0": "c1", "u1": "c2"})
     claims.replayed_same = 2
     claims.second["CLAIM_LIMIT_REACHED"] = 2
-    burst = crowd.BurstResult(reservations={"r1": (0, 1), "r2": (1, 1)}, coupon_of={"r1": "c1", "r2": "c2"})
+    burst = crowd.BurstResult(reservations={"r1": ("u0", 1), "r2": ("u1", 1)}, coupon_of={"r1": "c1", "r2": "c2"})
     paid, expired = order("r1", "paid", "c1"), order("r2", "expired", "c2")
     gmv = coupons.DEMO_PRICE - coupons.tier_discount(coupons.DEMO_PRICE)
     settled = settle.Settled(
@@ -153,7 +178,7 @@ def _coupon_outcome(stats: dict[str, int], wallet: list[str]) -> tuple[list[str]
     admin = _FakeCoupons(stats)
     return coupons.coupon_summary(
         admin,  # type: ignore[arg-type]
-        lambda _buyer: set(wallet),
+        lambda _user: set(wallet),
         claims=claims,
         burst=burst,
         settled=settled,

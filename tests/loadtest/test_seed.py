@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from deploy.demo.loadtools import seed
+from loadtest import seed
 from tests.conftest import redis_url_for
 
 REDIS_URL = redis_url_for(3)  # the suite's fourth logical database; these tests touch only keys of their own ids

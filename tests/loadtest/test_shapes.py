@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtest"))
-
-import shapes  # loadtest/ scripts import each other by file name, as when run by path
+from loadtest import shapes
 
 
 def test_flash_crowd_reaches_the_multiple_of_the_peak_within_the_ramp_and_holds_it() -> None:
@@ -34,3 +29,11 @@ def test_soak_holds_the_multiple_for_its_duration() -> None:
     held = shapes.at(stages, 1000)
     assert held is not None and held.users == 100
     assert shapes.at(stages, 1830) is None
+
+
+def test_journeys_put_every_shopper_on_at_the_spawn_rate_for_at_most_the_given_seconds() -> None:
+    stages = shapes.journeys(users=1000, spawn_rate=250, seconds=120)
+    on = shapes.at(stages, 0)
+    assert on is not None and (on.users, on.spawn_rate) == (1000, 250)
+    assert shapes.at(stages, 119.9) == on
+    assert shapes.at(stages, 120) is None  # the cap; the locustfile stops sooner once every shopper walked

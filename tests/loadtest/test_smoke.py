@@ -1,11 +1,13 @@
 """CI's full-chain smoke: every service as a real process, a few Locust shoppers for ~15 s through the whole
-chain (sales, coupon, countdown, purchase, order, quote, payment), then the checker.
+chain (sales, coupon, countdown, purchase, order, quote, payment), then the checker; and the demo's crowd (the
+same shoppers, each walking the chain once) on the same services.
 
 The shoppers go through a real gateway process (LOADTEST_MODE=gateway), the way storefronts do; the checker and
 the seeder use the same gateway for the admin APIs.
 
-It runs the same commands an SRE runs (loadtest/seed.py, locust -f loadtest/locustfile.py, loadtest/checker.py),
-as subprocesses: Locust patches the standard library with gevent, which must not happen inside pytest.
+It runs the same commands an SRE runs (`python -m loadtest.seed`, `locust -f loadtest/locustfile.py`,
+`python -m loadtest.checker`), as subprocesses: Locust patches the standard library with gevent, which must not
+happen inside pytest.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from deploy.demo import crowd
+from deploy.demo.coupons import discounts
+from loadtest import checker, seed
+from loadtest import targets as loadtest_targets
 from services.common.migrate import upgrade
 from tests.conftest import ROOT, PaySims, Processes, db_name_for, db_url_for, drop_database, redis_url_for
 
@@ -125,7 +133,7 @@ async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str
         "LOADTEST_PAY_SHARE": "0.6",
         "LOADTEST_COUPON_SHARE": "0.5",
     }
-    seed = [sys.executable, "loadtest/seed.py", "--run-dir", str(tmp_path), "--quantity", "10", "--start-in", "3"]
+    seed = [sys.executable, "-m", "loadtest.seed", "--run-dir", str(tmp_path), "--quantity", "10", "--start-in", "3"]
     done = await asyncio.to_thread(run, [*seed, "--users", str(SHOPPERS), "--coupons", "5"], env, 60)
     assert done.returncode == 0, done.stderr
 
@@ -134,7 +142,7 @@ async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str
     done = await asyncio.to_thread(run, locust, env, SECONDS + 40)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    checker = [sys.executable, "loadtest/checker.py", "--run", str(tmp_path), "--wait", "20"]
+    checker = [sys.executable, "-m", "loadtest.checker", "--run", str(tmp_path), "--wait", "20"]
     done = await asyncio.to_thread(run, checker, env, 60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all held" in done.stdout
@@ -160,3 +168,41 @@ async def test_a_short_full_chain_run_passes_the_checker(services: dict[str, str
         and 'status="202"' in line
     ]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in proxied) >= purchases["202"]
+
+
+async def test_the_demo_crowd_walks_the_chain_once_per_shopper_and_the_checker_holds_every_202(
+    services: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo`'s crowd: the same locustfile in the journeys shape, read back the way the demo's summary reads it."""
+    monkeypatch.setenv("APP_ENV", "test")  # the seeder's and the checker's tokens, signed as the services expect
+    targets = loadtest_targets.gateway_targets(services["gateway"])
+    plan = seed.SaleSeed(quantity=5, limit=2, start_in=2, duration_minutes=10, users=SHOPPERS, coupons=3)
+    run = await asyncio.to_thread(seed.seed_sale, targets, tmp_path, plan, redis_url=REDIS_URL)
+    sale_id = int(run["sale_id"])
+    shoppers = crowd.CrowdPlan(users=SHOPPERS, spawn_rate=SHOPPERS, coupon_share=1.0, pay_share=1.0, seconds=120)
+    started = time.monotonic()
+    walked = await asyncio.to_thread(crowd.run_crowd, tmp_path, targets, shoppers, run)
+    assert time.monotonic() - started < shoppers.seconds, "the run ends once every shopper walked, not at its bound"
+
+    # Each shopper walked the chain once; more shoppers than units and coupons: sold out, coupons all claimed.
+    assert len(walked.journeys) == len({j.user_id for j in walked.journeys}) == SHOPPERS
+    burst, orders, claims = walked.burst, walked.orders, walked.claims
+    assert (burst.accepted, burst.units) == (5, 5) and set(burst.rejections) <= {"SOLD_OUT"}
+    assert claims is not None and (claims.claimers, len(claims.coupons)) == (SHOPPERS, 3)
+    assert set(orders.orders) == set(burst.reservations), "every shopper told 202 got its order"
+    assert len(orders.paid) == 5 and not orders.pay_failures
+
+    admin = checker.Admin(targets, checker.admin_token())
+    redis = SyncRedis.from_url(REDIS_URL)
+    try:
+        acknowledged = checker.read_acknowledged(tmp_path / "accepted.jsonl", {sale_id})
+        findings, facts = await asyncio.to_thread(checker.check_sales, admin, redis, [sale_id], acknowledged, 20)
+    finally:
+        admin.close()
+        redis.close()
+    assert all(f.ok for f in findings), [f for f in findings if not f.ok]
+    assert set(facts[sale_id].acknowledged) == set(burst.reservations)
+    by_reservation = {str(o["reservation_id"]): o for o in facts[sale_id].orders}
+    assert all(by_reservation[rid]["state"] == "paid" for rid in burst.reservations)
+    for rid, coupon in burst.coupon_of.items():  # a purchase that named a coupon: its order was priced with it
+        assert [d["coupon_id"] for d in discounts(by_reservation[rid])] == [coupon]

@@ -1,4 +1,4 @@
-"""The sold-out phase of bench_purchase.py: the crowd that keeps pressing "buy" after a sale sold out.
+"""The purchase benchmark's sold-out phase: the crowd that keeps pressing "buy" after a sale sold out.
 
 Its sale has one unit, bought before the run; then wrk sends the purchase request of the other phase (fresh
 Idempotency-Keys, the same 20,000 users) and every answer must be 409 SOLD_OUT. A sold-out sale is answered
@@ -11,18 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-from redis import Redis
-from redis.exceptions import RedisError
 
-if TYPE_CHECKING:  # bench_purchase imports this module: its names are only needed for the types here
-    from bench_purchase import Admin, WrkResult
-
-
-class SoldOutPhaseError(Exception):
-    """The sold-out phase could not be set up or checked; the message says why."""
+from loadtest.bench.errors import BenchError
+from loadtest.bench.sale import Admin, stream_length
+from loadtest.bench.wrk import WrkResult
 
 
 @dataclass
@@ -50,30 +45,24 @@ def seed_sold_out_sale(admin: Admin, base_url: str, tokens_file: Path, tag: str)
                 headers={"Authorization": f"Bearer {tokens[n]}", "Idempotency-Key": f"{tag}-seed-{n}"},
             )
             if resp.status_code != expected:
-                raise SoldOutPhaseError(f"sold-out sale {sale_id}: purchase {n} -> {resp.status_code} {resp.text}")
+                raise BenchError(f"sold-out sale {sale_id}: purchase {n} -> {resp.status_code} {resp.text}")
     return sale_id
 
 
 def verify_sold_out(admin: Admin, redis_url: str, sale_id: int, result: WrkResult) -> SoldOutCheck:
     """Every answer 409 SOLD_OUT, and the sale still holds its one reservation and one event."""
     stats = admin.stats(sale_id)
-    client = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        stream_length = int(client.xlen(f"{{fs:{sale_id}}}:events"))
-    except RedisError as exc:
-        raise SoldOutPhaseError(f"could not read the event stream of sale {sale_id}: {exc}") from exc
-    finally:
-        client.close()
+    events = stream_length(redis_url, sale_id)
     other = {code: n for code, n in result.statuses.items() if code != "409"}
     answered = result.statuses.get("409", 0)
     reserved = int(stats["reserved"])
-    ok = not other and reserved == 1 and stream_length == 1 and answered > 0
+    ok = not other and reserved == 1 and events == 1 and answered > 0
     note = (
         "every answer 409 SOLD_OUT, nothing sold"
         if ok
-        else (f"MISMATCH: answers {result.statuses}, reserved {reserved}, stream {stream_length}")
+        else (f"MISMATCH: answers {result.statuses}, reserved {reserved}, stream {events}")
     )
-    return SoldOutCheck(sale_id, answered, other, reserved, stream_length, ok, note)
+    return SoldOutCheck(sale_id, answered, other, reserved, events, ok, note)
 
 
 def cpu_per_request_us(result: WrkResult, who: str) -> float | None:

@@ -1,14 +1,14 @@
 """The performance table: one run, five rows side by side, with the ratios between them.
 
-`make perf-table` runs `.venv/bin/python loadtest/perf_table.py` with REDIS_URL and DATABASE_URL exported.
+`make perf-table` runs `.venv/bin/python -m loadtest.bench.perf_table` with REDIS_URL and DATABASE_URL exported.
 
-Rows (the machinery is bench_purchase.py's and bench_gateway.py's, imported, not copied):
+Rows (the wrk driver, the servers and the CPU accounting are loadtest/bench's shared modules):
 1. Redis floor: redis-benchmark calling flashsale's purchase Lua script (EVALSHA, unique user / reservation /
    Idempotency-Key per call) on a warmed sale hash: what Redis alone decides per second;
 2. trivial ceiling: `GET /healthz/live` of flashsale (2 replicas, SO_REUSEPORT), wrk;
 3. purchases direct: `POST /sales/{id}/purchase` at flashsale, wrk;
 4. purchases through the gateway: the same at `/api/flashsale/...` of the gateway (1 process) in front;
-5. row-lock baseline: loadtest/rowlock_app.py (2 replicas, same setup and token check) taking stock with
+5. row-lock baseline: loadtest/bench/rowlock_app.py (2 replicas, same setup and token check) taking stock with
    `UPDATE ... SET stock = stock - n WHERE sale_id = $1 AND stock >= n` and recording the reservation in one
    PostgreSQL transaction: what many shops do.
 Every wrk row uses the same threads, connections, duration and Lua script. Purchases are verified (202 answers =
@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import csv
 import io
-import json
 import os
 import subprocess
 import sys
@@ -38,35 +37,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from bench_gateway import GATEWAY_PREFIX, GatewayServers
-from bench_purchase import (
-    RESULTS_DIR,
-    Admin,
-    BenchError,
-    CpuProbe,
-    Options,
-    Servers,
-    WrkResult,
-    add_load_arguments,
-    bench_database_url,
-    bench_redis_url,
-    check_load_arguments,
-    ensure_wrk,
-    flush_redis,
-    prepare_database,
-    run_wrk,
-    running,
-    verify_purchases,
-    write_tokens,
-)
 from redis import Redis
-from rowlock_app import SCHEMA
 from sqlalchemy.engine import make_url
 
-from services.common.auth import issue_token
-from services.common.config import BaseServiceSettings
+from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
+from loadtest.bench.cpu import CpuProbe
+from loadtest.bench.errors import BenchError
+from loadtest.bench.gateway import GATEWAY_PREFIX
+from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
+from loadtest.bench.results import RESULTS_DIR, ROOT, table_lines, write_report
+from loadtest.bench.rowlock_app import SCHEMA
+from loadtest.bench.sale import Admin, admin_token, verify_purchases, write_tokens
+from loadtest.bench.servers import GatewayServers, Servers, running
+from loadtest.bench.wrk import WrkResult, ensure_wrk, run_wrk
 
-ROOT = Path(__file__).resolve().parent.parent
 PURCHASE_LUA = ROOT / "services" / "flashsale" / "lua" / "purchase.lua"
 AIM_GATEWAY_OVER_ROWLOCK = 10.0
 FLOOR_SALE_ID = 900_000_001
@@ -89,7 +73,7 @@ class Row:
 class RowLockServers(Servers):
     """The row-lock baseline, started like flashsale (two replicas on one SO_REUSEPORT port)."""
 
-    APP = "loadtest.rowlock_app:app"
+    APP = "loadtest.bench.rowlock_app:app"
     LOG_PREFIX = "rowlock"
 
     def _env(self, replica: str) -> dict[str, str]:
@@ -172,54 +156,34 @@ async def _rowlock_rows(url: str) -> int:
         await conn.close()
 
 
-def measure(opts: Options, redis_url: str, fs_db: str, rowlock_db: str, tokens: Path, floor_n: int) -> list[Row]:
-    """Every row, one after another on this machine."""
-    wrk = ensure_wrk()
-    admin_token = issue_token(BaseServiceSettings(), "bench-admin", ["admin"], ttl_seconds=6 * 3600)
-    rows = [redis_floor(redis_url, requests=floor_n, clients=opts.connections)]
-    print(f"[floor] {rows[0].rps}", flush=True)
-    tag = uuid.uuid4().hex[:8]
+def flashsale_rows(opts: Options, wrk: str, redis_url: str, fs_db: str, tokens: Path, tag: str) -> list[Row]:
+    """The trivial ceiling and the purchases, direct and through one gateway process, on one flashsale setup."""
+    rows = []
     flashsale = Servers("reuseport", redis_url=redis_url, database_url=fs_db, user_rate=opts.user_rate)
     with running(flashsale):
-        admin = Admin(flashsale.base_url, admin_token)
+        admin = Admin(flashsale.base_url, admin_token())
         probe = CpuProbe(flashsale.pids(), redis_url)
+
+        def drive(url: str, endpoint: str, seconds: int, args: list[str]) -> WrkResult:
+            return run_wrk(wrk, url, endpoint=endpoint, seconds=seconds, opts=opts, script_args=args, cpu_probe=probe)
+
+        def purchase(url: str, prefix: str, label: str, seconds: int) -> tuple[WrkResult, str]:
+            sale_id = admin.seed_sale(f"{tag}-{label}")
+            result = drive(url, "purchase", seconds, [str(sale_id), str(tokens), f"{tag}{label}", prefix])
+            check = verify_purchases(admin, redis_url, sale_id, result)
+            return result, ("verified" if check.ok else check.note)
+
         try:
-
-            def purchase(url: str, prefix: str, label: str, seconds: int) -> tuple[WrkResult, str]:
-                sale_id = admin.seed_sale(f"{tag}-{label}")
-                args = [str(sale_id), str(tokens), f"{tag}{label}", prefix]
-                result = run_wrk(
-                    wrk, url, endpoint="purchase", seconds=seconds, opts=opts, script_args=args, cpu_probe=probe
-                )
-                check = verify_purchases(admin, redis_url, sale_id, result)
-                return result, ("verified" if check.ok else check.note)
-
             print("[trivial] warm-up and measure", flush=True)
-            run_wrk(
-                wrk,
-                flashsale.base_url,
-                endpoint="trivial",
-                seconds=opts.warmup,
-                opts=opts,
-                script_args=[],
-                cpu_probe=probe,
-            )
-            trivial = run_wrk(
-                wrk,
-                flashsale.base_url,
-                endpoint="trivial",
-                seconds=opts.duration,
-                opts=opts,
-                script_args=[],
-                cpu_probe=probe,
-            )
+            drive(flashsale.base_url, "trivial", opts.warmup, [])
+            trivial = drive(flashsale.base_url, "trivial", opts.duration, [])
             rows.append(wrk_row("trivial endpoint (GET /healthz/live)", trivial, "flashsale, 2 replicas"))
             print("[direct] warm-up and measure", flush=True)
             purchase(flashsale.base_url, "", "dw", opts.warmup)
             direct, note = purchase(flashsale.base_url, "", "dm", opts.duration)
             rows.append(wrk_row("purchases direct to flashsale", direct, note))
             print("[gateway] warm-up and measure", flush=True)
-            # One gateway process, as bench_gateway.py runs it by default (why: its docstring).
+            # One gateway process, as the gateway benchmark runs it by default (why: loadtest/bench/gateway.py).
             gateway = GatewayServers("single", redis_url=redis_url, flashsale_url=flashsale.base_url)
             try:
                 with running(gateway):
@@ -230,38 +194,49 @@ def measure(opts: Options, redis_url: str, fs_db: str, rowlock_db: str, tokens: 
                 rows.append(Row("purchases through the gateway", None, None, None, None, f"failed: {str(exc)[:160]}"))
         finally:
             admin.close()
+    return rows
+
+
+def rowlock_row(opts: Options, wrk: str, redis_url: str, rowlock_db: str, tokens: Path, tag: str) -> Row:
+    """The row-lock baseline, verified against the reservation rows its measured run added."""
     print("[row lock] warm-up and measure", flush=True)
     asyncio.run(_prepare_rowlock(rowlock_db))
     baseline = RowLockServers("reuseport", redis_url=redis_url, database_url=rowlock_db, user_rate=None)
     with running(baseline):
-        lock_probe = CpuProbe(baseline.pids(), redis_url)
-        args = [str(ROWLOCK_SALE_ID), str(tokens), f"{tag}rl"]
-        run_wrk(
-            wrk,
-            baseline.base_url,
-            endpoint="purchase",
-            seconds=opts.warmup,
-            opts=opts,
-            script_args=[*args[:2], f"{tag}rlw"],
-            cpu_probe=lock_probe,
-        )
+        probe = CpuProbe(baseline.pids(), redis_url)
+
+        def drive(seconds: int, run_tag: str) -> WrkResult:
+            args = [str(ROWLOCK_SALE_ID), str(tokens), run_tag]
+            return run_wrk(
+                wrk,
+                baseline.base_url,
+                endpoint="purchase",
+                seconds=seconds,
+                opts=opts,
+                script_args=args,
+                cpu_probe=probe,
+            )
+
+        drive(opts.warmup, f"{tag}rlw")
         time.sleep(1.0)  # requests wrk abandoned at the warm-up's stop still commit: not the measured run's rows
         before = asyncio.run(_rowlock_rows(rowlock_db))
-        locked = run_wrk(
-            wrk,
-            baseline.base_url,
-            endpoint="purchase",
-            seconds=opts.duration,
-            opts=opts,
-            script_args=args,
-            cpu_probe=lock_probe,
-        )
+        locked = drive(opts.duration, f"{tag}rl")
         recorded = asyncio.run(_rowlock_rows(rowlock_db)) - before
     extra = recorded - locked.status_202
     note = (
         "verified" if 0 <= extra <= locked.in_flight_at_stop else f"MISMATCH: 202s {locked.status_202}, rows {recorded}"
     )
-    rows.append(wrk_row("row-lock baseline (UPDATE ... WHERE stock >= n)", locked, note + ", 2 replicas, PostgreSQL"))
+    return wrk_row("row-lock baseline (UPDATE ... WHERE stock >= n)", locked, note + ", 2 replicas, PostgreSQL")
+
+
+def measure(opts: Options, redis_url: str, fs_db: str, rowlock_db: str, tokens: Path, floor_n: int) -> list[Row]:
+    """Every row, one after another on this machine."""
+    wrk = ensure_wrk()
+    rows = [redis_floor(redis_url, requests=floor_n, clients=opts.connections)]
+    print(f"[floor] {rows[0].rps}", flush=True)
+    tag = uuid.uuid4().hex[:8]
+    rows += flashsale_rows(opts, wrk, redis_url, fs_db, tokens, tag)
+    rows.append(rowlock_row(opts, wrk, redis_url, rowlock_db, tokens, tag))
     return rows
 
 
@@ -284,15 +259,10 @@ def print_table(rows: list[Row], opts: Options) -> dict[str, float | None]:
         ]
         for r in rows
     ]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     print()
     print(f"load: wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s per row, {opts.users:,} users")
-    for line in [header, ["-" * w for w in widths], *cells]:
-        print(
-            "  ".join(
-                c.rjust(w) if 0 < i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
+    for line in table_lines(header, cells, numeric=range(1, 5)):
+        print(line)
     by = {r.name.split(" (")[0]: r.rps for r in rows}
     floor, trivial = by.get("Redis floor"), by.get("trivial endpoint")
     direct, gateway = by.get("purchases direct to flashsale"), by.get("purchases through the gateway")
@@ -330,14 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the table; 1 when a step failed."""
     opts, floor_n = parse_args(argv)
     load_before = os.getloadavg()
-    server = os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
     try:
-        redis_url = bench_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), opts.redis_db)
-        fs_db = bench_database_url(server, opts.database)
-        rowlock_db = bench_database_url(server, "flashsale_bench_rowlock")
+        redis_url, fs_db = urls_from_environment(opts.redis_db, opts.database)
+        _, rowlock_db = urls_from_environment(opts.redis_db, "flashsale_bench_rowlock")
         flush_redis(redis_url)
-        prepare_database(fs_db)
-        _recreate(rowlock_db)
+        recreate_database(fs_db, service="flashsale")
+        recreate_database(rowlock_db)
         with tempfile.TemporaryDirectory(prefix="perf_table-") as tmp:
             tokens = Path(tmp) / "tokens.txt"
             print(f"minting {opts.users:,} customer tokens", flush=True)
@@ -355,26 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratios,
         "aim": {"gateway_over_rowlock": AIM_GATEWAY_OVER_ROWLOCK},
     }
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults written to {opts.output.relative_to(ROOT) if opts.output.is_relative_to(ROOT) else opts.output}")
+    write_report(opts.output, report)
     return 0
-
-
-def _recreate(url: str) -> None:
-    """Drop and create the baseline's own database (its tables are made by _prepare_rowlock)."""
-
-    async def run() -> None:
-        parsed = make_url(url)
-        admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{parsed.database}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 if __name__ == "__main__":

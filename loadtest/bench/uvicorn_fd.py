@@ -5,9 +5,9 @@ uvloop serves a TCP listener as a Unix-socket server: accepted connections get n
 responses written in two parts wait for the client's delayed ACK (about 40 ms each). Here `fromfd` asks the
 descriptor for its real family, and everything else is plain uvicorn:
 
-    python loadtest/uvicorn_fd.py services.flashsale.main:app --fd 5 --loop uvloop --http httptools ...
+    python -m loadtest.bench.uvicorn_fd services.flashsale.main:app --fd 5 --loop uvloop --http httptools ...
 
-bench_purchase.py uses it to run two replicas on one port, each with its own SO_REUSEPORT socket.
+loadtest/bench/servers.py uses it to run two replicas on one port, each with its own SO_REUSEPORT socket.
 """
 
 from __future__ import annotations

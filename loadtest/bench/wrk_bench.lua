@@ -1,11 +1,11 @@
--- wrk script of loadtest/bench_purchase.py; the same client-side work for both endpoints.
+-- wrk script of every benchmark in loadtest/bench (run_wrk in wrk.py); the same client-side work for each endpoint.
 --
---   wrk -t THREADS ... -s loadtest/wrk_bench.lua URL -- trivial THREADS
---   wrk -t THREADS ... -s loadtest/wrk_bench.lua URL -- purchase THREADS SALE_ID TOKENS_FILE RUN_TAG [PREFIX]
+--   wrk -t THREADS ... -s loadtest/bench/wrk_bench.lua URL -- trivial THREADS
+--   wrk -t THREADS ... -s loadtest/bench/wrk_bench.lua URL -- purchase THREADS SALE_ID TOKENS_FILE RUN_TAG [PREFIX]
 --
 -- purchase: POST /sales/SALE_ID/purchase, body {"quantity":1}, a unique Idempotency-Key per request
 -- (RUN_TAG-thread-counter) and a bearer token rotating over the tokens in TOKENS_FILE (one per line).
--- PREFIX (optional) goes before the purchase path, e.g. /api/flashsale through the gateway (bench_gateway.py).
+-- PREFIX (optional) goes before the purchase path, e.g. /api/flashsale through the gateway (loadtest/bench/gateway.py).
 -- trivial:  GET /healthz/live.
 -- done() prints one line `BENCH_RESULT {json}`: requests, duration, latency percentiles (microseconds),
 -- status counts, socket errors, and how many requests were still in flight when wrk stopped.

@@ -4,29 +4,29 @@ Fills one sale's purchase stream with N synthetic purchase events (the shape fla
 writes), then lets the order service's own consumer (consumer group, batched inserts, outbox rows in the
 same transaction) turn them into orders in a fresh database, and reports orders/s. It then checks that
 every event became exactly one order. Uses REDIS_URL (logical DB 6, flushed) and DATABASE_URL (database
-`orders_bench`, recreated).
+`orders_bench`, recreated). `make bench-orders` runs `.venv/bin/python -m loadtest.bench.orders`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import sys
 import time
 
-import asyncpg
 import orjson
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from services.common.migrate import upgrade
+from loadtest.bench.backends import recreate_database, urls_from_environment
+from loadtest.bench.errors import BenchError
 from services.common.resources import open_engine, open_redis, session_factory
 from services.order.config import OrderSettings
 from services.order.events import PurchaseIngest
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
 
+REDIS_DB = 6  # the logical Redis DB of the run, flushed
 SALE_ID = 990_001
 STREAM = f"{{fs:{SALE_ID}}}:events"
 
@@ -51,16 +51,8 @@ async def fill(redis: Redis, events: int) -> None:
             await pipe.execute()
 
 
-async def run(events: int, batch: int) -> int:
+async def run(events: int, batch: int, *, redis_url: str, db_url: str) -> int:
     """Fill, consume, verify; returns the exit code."""
-    server = os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
-    db_url = make_url(server).set(database="orders_bench").render_as_string(hide_password=False)
-    admin_dsn = make_url(server).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute('DROP DATABASE IF EXISTS "orders_bench" WITH (FORCE)')
-    await conn.close()
-    await asyncio.to_thread(upgrade, "order", db_url)
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/6"
     settings = OrderSettings(env="dev", database_url=db_url, redis_url=redis_url, consumer_batch=batch)
     redis = open_redis(settings)
     await redis.flushdb()
@@ -100,7 +92,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
-    return asyncio.run(run(args.events, args.batch))
+    try:
+        redis_url, db_url = urls_from_environment(REDIS_DB, "orders_bench")
+        recreate_database(db_url, service="order")
+    except BenchError as exc:
+        print(f"bench orders: {exc}", file=sys.stderr)
+        return 1
+    return asyncio.run(run(args.events, args.batch, redis_url=redis_url, db_url=db_url))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Gateway benchmark: purchases through the gateway against purchases sent straight to flashsale, in one run.
 
-`make bench-gateway` runs `.venv/bin/python loadtest/bench_gateway.py` with REDIS_URL and DATABASE_URL exported.
+`make bench-gateway` runs `.venv/bin/python -m loadtest.bench.gateway` with REDIS_URL and DATABASE_URL exported.
 
-What one run does (the machinery is bench_purchase.py's, imported, not copied):
+What one run does (the wrk driver, the servers and the CPU accounting are loadtest/bench's shared modules):
 1. recreates the database `flashsale_bench_gw` and flushes logical DB 6 (`--redis-db`) of the Redis in REDIS_URL;
-2. starts flashsale as bench_purchase's default setup: two replicas, each uvicorn process with its own
+2. starts flashsale as the purchase benchmark's default setup: two replicas, each uvicorn process with its own
    SO_REUSEPORT socket on one port (uvloop, httptools with one send() per answer, no access log);
 3. starts the gateway (`gateway.main:app`) the same way: one process (`--gateway reuseport` for two on one
    SO_REUSEPORT port), its flashsale pool pointing at the flashsale port, rate limiting ON (the limits of
@@ -36,95 +36,30 @@ call, one token cache instead of two half-warm ones); size gateway workers by th
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 
-# The script's own directory is on sys.path: bench_purchase is imported as its neighbour.
-from bench_purchase import (
-    RESULTS_DIR,
-    ROOT,
-    Admin,
-    BenchError,
-    CpuProbe,
-    Options,
-    Servers,
-    Verification,
-    WrkResult,
-    add_load_arguments,
-    bench_database_url,
-    bench_redis_url,
-    check_load_arguments,
-    ensure_wrk,
-    flush_redis,
-    prepare_database,
-    report_header,
-    run_wrk,
-    running,
-    verify_purchases,
-    write_tokens,
-)
 from sqlalchemy.engine import make_url
 
-from services.common.auth import issue_token
-from services.common.config import BaseServiceSettings
+from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
+from loadtest.bench.cpu import CpuProbe
+from loadtest.bench.errors import BenchError
+from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
+from loadtest.bench.results import RESULTS_DIR, report_header, table_lines, write_report
+from loadtest.bench.sale import Admin, Verification, admin_token, verify_purchases, write_tokens
+from loadtest.bench.servers import GatewayServers, Servers, running, stop_servers_on_sigterm
+from loadtest.bench.wrk import WrkResult, ensure_wrk, run_wrk
 
 AIM_RATIO = 0.6
 GATEWAY_PREFIX = "/api/flashsale"
 GATEWAY_SETUPS = {"single": "1 gateway process", "reuseport": "2 gateway processes, one SO_REUSEPORT port"}
-
-
-class GatewayServers(Servers):
-    """The gateway processes, started like bench_purchase starts flashsale (same flags, same socket setup)."""
-
-    APP = "gateway.main:app"
-    LOG_PREFIX = "gateway"
-    EXTRA_ARGS = ("--no-proxy-headers",)
-
-    def __init__(self, setup: str, *, redis_url: str, flashsale_url: str) -> None:
-        super().__init__(setup, redis_url=redis_url, database_url="", user_rate=None)
-        self.flashsale_url = flashsale_url
-
-    def _env(self, replica: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            APP_ENV="dev",
-            REDIS_URL=self.redis_url,
-            REPLICA_ID=replica,
-            LOG_LEVEL="WARNING",
-            PYTHONUNBUFFERED="1",
-            GATEWAY_FLASHSALE_URLS=self.flashsale_url,
-            # Every wrk connection comes from 127.0.0.1: per-IP buckets would measure the limiter, not the path.
-            GATEWAY_IP_RATE="1000000000",
-            GATEWAY_IP_BURST="1000000000",
-            GATEWAY_PURCHASE_IP_RATE="1000000000",
-            GATEWAY_PURCHASE_IP_BURST="1000000000",
-            GATEWAY_MAX_IN_FLIGHT_PER_POOL="4096",
-        )
-        return env
-
-
-class SplitCpuProbe(CpuProbe):
-    """CPU seconds of flashsale, the gateway, wrk and Redis, each on its own."""
-
-    def __init__(self, flashsale: Servers, gateway: Servers, redis_url: str) -> None:
-        super().__init__(flashsale.pids(), redis_url)
-        self.gateway = CpuProbe(gateway.pids(), redis_url)
-
-    def sample(self) -> dict[str, float | None]:
-        """Cumulative CPU seconds now."""
-        out = super().sample()
-        out["gateway"] = self.gateway._servers()
-        return out
 
 
 @dataclass
@@ -196,7 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
     return opts, a.gateway, a.output
 
 
-@contextlib.contextmanager
+@contextmanager
 def stack(opts: Options, gateway_setup: str, redis_url: str, database_url: str) -> Iterator[tuple[Servers, Servers]]:
     """Flashsale (two replicas on SO_REUSEPORT) and the gateway in front of it; both stopped whatever happens."""
     flashsale = Servers("reuseport", redis_url=redis_url, database_url=database_url, user_rate=opts.user_rate)
@@ -211,14 +146,14 @@ def measure(
 ) -> tuple[list[Run], list[Verification]]:
     """Warm up both paths, then measure them in interleaved rounds, on the same flashsale processes."""
     wrk = ensure_wrk()
-    admin_token = issue_token(BaseServiceSettings(), "bench-admin", ["admin"], ttl_seconds=6 * 3600)
+    token = admin_token()
     runs: list[Run] = []
     warmups: list[Verification] = []
     seconds = opts.duration // opts.rounds
     with stack(opts, gateway_setup, redis_url, database_url) as (flashsale, gateway):
-        admin = Admin(flashsale.base_url, admin_token)
+        admin = Admin(flashsale.base_url, token)
         try:
-            probe = SplitCpuProbe(flashsale, gateway, redis_url)
+            probe = CpuProbe(flashsale.pids(), redis_url, {"gateway": gateway.pids()})
             tag = uuid.uuid4().hex[:8]
             paths = {"direct": (flashsale.base_url, ""), "gateway": (gateway.base_url, GATEWAY_PREFIX)}
 
@@ -269,11 +204,6 @@ def print_table(
         cpu = [p.cpu_seconds.get(k) for k in ("servers", "gateway", "redis")]
         shown = [f"{v:.1f}" if v is not None else "-" for v in cpu]
         rows.append([p.path, f"{p.rps:,.0f}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", str(p.errors), *shown])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
     direct, through = pooled
     ratio = through.rps / direct.rps if direct.rps else 0.0
     seconds = opts.duration // opts.rounds
@@ -284,10 +214,8 @@ def print_table(
         f"load: wrk -t{opts.threads} -c{opts.connections}, {opts.users:,} users; {opts.rounds} interleaved rounds"
         f" of {seconds}s per path ({seconds * opts.rounds}s each in all)"
     )
-    print(line(header))
-    print(line(["-" * w for w in widths]))
-    for row in rows:
-        print(line(row))
+    for line in table_lines(header, rows):
+        print(line)
     print()
     print(
         f"ratio gateway/direct: {ratio:.3f}  aim >= {AIM_RATIO}: {'PASS' if ratio >= AIM_RATIO else 'MISS'}"
@@ -306,22 +234,15 @@ def print_table(
     return ratio
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `running()`, which stops the servers
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when done, 1 on a failure or unverified purchases, 2 on a missed aim with --strict."""
     opts, gateway_setup, output = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop_servers_on_sigterm()
     load_before = os.getloadavg()
     try:
-        redis_url = bench_redis_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), opts.redis_db)
-        database_url = bench_database_url(
-            os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"), opts.database
-        )
+        redis_url, database_url = urls_from_environment(opts.redis_db, opts.database)
         flush_redis(redis_url)
-        prepare_database(database_url)
+        recreate_database(database_url, service="flashsale")
         print(f"database {make_url(database_url).render_as_string()} (recreated), redis {redis_url} (flushed)")
         with tempfile.TemporaryDirectory(prefix="bench_gateway-") as tmp:
             tokens_file = Path(tmp) / "tokens.txt"
@@ -337,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pooled = [Pooled.of(path, runs) for path in ("direct", "gateway")]
     ratios = round_ratios(runs)
     ratio = print_table(runs, warmups, pooled, ratios, opts, gateway_setup)
-    report = report_header("loadtest/bench_gateway.py", argv, load_before, opts)
+    report = report_header("loadtest.bench.gateway", argv, load_before, opts)
     report["params"]["gateway"] = GATEWAY_SETUPS[gateway_setup]
     report["params"]["rounds"] = opts.rounds
     report |= {
@@ -357,10 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         "warmup_verifications": [asdict(v) for v in warmups],
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output
-    print(f"\nresults written to {shown}")
+    write_report(output, report)
     if not all(run.verification.ok for run in runs) or not all(v.ok for v in warmups):
         return 1
     return 2 if ratio < AIM_RATIO and opts.strict else 0
