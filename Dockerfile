@@ -52,4 +52,4 @@ COPY deploy ./deploy
 COPY loadtest ./loadtest
 RUN pip install --no-cache-dir "locust>=2.30" "pyyaml>=6"
 USER 10001:10001
-CMD ["locust", "-f", "loadtest/locustfile.py", "--help"]
+CMD ["python", "-m", "locust", "-f", "loadtest/locustfile.py", "--help"]

@@ -310,7 +310,7 @@ def test_loadgen_profile_runs_the_load_test_seed_crowd_and_checker_through_the_g
     assert loadtest["build"]["target"] == "loadgenerator"
     assert loadtest["environment"]["LOADTEST_GATEWAY"] == f"http://gateway-1:{topology.replica_port('gateway-1')}"
     script = " ".join(command_of(loadtest))
-    for step in ("loadtest/seed.py", "locust -f loadtest/locustfile.py", "loadtest/checker.py"):
+    for step in ("python -m loadtest.seed", "python -m locust -f loadtest/locustfile.py", "python -m loadtest.checker"):
         assert step in script
     assert loadtest["depends_on"]["gateway-1"]["condition"] == "service_healthy"
     assert all("profiles" not in SERVICES[name] for name in APP_SERVICES), "the stack itself needs no profile"

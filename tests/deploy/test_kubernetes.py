@@ -313,7 +313,7 @@ def test_staging_runs_its_stores_prometheus_and_the_load_test_in_the_cluster() -
     assert {"postgres", "redis"} <= set(sets)
     job = objects("staging", "Job")["loadtest"]
     script = pod_spec(job)["containers"][0]["args"][0]
-    for step in ("loadtest/seed.py", "locust -f loadtest/locustfile.py", "loadtest/checker.py"):
+    for step in ("python -m loadtest.seed", "python -m locust -f loadtest/locustfile.py", "python -m loadtest.checker"):
         assert step in script, f"the in-cluster load test runs {step}"
     shape = objects("staging", "ConfigMap")["loadtest-shape"]["data"]
     assert 5 <= int(shape["LOADTEST_MULTIPLE"]) <= 10 and shape["LOADTEST_SHAPE"] == "flash"
