@@ -12,9 +12,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from services.common.contracts import decode_event
 from services.common.migrate import upgrade
 from services.common.resources import open_engine, session_factory
-from services.common.streams import decode_event
 from services.order.config import OrderSettings
 from services.order.outbox import marker_key
 from services.order.payments import PaymentRouter

@@ -2,7 +2,8 @@
 that carry them and who reads them, the shared stream names and key builders, the purchase script's
 answers. docs/events.md describes the same, stream by stream; a test holds the two together.
 
-Import from here: `from services.common.contracts import EventType, encode_event, purchase_stream`.
+Import from here (`from services.common.contracts import EventType, encode_event, purchase_stream`), and
+the payload models from `services.common.contracts.events`.
 """
 
 from services.common.contracts.catalog import STREAMS, StreamSpec

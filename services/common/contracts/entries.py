@@ -23,9 +23,11 @@ class ContractViolation(ValueError):
     """An entry that is not what its stream's contract says."""
 
 
-def encode_event(event_type: EventType, payload: Mapping[str, Any]) -> dict[str, str]:
-    """The fields of a stream entry for `payload`, at the current version of its type."""
-    return {"type": event_type, "v": _VERSION_FIELD[event_type], "data": orjson.dumps(payload).decode()}
+def encode_event(event_type: EventType, payload: Mapping[str, Any], *, version: int | None = None) -> dict[str, str]:
+    """The fields of a stream entry for `payload`, at the current version of its type (a relay passes on the
+    version it received)."""
+    v = _VERSION_FIELD[event_type] if version is None else str(version)
+    return {"type": event_type, "v": v, "data": orjson.dumps(payload).decode()}
 
 
 def decode_event(fields: Mapping[str, Any]) -> dict[str, Any]:
