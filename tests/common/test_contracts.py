@@ -44,7 +44,7 @@ LUA = {path.name: path.read_text() for path in ROOT.glob("services/*/lua/*.lua")
 EVENTS_DOC = (ROOT / "docs" / "events.md").read_text()
 
 
-async def _checked(redis: Redis, spec: catalog.StreamSpec, stream: str) -> list[dict[str, Any]]:
+async def validated_entries(redis: Redis, spec: catalog.StreamSpec, stream: str) -> list[dict[str, Any]]:
     """Every entry's payload with its type, each validated against `spec` (raises on the first that is not)."""
     return [{"type": fields["type"], **validate_entry(spec, fields)} for _id, fields in await redis.xrange(stream)]
 
@@ -148,7 +148,7 @@ async def test_every_entry_a_sale_writes_matches_its_contract(
     await _buy(client, sale_id, "contract-member", {"quantity": 2, "coupon_ids": ["CP-1"]}, ["customer", "member"])
     await _buy(client, sale_id, "contract-last", {"quantity": 1}, ["customer"])
 
-    purchases = await _checked(redis, catalog.PURCHASES, purchase_stream(sale_id))
+    purchases = await validated_entries(redis, catalog.PURCHASES, purchase_stream(sale_id))
     assert [(p["user_id"], p["quantity"], p.get("coupon_ids"), p.get("member")) for p in purchases] == [
         ("contract-plain", 1, None, None),
         ("contract-member", 2, ["CP-1"], True),
@@ -163,12 +163,14 @@ async def test_every_entry_a_sale_writes_matches_its_contract(
         await app.state.reconciler.reconcile_periodically()
     finally:
         await redis.hincrby(sale_key(sale_id), "remaining", -1)
-    sale_alerts = await _checked(redis, catalog.SALE_ALERTS, sale_alert_stream(sale_id))
+    sale_alerts = await validated_entries(redis, catalog.SALE_ALERTS, sale_alert_stream(sale_id))
     assert _types(sale_alerts) == ["stock.low", "sale.sold_out", "reconciliation.drift"]
     assert (sale_alerts[0]["remaining"], sale_alerts[0]["paused"], sale_alerts[2]["drift"]) == (1, 0, 1)
 
     async def relayed() -> list[dict[str, Any]] | None:
-        found = [e for e in await _checked(redis, catalog.ALERTS, ALERTS_STREAM) if e.get("sale_id") == sale_id]
+        found = [
+            e for e in await validated_entries(redis, catalog.ALERTS, ALERTS_STREAM) if e.get("sale_id") == sale_id
+        ]
         return found if len(found) == 3 else None
 
     alerts = await wait_for(relayed)
@@ -252,7 +254,7 @@ async def test_claims_written_by_both_claim_scripts_match_their_contract(redis: 
         result = await store.claim(template_id=template_id, user_id="claimer", coupon_id="cp-first", key="k", ttl=60)
         assert result[0] == "OK"
         assert await store.count_again(template_id=template_id, claims=[("cp-lost", "claimer", 1_700_000_000_000)]) == 1
-        claims = await _checked(redis, catalog.COUPON_CLAIMS, claim_stream(template_id))
+        claims = await validated_entries(redis, catalog.COUPON_CLAIMS, claim_stream(template_id))
         assert [(c["coupon_id"], c["template_id"], c["user_id"]) for c in claims] == [
             ("cp-first", template_id, "claimer"),
             ("cp-lost", template_id, "claimer"),

@@ -17,12 +17,13 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from services.common.contracts import ALERTS_STREAM, catalog, purchase_stream, validate_entry
+from services.common.contracts import ALERTS_STREAM, catalog, purchase_stream
 from services.common.migrate import upgrade
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app as create_inventory_app
 from services.order.config import OrderSettings
 from services.order.main import create_app as create_order_app
+from tests.common.test_contracts import validated_entries
 from tests.conftest import (
     TEST_REDIS_URL,
     PaySims,
@@ -54,11 +55,6 @@ async def _migrated(service: str, base: str) -> str:
     await drop_database(db_name_for(base))
     await asyncio.to_thread(upgrade, service, db_url_for(base))
     return db_url_for(base)
-
-
-async def _validated(redis: Redis, spec: catalog.StreamSpec, stream: str) -> list[dict[str, Any]]:
-    """Every entry's payload with its type, each validated against `spec`."""
-    return [{"type": fields["type"], **validate_entry(spec, fields)} for _id, fields in await redis.xrange(stream)]
 
 
 # ---------------------------------------------------------------- order events
@@ -134,7 +130,7 @@ async def test_every_order_event_matches_its_contract(
     }
 
     async def published() -> list[dict[str, Any]] | None:
-        events = await _validated(redis, catalog.ORDER_EVENTS, settings.events_stream)
+        events = await validated_entries(redis, catalog.ORDER_EVENTS, settings.events_stream)
         return events if Counter(e["type"] for e in events) == expected else None
 
     events = await wait_for(published, timeout=20)
@@ -169,7 +165,7 @@ async def test_inventory_alerts_and_reminders_match_their_contract(redis: Redis)
         assert resp.status_code == 200, resp.text
 
         async def alerted() -> list[dict[str, Any]] | None:
-            alerts = [e for e in await _validated(redis, catalog.ALERTS, ALERTS_STREAM) if e.get("sku") == sku]
+            alerts = [e for e in await validated_entries(redis, catalog.ALERTS, ALERTS_STREAM) if e.get("sku") == sku]
             return alerts if {e["type"] for e in alerts} == {"stock.low", "stock.replenish_reminder"} else None
 
         alerts = await wait_for(alerted, timeout=15)
