@@ -1,4 +1,7 @@
-"""Redis Streams consumer: consumer group, retries, a dead-letter stream, and claiming stale entries."""
+"""Redis Streams consumer: consumer group, retries, a dead-letter stream, and claiming stale entries.
+
+The consumer hands entries over as read; their type, version and payload are declared in services/common/contracts.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.common.contracts import dead_letter_stream
 from services.common.errors import is_transient
 
 log = logging.getLogger("service.streams")
@@ -21,19 +24,6 @@ log = logging.getLogger("service.streams")
 EVENTS_HANDLED = Counter("stream_events_total", "Stream entries handled", ["stream", "group", "outcome"])
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-def encode_event(event_type: str, payload: dict[str, Any], version: int = 1) -> dict[str, str]:
-    """Fields of a stream entry: a versioned JSON payload."""
-    return {"type": event_type, "v": str(version), "data": orjson.dumps(payload).decode()}
-
-
-def decode_event(fields: dict[str, Any]) -> dict[str, Any]:
-    """The payload of a stream entry, with its `type` and `v` merged in."""
-    data: dict[str, Any] = orjson.loads(fields.get("data", "{}"))
-    data.setdefault("type", fields.get("type", ""))
-    data.setdefault("v", int(fields.get("v", 1)))
-    return data
 
 
 Entry = tuple[str, dict[str, Any]]
@@ -72,7 +62,7 @@ class StreamConsumer:
     @property
     def dead_letter_stream(self) -> str:
         """Where entries go after too many failed deliveries."""
-        return f"{self.stream}:dead"
+        return dead_letter_stream(self.stream)
 
     async def ensure_group(self) -> None:
         """Create the group (and stream) if missing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
+from services.common.contracts import ORDER_EVENTS_STREAM
 
 
 class CouponSettings(BaseServiceSettings):
@@ -14,8 +15,7 @@ class CouponSettings(BaseServiceSettings):
 
     service_name: str = "coupon"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/coupons"
-    claim_stream: str = "coupons:claims"
-    order_events_stream: str = "orders:events"
+    order_events_stream: str = ORDER_EVENTS_STREAM
     claim_idempotency_ttl_seconds: int = 24 * 3600
     # How often each replica checks whether Redis lost data (counters gone, or a restart that may have lost
     # its last second) and, if so, rebuilds the counters from the wallets and settles locked coupons.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.streams import Entry, RegistryFollower, StreamConsumer, decode_event
+from services.common.contracts import CLAIM_STREAM_REGISTRY, ConsumerGroup, EventType, decode_event
+from services.common.streams import Entry, RegistryFollower, StreamConsumer
 from services.coupon.orders import order_records
 from services.coupon.recovery import EVENT_OF_ORDER_STATE
 from services.coupon.service import CouponService
-from services.coupon.store import CLAIM_STREAM_REGISTRY
 
-WALLET_GROUP = "coupon-wallet"
-ORDER_GROUP = "coupon"
+WALLET_GROUP = ConsumerGroup.COUPON_WALLET
+ORDER_GROUP = ConsumerGroup.COUPON
 
 
 class ClaimPersistence:
@@ -48,7 +48,7 @@ def order_events_consumer(service: CouponService, consumer_name: str) -> StreamC
 
     async def handle(entry_id: str, fields: dict[str, Any]) -> None:
         event = decode_event(fields)
-        if event.get("type") == "order.coupons_released":
+        if event.get("type") == EventType.ORDER_COUPONS_RELEASED:
             decided = await on_order_coupons_released(service, event)
             if decided is None:
                 return
@@ -79,6 +79,6 @@ async def on_order_coupons_released(service: CouponService, event: dict[str, Any
     decided = EVENT_OF_ORDER_STATE.get(order.state)
     if decided is None:  # still awaiting payment: its own events will settle the coupons
         return None
-    if decided == "order.paid":
+    if decided == EventType.ORDER_PAID:
         return {**event, "type": decided, "user_id": order.user_id}
     return event

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, tuple_
 
+from services.common.contracts import EventType
 from services.coupon.models import Coupon, CouponState, Template
 from services.coupon.orders import order_records
 from services.coupon.service import CouponService, utcnow
@@ -28,12 +29,12 @@ log = logging.getLogger("coupon.recovery")
 # The event an order's recorded state stands for, as the coupon service handles it: a paid order uses its
 # coupons (a refund keeps them used), a closed one frees them (refund_pending: it expired before it was paid).
 EVENT_OF_ORDER_STATE = {
-    "paid": "order.paid",
-    "fulfilled": "order.paid",
-    "refunded": "order.paid",
-    "cancelled": "order.cancelled",
-    "expired": "order.expired",
-    "refund_pending": "order.expired",
+    "paid": EventType.ORDER_PAID,
+    "fulfilled": EventType.ORDER_PAID,
+    "refunded": EventType.ORDER_PAID,
+    "cancelled": EventType.ORDER_CANCELLED,
+    "expired": EventType.ORDER_EXPIRED,
+    "refund_pending": EventType.ORDER_EXPIRED,
 }
 LEASE_SECONDS = 60
 LOCK_PAGE = 200

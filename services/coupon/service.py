@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.contracts import EventType
 from services.common.idempotency import IdempotencyKeyReused
 from services.coupon import errors
 from services.coupon.config import CouponSettings
@@ -39,6 +40,10 @@ from services.coupon.store import ClaimStore
 log = logging.getLogger("coupon.service")
 
 CLAIMS = Counter("coupon_claims_total", "Claim attempts by outcome", ["outcome"])
+# Order events that free an order's locked coupons (a paid order uses them).
+COUPON_FREEING_EVENTS = frozenset(
+    {EventType.ORDER_CANCELLED, EventType.ORDER_EXPIRED, EventType.ORDER_COUPONS_RELEASED}
+)
 
 
 def utcnow() -> datetime:
@@ -421,7 +426,7 @@ class CouponService:
             return 0
         changed: Any = None
         async with self.sessions.begin() as session:
-            if event_type == "order.paid":
+            if event_type == EventType.ORDER_PAID:
                 changed = await session.execute(
                     update(Coupon)
                     .where(Coupon.order_id == order_id, Coupon.state == CouponState.LOCKED.value)
@@ -433,7 +438,7 @@ class CouponService:
                         .values(order_id=order_id, user_id=str(event["user_id"]))
                         .on_conflict_do_nothing(index_elements=["order_id"])
                     )
-            elif event_type in ("order.cancelled", "order.expired", "order.coupons_released"):
+            elif event_type in COUPON_FREEING_EVENTS:
                 changed = await session.execute(
                     update(Coupon)
                     .where(Coupon.order_id == order_id, Coupon.state == CouponState.LOCKED.value)

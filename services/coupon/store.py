@@ -11,11 +11,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.streams import decode_event
+from services.common.contracts import CLAIM_STREAM_REGISTRY, claim_stream, decode_event, template_tag
 
 log = logging.getLogger(__name__)
 LUA_DIR = Path(__file__).parent / "lua"
-CLAIM_STREAM_REGISTRY = "cp:streams"
 # The run id of the Redis server whose data the counters were last checked against (a plain string). A
 # different run id (Redis restarted: AOF loses up to a second) or none (Redis lost everything) means the
 # counters must be checked against the record again. One global key: read once per tick per replica.
@@ -29,28 +28,19 @@ SETTLE_LOCKS_KEY = "cp:settle-locked-before"
 DELETE_IF_UNCHANGED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def _tag(template_id: int) -> str:
-    return f"{{cp:{template_id}}}"
-
-
 def template_key(template_id: int) -> str:
     """Hash: state, total, claimed, per-user limit, claim window (ms)."""
-    return f"{_tag(template_id)}:t"
+    return f"{template_tag(template_id)}:t"
 
 
 def claims_key(template_id: int) -> str:
     """Hash: user id -> coupons claimed."""
-    return f"{_tag(template_id)}:users"
-
-
-def claim_stream(template_id: int) -> str:
-    """Claims of one template, persisted into wallets by a consumer group."""
-    return f"{_tag(template_id)}:claims"
+    return f"{template_tag(template_id)}:users"
 
 
 def claim_idempotency_key(template_id: int, user_id: str, key: str) -> str:
     """One claim per user and Idempotency-Key (length-prefixed)."""
-    return f"{_tag(template_id)}:idem:{len(user_id)}:{user_id}:{key}"
+    return f"{template_tag(template_id)}:idem:{len(user_id)}:{user_id}:{key}"
 
 
 class ClaimStore:

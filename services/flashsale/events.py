@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,21 +14,19 @@ import orjson
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from services.common.streams import StreamConsumer, decode_event
+from services.common.contracts import ConsumerGroup, EventType, decode_event, encode_event, sale_alert_stream
+from services.common.streams import StreamConsumer
 from services.common.webhooks import sign
 from services.flashsale import errors
 from services.flashsale.core import WARM_STATES, utcnow
 from services.flashsale.schemas import SaleAlert
 from services.flashsale.service import FlashSaleService
-from services.flashsale.store import NOTIFY_CHANNEL, alerts_stream
+from services.flashsale.store import NOTIFY_CHANNEL
 
 log = logging.getLogger("flashsale.events")
 
 ALERTS = Counter("flashsale_stock_alerts_total", "Stock alerts raised", ["type"])
 WEBHOOKS = Counter("flashsale_webhook_deliveries_total", "Alert webhook deliveries", ["outcome"])
-
-RELEASE_EVENTS = {"order.cancelled", "order.expired", "order.failed", "reservation.released"}
-CONFIRM_EVENTS = {"order.paid"}
 
 
 class WebhookNotifier:
@@ -80,7 +79,7 @@ class WebhookNotifier:
 class AlertRelay:
     """One consumer per active sale's alert stream; each alert goes out exactly once per crossing."""
 
-    GROUP = "flashsale-alerts"
+    GROUP = ConsumerGroup.FLASHSALE_ALERTS
 
     def __init__(self, service: FlashSaleService, notifier: WebhookNotifier, consumer_name: str) -> None:
         self.service = service
@@ -102,7 +101,7 @@ class AlertRelay:
         for sale_id in wanted - self._consumers.keys():
             consumer = StreamConsumer(
                 redis=self.service.core.redis,
-                stream=alerts_stream(sale_id),
+                stream=sale_alert_stream(sale_id),
                 group=self.GROUP,
                 consumer=self.consumer_name,
                 handler=self._handler(sale_id),
@@ -126,19 +125,15 @@ class AlertRelay:
         """Publish one alert: global stream, metric, webhooks; pause the record if the script paused."""
         redis = self.service.core.redis
         event = decode_event(fields)
-        event_type = str(event["type"])
-        if event_type == "stock.low" and event.get("paused"):
+        event_type = EventType(event["type"])
+        if event_type == EventType.STOCK_LOW and event.get("paused"):
             await self.service.automatic.sync_auto_pause(sale_id)  # safe to repeat; must not be skipped by a retry
         seen_key = f"fs:alert-relayed:{sale_id}:{entry_id}"
         if await redis.exists(seen_key):
             return  # delivered before a crash stopped the acknowledgement
         payload = {"id": f"{sale_id}-{entry_id}", **event}
-        await redis.xadd(
-            self.service.core.settings.alerts_stream,
-            {"type": event_type, "v": str(event["v"]), "data": orjson.dumps(payload).decode()},
-            maxlen=100_000,
-            approximate=True,
-        )
+        entry: dict[Any, Any] = encode_event(event_type, payload, version=int(event["v"]))
+        await redis.xadd(self.service.core.settings.alerts_stream, entry, maxlen=100_000, approximate=True)
         await redis.set(seen_key, "1", ex=7 * 24 * 3600)
         ALERTS.labels(event_type).inc()
         log.warning("stock alert %s for sale %s", event_type, sale_id, extra={"alert": payload})
@@ -175,10 +170,10 @@ async def sale_alerts(service: FlashSaleService, *, sale_id: int, after: str | N
 
 
 async def handle_order_event(service: FlashSaleService, entry_id: str, fields: dict[str, Any]) -> None:
-    """Release or confirm a reservation from an order event; repeats are harmless."""
+    """Confirm or release the reservation an order event names; other events and repeats change nothing."""
     event = decode_event(fields)
-    event_type = event.get("type")
-    if event_type not in RELEASE_EVENTS and event_type not in CONFIRM_EVENTS:
+    handler = ORDER_EVENT_HANDLERS.get(event.get("type", ""))
+    if handler is None:
         return
     try:
         sale_id = int(event["sale_id"])
@@ -186,11 +181,27 @@ async def handle_order_event(service: FlashSaleService, entry_id: str, fields: d
     except (KeyError, TypeError, ValueError):
         log.error("order event %s without sale_id/reservation_id; skipped", entry_id)
         return
-    if event_type in RELEASE_EVENTS:
-        released = await service.purchases.release_reservation(sale_id=sale_id, reservation_id=reservation_id)
-        log.info("release %s: %s", reservation_id, "released" if released else "already done")
-    else:
-        await service.purchases.confirm_reservation(sale_id=sale_id, reservation_id=reservation_id)
+    await handler(service, sale_id, reservation_id)
+
+
+async def on_order_paid(service: FlashSaleService, sale_id: int, reservation_id: str) -> None:
+    """The reservation became a sale."""
+    await service.purchases.confirm_reservation(sale_id=sale_id, reservation_id=reservation_id)
+
+
+async def on_order_closed(service: FlashSaleService, sale_id: int, reservation_id: str) -> None:
+    """The order will not be paid: its units and the buyer's count come back, once."""
+    released = await service.purchases.release_reservation(sale_id=sale_id, reservation_id=reservation_id)
+    log.info("release %s: %s", reservation_id, "released" if released else "already done")
+
+
+ORDER_EVENT_HANDLERS: dict[str, Callable[[FlashSaleService, int, str], Awaitable[None]]] = {
+    EventType.ORDER_PAID: on_order_paid,
+    EventType.ORDER_CANCELLED: on_order_closed,
+    EventType.ORDER_EXPIRED: on_order_closed,
+    EventType.ORDER_FAILED: on_order_closed,
+    EventType.RESERVATION_RELEASED: on_order_closed,
+}
 
 
 def order_events_consumer(service: FlashSaleService, consumer_name: str) -> StreamConsumer:
@@ -202,7 +213,7 @@ def order_events_consumer(service: FlashSaleService, consumer_name: str) -> Stre
     return StreamConsumer(
         redis=service.core.redis,
         stream=service.core.settings.order_events_stream,
-        group="flashsale",
+        group=ConsumerGroup.FLASHSALE,
         consumer=consumer_name,
         handler=handle,
         claim_idle_ms=10_000,

@@ -17,11 +17,12 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from prometheus_client import Gauge
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
 
+from services.common.contracts import ConsumerGroup, EventType, encode_event, purchase_stream, sale_alert_stream
+from services.common.contracts.events import ReconciliationDrift
 from services.common.streams import trim_acknowledged
 from services.flashsale import errors
 from services.flashsale.core import SYSTEM_ACTOR, WARM_STATES, epoch_ms, utcnow
@@ -34,7 +35,6 @@ from services.flashsale.schemas import (
     SaleReconciliation,
 )
 from services.flashsale.service import FlashSaleService
-from services.flashsale.store import alerts_stream, events_stream
 
 log = logging.getLogger("flashsale.reconciliation")
 
@@ -50,7 +50,7 @@ ORPHANS_KEY = "fs:orphan-allocations"
 # How often an ended sale with Redis showing nothing reserved asks the order record whether it may settle.
 RECORD_CHECK_SECONDS = 5.0
 # The consumer groups that must have read a purchase stream before its entries may be trimmed.
-PURCHASE_STREAM_GROUPS = ("order",)
+PURCHASE_STREAM_GROUPS = (ConsumerGroup.ORDER,)
 
 
 class SaleReconciler:
@@ -304,7 +304,7 @@ class SaleReconciler:
         return released
 
     async def _alert(self, report: SaleReconciliation) -> None:
-        event = {
+        event: ReconciliationDrift = {
             "sale_id": report.sale_id,
             "sku": report.sku,
             "drift": report.drift,
@@ -312,10 +312,8 @@ class SaleReconciler:
             "at": report.checked_at.isoformat(),
         }
         try:
-            await self.store.redis.xadd(
-                alerts_stream(report.sale_id),
-                {"type": "reconciliation.drift", "v": "1", "data": orjson.dumps(event).decode()},
-            )
+            entry: dict[Any, Any] = encode_event(EventType.RECONCILIATION_DRIFT, event)
+            await self.store.redis.xadd(sale_alert_stream(report.sale_id), entry)
         except RedisError:
             log.warning("drift alert for sale %s not written", report.sale_id)
 
@@ -381,7 +379,7 @@ class SaleReconciler:
             await self._report_to_warehouse(sale.id, sold=None, returned=None)
             return 1
         # Purchase events every consumer (the order service) acknowledged are no longer needed.
-        await trim_acknowledged(self.store.redis, events_stream(sale.id), required_groups=PURCHASE_STREAM_GROUPS)
+        await trim_acknowledged(self.store.redis, purchase_stream(sale.id), required_groups=PURCHASE_STREAM_GROUPS)
         if sale.state == SaleState.ENDED.value:
             drained = await self.store.drain_ended(sale.id)
             if drained is None:

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.contracts import EVENT_VERSIONS, EventType
 from services.common.webhooks import sign
 from services.inventory.config import InventorySettings
 from services.inventory.models import AlertEvent, AlertOutbox, ReplenishmentReminder, Sku
@@ -64,7 +65,14 @@ def replenish_units(threshold: int, available: int) -> int:
 
 def event_body(row: AlertOutbox) -> dict[str, Any]:
     """The versioned event an outbox row stands for; the same bytes on every retry."""
-    return {**row.payload, "id": f"{SOURCE}:{row.id}", "type": row.event_type, "v": 1, "source": SOURCE}
+    event_type = EventType(row.event_type)
+    return {
+        **row.payload,
+        "id": f"{SOURCE}:{row.id}",
+        "type": event_type,
+        "v": EVENT_VERSIONS[event_type],
+        "source": SOURCE,
+    }
 
 
 # ---------------------------------------------------------------- writes inside a stock change's transaction
@@ -168,7 +176,7 @@ class AlertRelay:
             if row.streamed_at is not None:
                 continue
             try:
-                row.stream_id = await self.mirror.publish_event(row.event_type, event_body(row))
+                row.stream_id = await self.mirror.publish_event(EventType(row.event_type), event_body(row))
             except RedisError as exc:
                 # Redis is ours and comes back: the rest wait in the outbox, with no attempt counted.
                 log.warning("alerts stream unavailable (%s); alerts wait in the outbox", type(exc).__name__)

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.common.streams import encode_event
+from services.common.contracts import EventType, encode_event
 
 LUA_DIR = Path(__file__).parent / "lua"
 
@@ -51,7 +51,7 @@ class StockMirror:
             values: list[Any] = await pipe.execute()
         return [_units(v) for v in values]
 
-    async def publish_event(self, event_type: str, payload: dict[str, Any]) -> str:
+    async def publish_event(self, event_type: EventType, payload: dict[str, Any]) -> str:
         """Append one alert (low stock, replenishment reminder) to the alerts stream; returns its entry id."""
         entry: dict[Any, Any] = encode_event(event_type, payload)
         entry_id = await self.redis.xadd(self.alerts_stream, entry, maxlen=100_000, approximate=True)

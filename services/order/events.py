@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.common.streams import Entry, RegistryFollower, StreamConsumer, decode_event
+from services.common.contracts import ConsumerGroup, decode_event
+from services.common.streams import Entry, RegistryFollower, StreamConsumer
 from services.order.service import OrderService
 
 log = logging.getLogger("order.events")
 
-GROUP = "order"
+GROUP = ConsumerGroup.ORDER
 
 
 class PurchaseIngest:

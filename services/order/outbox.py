@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.streams import encode_event
+from services.common.contracts import EventType, encode_event
 from services.order.config import OrderSettings
 from services.order.models import OutboxEvent
 from services.order.states import utcnow
@@ -89,7 +89,7 @@ class OutboxRelay:
             for row in rows:
                 pipe.xadd(
                     self.settings.events_stream,
-                    encode_event(row.event_type, {**row.payload, "event_id": row.id}),  # type: ignore[arg-type]
+                    encode_event(EventType(row.event_type), {**row.payload, "event_id": row.id}),  # type: ignore[arg-type]
                 )
             await pipe.execute()
         await session.execute(

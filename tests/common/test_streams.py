@@ -10,10 +10,9 @@ import pytest
 import sqlalchemy.exc
 from redis.asyncio import Redis
 
+from services.common.contracts import EventType, decode_event, encode_event
 from services.common.streams import (
     StreamConsumer,
-    decode_event,
-    encode_event,
     group_backlog,
     is_transient,
     trim_acknowledged,
@@ -27,7 +26,7 @@ def _consumer(redis: Redis, stream: str, name: str, handler: Any, **kw: Any) -> 
 async def test_entries_left_pending_by_a_dead_consumer_are_claimed_and_handled_once(redis: Redis) -> None:
     stream = f"test:{uuid.uuid4().hex}"
     for n in range(10):
-        await redis.xadd(stream, encode_event("thing.happened", {"n": n}))
+        await redis.xadd(stream, encode_event(EventType.PURCHASE_RESERVED, {"n": n}))
     crashed = _consumer(redis, stream, "crashed", handler=None)
     await crashed.ensure_group()
     # The first consumer reads everything, then dies before acknowledging anything.
@@ -48,8 +47,8 @@ async def test_entries_left_pending_by_a_dead_consumer_are_claimed_and_handled_o
 
 async def test_failing_entry_is_retried_then_dead_lettered(redis: Redis) -> None:
     stream = f"test:{uuid.uuid4().hex}"
-    await redis.xadd(stream, encode_event("bad.event", {"poison": True}))
-    await redis.xadd(stream, encode_event("good.event", {"ok": True}))
+    await redis.xadd(stream, encode_event(EventType.ORDER_CANCELLED, {"poison": True}))
+    await redis.xadd(stream, encode_event(EventType.ORDER_PAID, {"ok": True}))
     calls: list[str] = []
 
     async def handle(entry_id: str, fields: dict[str, Any]) -> None:
@@ -63,8 +62,8 @@ async def test_failing_entry_is_retried_then_dead_lettered(redis: Redis) -> None
     assert await consumer.read_once() == 1  # the good one
     for _ in range(5):
         await consumer.claim_stale()
-    assert calls.count("bad.event") == 3
-    assert calls.count("good.event") == 1
+    assert calls.count(EventType.ORDER_CANCELLED) == 3
+    assert calls.count(EventType.ORDER_PAID) == 1
     dead = await redis.xrange(consumer.dead_letter_stream)
     assert len(dead) == 1
     assert decode_event(dead[0][1])["poison"] is True
@@ -75,7 +74,7 @@ async def test_an_outage_longer_than_the_retries_dead_letters_nothing(redis: Red
     """The database down for more attempts than max_deliveries: the entries wait, then are handled once."""
     stream = f"test:{uuid.uuid4().hex}"
     for n in range(3):
-        await redis.xadd(stream, encode_event("purchase.reserved", {"n": n}))
+        await redis.xadd(stream, encode_event(EventType.PURCHASE_RESERVED, {"n": n}))
     database_up = False
     handled: list[int] = []
 
@@ -150,7 +149,7 @@ async def test_nothing_is_trimmed_before_every_required_group_exists(redis: Redi
 async def test_group_backlog_tells_which_streams_still_have_work(redis: Redis) -> None:
     fresh, drained, unread, missing = (f"test:{uuid.uuid4().hex}" for _ in range(4))
     for stream in (fresh, drained, unread):
-        await redis.xadd(stream, encode_event("thing", {"n": 1}))
+        await redis.xadd(stream, encode_event(EventType.PURCHASE_RESERVED, {"n": 1}))
     done: list[str] = []
 
     async def handle(entry_id: str, fields: dict[str, Any]) -> None:
@@ -161,7 +160,7 @@ async def test_group_backlog_tells_which_streams_still_have_work(redis: Redis) -
     assert await drained_consumer.read_once() == 1
     unread_consumer = _consumer(redis, unread, "c", handle)
     await unread_consumer.ensure_group()
-    await redis.xadd(unread, encode_event("thing", {"n": 2}))
+    await redis.xadd(unread, encode_event(EventType.PURCHASE_RESERVED, {"n": 2}))
 
     backlog = await group_backlog(redis, [fresh, drained, unread, missing], "g")
     assert backlog == {fresh: True, drained: False, unread: True, missing: False}

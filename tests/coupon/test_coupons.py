@@ -13,8 +13,8 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from services.common.contracts import ORDER_EVENTS_STREAM, EventType, encode_event
 from services.common.migrate import upgrade
-from services.common.streams import encode_event
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
 from tests.conftest import (
@@ -253,11 +253,14 @@ async def test_two_orders_racing_for_one_coupon_one_wins_and_events_use_or_free_
 
     assert await state_is("locked")
     for _ in range(2):  # delivered twice: released once, no harm
-        await redis.xadd("orders:events", encode_event("order.expired", {"order_id": winner, "user_id": "racer"}))
+        expired = encode_event(EventType.ORDER_EXPIRED, {"order_id": winner, "user_id": "racer"})
+        await redis.xadd(ORDER_EVENTS_STREAM, expired)
     await wait_for(lambda: state_is("available"))
     relock = await _lock(coupons, "order-c", "racer", [cid], 10_000)
     assert relock["total"] == 8_500
-    await redis.xadd("orders:events", encode_event("order.paid", {"order_id": "order-c", "user_id": "racer"}))
+    await redis.xadd(
+        ORDER_EVENTS_STREAM, encode_event(EventType.ORDER_PAID, {"order_id": "order-c", "user_id": "racer"})
+    )
     await wait_for(lambda: state_is("used"))
     stats = await _stats(coupons, template["id"])
     assert (stats["used"], stats["discount_given"]) == (1, 1_500)
@@ -272,7 +275,8 @@ async def test_new_user_coupon_stops_applying_after_the_first_paid_order(
     cid = (await _claim(coupons, template["id"], "newbie")).json()["coupon_id"]
     await wait_for(lambda: _wallet_size(coupons, "newbie", 1))
     assert (await _quote(coupons, "newbie", [_line(5_000)], ids=[cid]))["total"] == 4_200
-    await redis.xadd("orders:events", encode_event("order.paid", {"order_id": "first-ever", "user_id": "newbie"}))
+    paid = encode_event(EventType.ORDER_PAID, {"order_id": "first-ever", "user_id": "newbie"})
+    await redis.xadd(ORDER_EVENTS_STREAM, paid)
 
     async def no_longer_new() -> bool:
         q = await _quote(coupons, "newbie", [_line(5_000)], ids=[cid])

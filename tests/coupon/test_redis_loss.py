@@ -14,8 +14,8 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
+from services.common.contracts import EventType, encode_event
 from services.common.migrate import upgrade
-from services.common.streams import encode_event
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
 from tests.conftest import (
@@ -189,7 +189,7 @@ async def test_a_coupons_released_event_for_an_order_that_was_paid_uses_its_coup
     assert paid.status_code == 200, paid.text
     # Two order replicas priced the order and the payment landed between them: the slower one sends
     # order.coupons_released for the paid order, and the order.paid event was lost with Redis.
-    released = encode_event("order.coupons_released", {"order_id": order["id"], "user_id": "raced"})
+    released = encode_event(EventType.ORDER_COUPONS_RELEASED, {"order_id": order["id"], "user_id": "raced"})
     await redis.xadd(LOST_ORDER_EVENTS, released)
 
     async def used() -> bool:

@@ -6,7 +6,8 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from services.common.streams import encode_event
+from services.common.contracts import ALERTS_STREAM, ORDER_EVENTS_STREAM, EventType, encode_event
+from services.flashsale.store import bought_key, reservations_key
 from tests.conftest import WebhookReceiver, admin_headers, customer_headers, live_sale, sale_stats, wait_for
 
 
@@ -15,13 +16,15 @@ async def _buy(client: httpx.AsyncClient, sale_id: int, user: str, key: str, qty
 
 
 async def _alerts_on_stream(redis: Redis, sale_id: int) -> list[dict[str, object]]:
-    entries = await redis.xrange("alerts")
+    entries = await redis.xrange(ALERTS_STREAM)
     return [d for d in (orjson.loads(f["data"]) for _i, f in entries) if d.get("sale_id") == sale_id]
 
 
-async def _release(redis: Redis, sale_id: int, reservation_id: str, event_type: str = "order.cancelled") -> None:
+async def _release(
+    redis: Redis, sale_id: int, reservation_id: str, event_type: EventType = EventType.ORDER_CANCELLED
+) -> None:
     await redis.xadd(
-        "orders:events",
+        ORDER_EVENTS_STREAM,
         encode_event(event_type, {"sale_id": sale_id, "reservation_id": reservation_id, "order_id": "o-1"}),
     )
 
@@ -134,14 +137,14 @@ async def test_release_event_delivered_three_times_restores_stock_once(client: h
     assert (await _buy(client, sale_id, "rel-2", "k1")).json()["code"] == "SOLD_OUT"
 
     for _ in range(3):
-        await _release(redis, sale_id, rid, "order.expired")
+        await _release(redis, sale_id, rid, EventType.ORDER_EXPIRED)
     await wait_for(lambda: _remaining_is(client, sale_id, 2))
     # Let every delivery land before judging: the pending list of the group empties.
     await wait_for(lambda: _group_drained(redis))
     stats = await sale_stats(client, sale_id)
     assert (stats["remaining"], stats["reserved"], stats["released"]) == (2, 0, 2)
-    assert await redis.hget(f"{{fs:{sale_id}}}:bought", "rel-1") is None
-    assert (await redis.hget(f"{{fs:{sale_id}}}:res", rid) or "").endswith("|released")
+    assert await redis.hget(bought_key(sale_id), "rel-1") is None
+    assert (await redis.hget(reservations_key(sale_id), rid) or "").endswith("|released")
 
     # The sold-out sale is buyable again inside its window, and the user's count was restored.
     again = await wait_for(lambda: _buy_ok(client, sale_id, "rel-1", "k2", 2), timeout=5)
@@ -155,7 +158,7 @@ async def _buy_ok(client: httpx.AsyncClient, sale_id: int, user: str, key: str, 
 
 
 async def _group_drained(redis: Redis) -> bool:
-    groups = await redis.xinfo_groups("orders:events")
+    groups = await redis.xinfo_groups(ORDER_EVENTS_STREAM)
     flashsale = [g for g in groups if g["name"] == "flashsale"]
     return bool(flashsale) and all(int(g["pending"]) == 0 and int(g.get("lag") or 0) == 0 for g in flashsale)
 
@@ -166,9 +169,9 @@ async def test_paid_order_confirms_the_reservation_and_a_later_cancel_does_not_r
     sale = await live_sale(client, quantity=5, per_user_limit=5)
     sale_id = sale["id"]
     rid = (await _buy(client, sale_id, "paid-1", "k", qty=2)).json()["reservation_id"]
-    await _release(redis, sale_id, rid, "order.paid")
-    await _release(redis, sale_id, rid, "order.paid")
-    await _release(redis, sale_id, rid, "order.cancelled")
+    await _release(redis, sale_id, rid, EventType.ORDER_PAID)
+    await _release(redis, sale_id, rid, EventType.ORDER_PAID)
+    await _release(redis, sale_id, rid, EventType.ORDER_CANCELLED)
     await wait_for(lambda: _group_drained(redis))
 
     async def sold_two() -> bool:

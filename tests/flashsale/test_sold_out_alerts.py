@@ -8,7 +8,7 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from services.common.streams import encode_event
+from services.common.contracts import ALERTS_STREAM, ORDER_EVENTS_STREAM, EventType, encode_event, sale_alert_stream
 from tests.conftest import WebhookReceiver, admin_headers, customer_headers, live_sale, sale_stats, wait_for
 
 
@@ -29,7 +29,7 @@ async def _release(client: httpx.AsyncClient, redis: Redis, sale_id: int, reserv
     before = (await sale_stats(client, sale_id))["remaining"]
     for rid in reservation_ids:
         event = {"sale_id": sale_id, "reservation_id": rid, "order_id": f"o-{rid}"}
-        await redis.xadd("orders:events", encode_event("order.cancelled", event))
+        await redis.xadd(ORDER_EVENTS_STREAM, encode_event(EventType.ORDER_CANCELLED, event))
 
     async def released() -> bool:
         return bool((await sale_stats(client, sale_id))["remaining"] == before + len(reservation_ids))
@@ -38,12 +38,12 @@ async def _release(client: httpx.AsyncClient, redis: Redis, sale_id: int, reserv
 
 
 async def _sold_out_events(redis: Redis, sale_id: int) -> int:
-    entries = await redis.xrange(f"{{fs:{sale_id}}}:alerts")
+    entries = await redis.xrange(sale_alert_stream(sale_id))
     return sum(1 for _i, fields in entries if fields["type"] == "sale.sold_out")
 
 
 async def _relayed(redis: Redis, sale_id: int) -> list[dict[str, Any]]:
-    alerts = [orjson.loads(f["data"]) for _i, f in await redis.xrange("alerts")]
+    alerts = [orjson.loads(f["data"]) for _i, f in await redis.xrange(ALERTS_STREAM)]
     return [a for a in alerts if a.get("sale_id") == sale_id and a.get("type") == "sale.sold_out"]
 
 

@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from services.common.contracts import ALERTS_STREAM, decode_event
 from services.common.migrate import upgrade
-from services.common.streams import decode_event
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app
 from services.inventory.models import AlertOutbox, AuditEntry
@@ -177,7 +177,7 @@ async def _restock(inventory: httpx.AsyncClient, sku: str, units: int) -> dict[s
 
 
 async def _stream(redis: Redis, sku: str, event_type: str) -> list[dict[str, Any]]:
-    events = [decode_event(fields) for _id, fields in await redis.xrange("alerts")]
+    events = [decode_event(fields) for _id, fields in await redis.xrange(ALERTS_STREAM)]
     return [e for e in events if e.get("source") == "inventory" and e.get("sku") == sku and e["type"] == event_type]
 
 

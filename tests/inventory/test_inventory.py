@@ -13,8 +13,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.common.contracts import ALERTS_STREAM, decode_event
 from services.common.migrate import upgrade
-from services.common.streams import decode_event
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app
 from tests.conftest import (
@@ -237,7 +237,7 @@ async def test_one_low_stock_alert_per_crossing_rearmed_by_restock(inventory: ht
     sku = await _sku(inventory, 10, low_stock_threshold=5)
 
     async def alerts() -> list[dict[str, Any]]:
-        entries = await redis.xrange("alerts")
+        entries = await redis.xrange(ALERTS_STREAM)
         events = [decode_event(fields) for _id, fields in entries]
         return [e for e in events if e["type"] == "stock.low" and e.get("sku") == sku]
 

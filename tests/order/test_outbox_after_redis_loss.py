@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from services.common.contracts import decode_event
 from services.common.migrate import upgrade
-from services.common.streams import decode_event
 from services.order.config import OrderSettings
 from services.order.outbox import marker_key
 from services.order.service import OrderService
