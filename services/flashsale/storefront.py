@@ -95,6 +95,7 @@ class Storefront:
         """Live and upcoming sales, soonest first."""
         out = []
         now = utcnow()
+        # A copy: the catalog is refreshed in place, maybe while a status read below is awaited.
         for entry in list(self.core.catalog.values()):
             if entry.state not in WARM_STATES or entry.ends_at <= now:
                 continue
