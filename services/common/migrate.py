@@ -1,18 +1,23 @@
-"""Run a service's Alembic migrations: `python -m services.common.migrate flashsale [DATABASE_URL]`.
+"""Run a service's Alembic migrations: `python -m services.common.migrate [--wait] flashsale [DATABASE_URL]`.
 
 Creates the service's database first when it does not exist (the local stack and tests need that).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import importlib
+import os
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent
@@ -47,20 +52,65 @@ def upgrade(service: str, url: str) -> None:
     command.upgrade(alembic_config(service, url), "head")
 
 
-def main(argv: list[str]) -> None:
-    """Command-line entry point."""
-    if not argv:
-        raise SystemExit("usage: python -m services.common.migrate SERVICE [DATABASE_URL]")
-    service = argv[0]
-    if len(argv) > 1:
-        url = argv[1]
-    else:
-        import importlib
+async def current_revisions(url: str) -> set[str]:
+    """The revisions the database is at (empty: no database, no schema yet, or the server does not answer)."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return set()
+    try:
+        rows = await conn.fetch("SELECT version_num FROM alembic_version")
+    except asyncpg.UndefinedTableError:
+        return set()
+    finally:
+        await conn.close()
+    return {row["version_num"] for row in rows}
 
-        settings_cls = importlib.import_module(f"services.{service}.config").__dict__
-        cls = next(v for k, v in settings_cls.items() if k.endswith("Settings") and k != "BaseServiceSettings")
-        url = cls().database_url
-    upgrade(service, url)
+
+def head_revisions(service: str, url: str) -> set[str]:
+    """The revisions this code's migrations end at."""
+    return set(ScriptDirectory.from_config(alembic_config(service, url)).get_heads())
+
+
+async def wait_for_head(service: str, url: str, *, seconds: float, interval: float = 2.0) -> bool:
+    """Wait until the database is at this code's head (another process migrates it); False on timeout.
+
+    A pod's init container runs this so the service never starts against a schema older than its code,
+    while the release's one migration Job does the upgrade.
+    """
+    wanted = head_revisions(service, url)
+    deadline = time.monotonic() + seconds
+    while True:
+        if await current_revisions(url) == wanted:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+
+
+def database_url_of(service: str) -> str:
+    """The service's own DATABASE_URL setting (<PREFIX>DATABASE_URL from the environment)."""
+    module = importlib.import_module(f"services.{service}.config").__dict__
+    cls = next(v for k, v in module.items() if k.endswith("Settings") and k != "BaseServiceSettings")
+    return str(cls().database_url)
+
+
+def main(argv: list[str]) -> None:
+    """Command-line entry point: upgrade to head, or (--wait) wait until another process has."""
+    parser = argparse.ArgumentParser(prog="python -m services.common.migrate")
+    parser.add_argument("--wait", action="store_true", help="wait for the database to reach head, do not migrate")
+    parser.add_argument("service")
+    parser.add_argument("database_url", nargs="?", help="default: the service's <PREFIX>DATABASE_URL")
+    args = parser.parse_args(argv)
+    url = args.database_url or database_url_of(args.service)
+    if not args.wait:
+        upgrade(args.service, url)
+        return
+    seconds = float(os.environ.get("MIGRATE_WAIT_SECONDS", "600"))
+    if not asyncio.run(wait_for_head(args.service, url, seconds=seconds)):
+        heads = sorted(head_revisions(args.service, url))
+        raise SystemExit(f"{args.service}: the database did not reach revision {heads} in {seconds:g} s")
 
 
 if __name__ == "__main__":

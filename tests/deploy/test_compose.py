@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ def test_app_service_has_a_readiness_healthcheck_on_its_own_port(name: str) -> N
 def test_app_service_environment(name: str) -> None:
     env = SERVICES[name]["environment"]
     assert env["APP_ENV"].startswith("${APP_ENV")
-    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}", "the single Redis unless REDIS_URL names another"
     assert env["JWT_SECRET"].startswith("${JWT_SECRET:-"), "the secret comes from the environment"
 
 
@@ -270,11 +271,46 @@ def test_dockerfile_exposes_every_replica_port() -> None:
     assert {str(port) for _spec, _replica, port in REPLICAS} <= exposed
 
 
-def test_dockerfile_builds_one_slim_non_root_image_of_the_package() -> None:
-    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip()]
+def test_dockerfile_builds_a_pinned_multi_stage_non_root_image_without_build_tools() -> None:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")  # continued lines as one instruction
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     instructions = [line for line in lines if not line.startswith("#")]
-    assert instructions[0] == "FROM python:3.11-slim"
-    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    base = next(line for line in instructions if line.startswith("ARG PYTHON_IMAGE="))
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm", base), "one pinned Python release"
+    stages = {line.split()[-1]: i for i, line in enumerate(instructions) if line.startswith("FROM ")}
+    assert list(stages) == ["build", "runtime", "loadgenerator"]
+    runtime = instructions[stages["runtime"] : stages["loadgenerator"]]
+    assert runtime[0] == "FROM ${PYTHON_IMAGE} AS runtime"
+    assert "COPY --from=build /opt/venv /opt/venv" in runtime
+    assert not [line for line in runtime if line.startswith("RUN") and ("pip install" in line or "apt-get" in line)]
+    assert any(line.startswith("HEALTHCHECK ") and "/healthz/live" in line for line in runtime)
+    users = [line.split()[1] for line in runtime if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
-    text = "\n".join(instructions)
-    assert "pip install" in text and "COPY services" in text
+    build = "\n".join(instructions[stages["build"] : stages["runtime"]])
+    assert "pip install" in build and "COPY services" in build
+
+
+def test_redis_cluster_profile_runs_six_nodes_and_creates_the_cluster_once() -> None:
+    nodes = {name: svc for name, svc in SERVICES.items() if name.startswith("redis-node-")}
+    assert len(nodes) == 6
+    for name, node in nodes.items():
+        assert node["profiles"] == ["redis-cluster"], f"{name} starts only with its profile"
+        args = dict(itertools.pairwise(command_of(node)))
+        assert args["--cluster-enabled"] == "yes" and args["--cluster-announce-hostname"] == name
+        assert args["--appendonly"] == "yes" and args["--appendfsync"] == "everysec"
+    create = SERVICES["redis-cluster-create"]
+    assert create["profiles"] == ["redis-cluster"] and set(create["depends_on"]) == set(nodes)
+    script = " ".join(command_of(create))
+    assert "--cluster-replicas 1" in script and "cluster_state:ok" in script, "created once, then left alone"
+
+
+def test_loadgen_profile_runs_the_load_test_seed_crowd_and_checker_through_the_gateway() -> None:
+    loadtest = SERVICES["loadtest"]
+    assert loadtest["profiles"] == ["loadgen"]
+    assert loadtest["build"]["target"] == "loadgenerator"
+    assert loadtest["environment"]["LOADTEST_GATEWAY"] == f"http://gateway-1:{topology.replica_port('gateway-1')}"
+    script = " ".join(command_of(loadtest))
+    for step in ("loadtest/seed.py", "locust -f loadtest/locustfile.py", "loadtest/checker.py"):
+        assert step in script
+    assert loadtest["depends_on"]["gateway-1"]["condition"] == "service_healthy"
+    assert all("profiles" not in SERVICES[name] for name in APP_SERVICES), "the stack itself needs no profile"
