@@ -116,13 +116,14 @@ class ServiceRuntime:
     def run(self, jobs: Sequence[Job]) -> None:
         """Start the jobs, one task each."""
         for job in jobs:
+            if isinstance(job, StreamConsumer):
+                self._consumers.append(job)
             self._tasks.append(asyncio.create_task(self._coroutine_of(job)))
 
     def _coroutine_of(self, job: Job) -> Coroutine[Any, Any, None]:
         if isinstance(job, Every):
             return run_every(job.seconds, job.name, job.job, self._stop, again_now=job.again_now)
         if isinstance(job, StreamConsumer):
-            self._consumers.append(job)
             return job.run()
         return job()
 
