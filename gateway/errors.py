@@ -20,7 +20,11 @@ UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 
+# The status counted for a client that went away before its answer (nginx's convention); nothing is sent.
+CLIENT_GONE = 499
+
 _CONTENT_TYPE = (b"content-type", PROBLEM_JSON.encode())
+_BEARER_CHALLENGE = [(b"www-authenticate", b"Bearer")]
 
 
 async def send_problem(
@@ -80,10 +84,6 @@ class EarlyAnswer(Exception):
                 request_id=request_id,
                 headers=self.headers,
             )
-
-
-CLIENT_GONE = 499
-_BEARER_CHALLENGE = [(b"www-authenticate", b"Bearer")]
 
 
 def rate_limited(wait: int) -> EarlyAnswer:
