@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from datetime import datetime
 from typing import Any
 
 import orjson
-from prometheus_client import Gauge
-from sqlalchemy import Row, text
+from prometheus_client import Gauge, Histogram
+from sqlalchemy import Executable, Row, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import select
 
+from services.common.metrics import LATENCY_BUCKETS
 from services.order import errors
 from services.order.models import Order, OrderState
 from services.order.payments import SUCCEEDED, PaymentResult, PaymentRouter
@@ -33,6 +35,10 @@ from services.order.states import move, utcnow
 log = logging.getLogger("order.checkout")
 
 PAY_SUCCESS_RATIO = Gauge("order_payment_success_ratio", "Share of the last 1,000 pay calls that succeeded")
+# Where a pay call's time goes: waiting for a pooled connection, each statement, the providers.
+PAY_STAGE_SECONDS = Histogram(
+    "order_pay_stage_seconds", "Time of each step of a pay call", ["stage"], buckets=LATENCY_BUCKETS
+)
 
 ORDER_FIELDS = (
     "id, reservation_id, sale_id, user_id, state, currency, subtotal, discount, total, created_at, deadline_at, "
@@ -111,9 +117,11 @@ class Checkout:
         """Charge the buyer's order once and record every attempt; see the module docstring for the claim."""
         claim = os.urandom(8).hex()
         row = await self._claim(order_id, user_id, claim)
+        started = time.perf_counter()
         result = await self.payments.charge(
             order_id=order_id, amount=row.total, currency=row.currency, idempotency_key=f"order:{order_id}"
         )
+        PAY_STAGE_SECONDS.labels("charge").observe(time.perf_counter() - started)
         self._count(result.outcome == SUCCEEDED)
         if result.outcome != SUCCEEDED:
             await self._settle_unpaid(order_id, claim, result)
@@ -131,10 +139,9 @@ class Checkout:
     async def _claim(self, order_id: str, user_id: str, claim: str) -> Row[Any]:
         """The claimed order's row and lines, or the error that says why it cannot be paid now."""
         for _ in range(2):
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})).first()
-            if row is not None:
-                return row
+            rows = await self._statement("claim", CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})
+            if rows:
+                return rows[0]
             refusal = await self._why_not_claimed(order_id, user_id)
             if refusal is not None:
                 raise refusal
@@ -171,13 +178,23 @@ class Checkout:
             "actor": user_id,
             "payload": orjson.dumps(payload).decode(),
         }
-        async with self.engine.connect() as conn:
-            paid_at: datetime | None = (await conn.execute(SETTLE_PAID, params)).scalar()
+        rows = await self._statement("settle", SETTLE_PAID, params)
+        paid_at: datetime | None = rows[0].paid_at if rows else None
         return paid_at
 
     async def _settle_unpaid(self, order_id: str, claim: str, result: PaymentResult) -> None:
+        await self._statement("settle", SETTLE_UNPAID, {**_attempt_params(order_id, result), "claim": claim})
+
+    async def _statement(self, stage: str, statement: Executable, params: dict[str, Any]) -> list[Row[Any]]:
+        """Run one autocommitted statement and return its rows, timing the wait for a connection and the run."""
+        started = time.perf_counter()
         async with self.engine.connect() as conn:
-            await conn.execute(SETTLE_UNPAID, {**_attempt_params(order_id, result), "claim": claim})
+            connected = time.perf_counter()
+            result = await conn.execute(statement, params)
+            rows = list(result.all()) if result.returns_rows else []
+        PAY_STAGE_SECONDS.labels("connection").observe(connected - started)
+        PAY_STAGE_SECONDS.labels(stage).observe(time.perf_counter() - connected)
+        return rows
 
     async def _why_not_claimed(self, order_id: str, user_id: str) -> Exception | None:
         """The error that says why the order could not be claimed for payment; None when it could be now."""

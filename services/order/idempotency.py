@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from prometheus_client import Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,8 +17,15 @@ from services.common.idempotency import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
 )
+from services.common.metrics import LATENCY_BUCKETS
 
 SWEEP_BATCH = 1000
+RECORD_SECONDS = Histogram(
+    "order_idempotency_record_seconds",
+    "Time of the Idempotency-Key record's statements of pay and cancel (claim the key, store the answer)",
+    ["scope", "step"],
+    buckets=LATENCY_BUCKETS,
+)
 
 # One statement claims the key or, when it is taken, reads what holds it. The read sees the statement's
 # snapshot, so a record committed by another request a moment ago may be invisible: that request is in flight.
@@ -73,8 +82,10 @@ class OrderIdempotency:
     ) -> tuple[int, Any]:
         """Run `action` once per (scope, owner, key); later calls get the stored (status, body) back."""
         ids = {"scope": scope, "owner": owner, "key": key, "fp": request_fingerprint}
+        started = time.perf_counter()
         async with self.engine.connect() as conn:
             row = (await conn.execute(_CLAIM, {**ids, "in_flight": float(IN_FLIGHT_TTL_SECONDS)})).one()
+        RECORD_SECONDS.labels(scope, "claim").observe(time.perf_counter() - started)
         claimed, fp, status, body = row
         if not claimed:
             return self._stored(fp, status, body, request_fingerprint)
@@ -85,11 +96,13 @@ class OrderIdempotency:
             async with self.engine.connect() as conn:
                 await conn.execute(_RELEASE, ids)
             raise
+        started = time.perf_counter()
         async with self.engine.connect() as conn:
             await conn.execute(
                 _ANSWER,
                 {**ids, "status": status, "body": orjson.dumps(answer).decode(), "ttl": float(REPLAY_TTL_SECONDS)},
             )
+        RECORD_SECONDS.labels(scope, "answer").observe(time.perf_counter() - started)
         return status, answer
 
     @staticmethod

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
-from services.common.background import freeze_startup_objects, run_every, stop_background
+from services.common.background import freeze_startup_objects, probe_loop_lag, run_every, stop_background
 from services.common.defaults import service_app
 from services.common.resources import open_engine, open_redis, session_factory, warm_redis
 from services.common.streams import trim_acknowledged
@@ -53,6 +53,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         stop = asyncio.Event()
         full = settings.relay_batch
         tasks = [
+            asyncio.create_task(probe_loop_lag(stop)),
             asyncio.create_task(
                 run_every(
                     settings.idempotency_sweep_seconds, "idempotency record sweep", idempotency.sweep_expired, stop
