@@ -6,6 +6,12 @@ claimed order alone (a cancel answers 409 PAYMENT_IN_PROGRESS), and so does a se
 then marks the order paid, records the attempts, its transition and its `order.paid` event in one statement.
 A claim left behind by a crashed process is settled by the claim check (services/order/refunds.py), which asks
 the providers what they charged first. The provider key stays `order:<id>`, so no retry charges twice.
+
+The pay's Idempotency-Key record rides in the same two statements: the claim takes the key (or reads the
+answer a replay gets back), and the settlement stores the answer with the paid order, in one commit. A pay is
+two database round trips around the charge: each one waits its turn on the event loop and for a commit, and
+under a flash crowd those waits, not the work, were the pay's time
+(docs/adr/0010-payments-claimed-before-the-charge.md).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from sqlalchemy.sql import select
 
 from services.common.metrics import LATENCY_BUCKETS
 from services.order import errors
+from services.order.idempotency import KEY_CLAIM, KEY_HELD, KeyUse, OrderIdempotency, key_answer, replay
 from services.order.models import Order, OrderState
 from services.order.payments import SUCCEEDED, PaymentResult, PaymentRouter
 from services.order.schemas import OrderLineOut, OrderOut
@@ -50,12 +57,23 @@ LINES_JSON = (
     "WHERE l.order_id = c.id) AS lines"
 )
 # Claim an unpaid, priced order before its deadline, unless a payment of it is in flight already.
-CLAIM = text(
-    "WITH c AS (UPDATE orders SET payment_claimed_at = now(), payment_claim = :claim "
+CLAIM_ORDER = (
+    "UPDATE orders SET payment_claimed_at = now(), payment_claim = :claim "
     "WHERE id = :order_id AND user_id = :user_id AND state = 'pending_payment' AND pricing = 'final' "
-    f"AND deadline_at > now() AND payment_claimed_at IS NULL RETURNING {ORDER_FIELDS}) "
-    f"SELECT c.*, {LINES_JSON} FROM c"
+    "AND deadline_at > now() AND payment_claimed_at IS NULL"
+)
+CLAIM = text(f"WITH c AS ({CLAIM_ORDER} RETURNING {ORDER_FIELDS}) SELECT c.*, {LINES_JSON} FROM c").columns(
+    coupons=JSONB, lines=JSONB
+)
+# The Idempotency-Key and the order in one statement: the order is claimed only if the key was. One row: whether
+# the key was taken, the record holding it otherwise (held_*), and the claimed order (NULL columns if not).
+CLAIM_WITH_KEY = text(
+    f"WITH {KEY_CLAIM}, c AS ({CLAIM_ORDER} AND EXISTS (SELECT 1 FROM key_claim) RETURNING {ORDER_FIELDS}) "
+    "SELECT EXISTS (SELECT 1 FROM key_claim) AS key_claimed, held.fingerprint AS held_fingerprint, "
+    f"held.status AS held_status, held.body AS held_body, c.*, {LINES_JSON} "
+    f"FROM (SELECT 1) AS one {KEY_HELD} LEFT JOIN c ON TRUE"
 ).columns(coupons=JSONB, lines=JSONB)
+KEY_COLUMNS = ("key_claimed", "held_fingerprint", "held_status", "held_body")
 ATTEMPTS = (
     "INSERT INTO payment_attempts (order_id, provider, outcome, latency_ms, provider_ref, error, idempotency_key) "
     "SELECT :order_id, p, o, ms, ref, err, :key FROM unnest(CAST(:providers AS text[]), CAST(:outcomes AS text[]), "
@@ -63,15 +81,17 @@ ATTEMPTS = (
     # One charge, one success record: a replayed answer of a charge already recorded is not a second one.
     "ON CONFLICT (provider, provider_ref) WHERE outcome = 'succeeded' DO NOTHING"
 )
-# The charge succeeded and the order is still open (it is claimed, so nothing closed it): paid, in one go.
+# The charge succeeded and the order is still open (it is claimed, so nothing closed it): paid, in one go, with
+# the answer the pay's Idempotency-Key replays.
 SETTLE_PAID = text(
-    "WITH paid AS (UPDATE orders SET state = 'paid', paid_at = now(), payment_provider = :provider, "
+    "WITH paid AS (UPDATE orders SET state = 'paid', paid_at = :paid_at, payment_provider = :provider, "
     "payment_ref = :ref, payment_claimed_at = NULL, payment_claim = NULL "
     "WHERE id = :order_id AND state = 'pending_payment' RETURNING id, paid_at), "
     f"attempts AS ({ATTEMPTS}), "
     "moved AS (INSERT INTO order_transitions (order_id, from_state, to_state, at, actor, reason) "
     "SELECT id, 'pending_payment', 'paid', paid_at, :actor, 'payment_succeeded' FROM paid), "
-    "event AS (INSERT INTO outbox (event_type, payload) SELECT 'order.paid', CAST(:payload AS jsonb) FROM paid) "
+    "event AS (INSERT INTO outbox (event_type, payload) SELECT 'order.paid', CAST(:payload AS jsonb) FROM paid), "
+    f"{key_answer('EXISTS (SELECT 1 FROM paid)')} "
     "SELECT paid_at FROM paid"
 )
 # No charge (declined, or no provider could take it): record the attempts and give the claim back.
@@ -95,7 +115,7 @@ def _attempt_params(order_id: str, result: PaymentResult) -> dict[str, Any]:
 
 
 def _view(row: Row[Any], **changes: Any) -> OrderOut:
-    fields = dict(row._mapping)
+    fields = {name: value for name, value in row._mapping.items() if name not in KEY_COLUMNS}
     lines = [OrderLineOut.model_validate(line) for line in fields.pop("lines")]
     fields.update(changes)
     return OrderOut(lines=lines, **fields)
@@ -110,45 +130,66 @@ class Checkout:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")  # one statement, its own transaction
         self.sessions = sessions
         self.payments = payments
+        self.keys = OrderIdempotency(engine)
         self._recent: deque[bool] = deque(maxlen=1000)
         self._succeeded = 0
 
-    async def pay(self, *, order_id: str, user_id: str) -> OrderOut:
-        """Charge the buyer's order once and record every attempt; see the module docstring for the claim."""
+    async def pay(self, *, order_id: str, user_id: str, key: KeyUse) -> tuple[int, Any]:
+        """Charge the buyer's order once per Idempotency-Key and record every attempt; (status, answer).
+
+        A replay of the key gets the first answer. A refused or failed pay frees the key again.
+        """
         claim = os.urandom(8).hex()
-        row = await self._claim(order_id, user_id, claim)
+        params = {**key.params(), "claim": claim, "order_id": order_id, "user_id": user_id}
+        first = (await self._statement("claim", CLAIM_WITH_KEY, params))[0]
+        if not first.key_claimed:
+            return replay(key, first.held_fingerprint, first.held_status, first.held_body)
+        try:
+            row = first if first.id is not None else await self._claim_again(order_id, user_id, claim)
+            answer, stored = await self._charge(row, user_id, claim, key)
+        except BaseException:
+            await self.keys.release(key)
+            raise
+        if not stored:
+            await self.keys.answer(key, 200, answer)
+        return 200, answer
+
+    async def _claim_again(self, order_id: str, user_id: str, claim: str) -> Row[Any]:
+        """After a claim that took no order: the error that says why, or the order claimed once more."""
+        refusal = await self._why_not_claimed(order_id, user_id)
+        if refusal is not None:
+            raise refusal
+        # Payable by now (priced, or a claim given back, between the two reads): claim it again once.
+        rows = await self._statement("claim", CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})
+        if rows:
+            return rows[0]
+        raise await self._why_not_claimed(order_id, user_id) or errors.PaymentInProgress(
+            "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
+        )
+
+    async def _charge(self, row: Row[Any], user_id: str, claim: str, key: KeyUse) -> tuple[dict[str, Any], bool]:
+        """Charge the claimed order and settle it; (the answer, whether the settlement stored it for the key)."""
         started = time.perf_counter()
         result = await self.payments.charge(
-            order_id=order_id, amount=row.total, currency=row.currency, idempotency_key=f"order:{order_id}"
+            order_id=row.id, amount=row.total, currency=row.currency, idempotency_key=f"order:{row.id}"
         )
         PAY_STAGE_SECONDS.labels("charge").observe(time.perf_counter() - started)
         self._count(result.outcome == SUCCEEDED)
         if result.outcome != SUCCEEDED:
-            await self._settle_unpaid(order_id, claim, result)
+            await self._settle_unpaid(row.id, claim, result)
             if result.outcome == "declined":
                 raise errors.PaymentDeclined("The payment provider declined the payment")
             raise errors.PaymentUnavailable(
                 "Payment providers are unavailable; the order stays payable until its deadline",
                 headers={"Retry-After": "2"},
             )
-        paid_at = await self._settle_paid(row, user_id, result)
-        if paid_at is None:
-            return await self._charged_but_not_open(order_id, user_id, result)
-        return _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
-
-    async def _claim(self, order_id: str, user_id: str, claim: str) -> Row[Any]:
-        """The claimed order's row and lines, or the error that says why it cannot be paid now."""
-        for _ in range(2):
-            rows = await self._statement("claim", CLAIM, {"claim": claim, "order_id": order_id, "user_id": user_id})
-            if rows:
-                return rows[0]
-            refusal = await self._why_not_claimed(order_id, user_id)
-            if refusal is not None:
-                raise refusal
-            # Payable by now (priced, or a claim given back, between the two reads): claim it again once.
-        raise errors.PaymentInProgress(
-            "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
-        )
+        paid_at = utcnow()
+        view = _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
+        answer = view.model_dump(mode="json")
+        if await self._settle_paid(row, user_id, result, paid_at, key, answer):
+            return answer, True
+        order = await self._charged_but_not_open(row.id, user_id, result)
+        return order.model_dump(mode="json"), False
 
     def _count(self, succeeded: bool) -> None:
         if len(self._recent) == self._recent.maxlen and self._recent[0]:
@@ -157,8 +198,11 @@ class Checkout:
         self._succeeded += succeeded
         PAY_SUCCESS_RATIO.set(self._succeeded / len(self._recent))
 
-    async def _settle_paid(self, row: Row[Any], user_id: str, result: PaymentResult) -> datetime | None:
-        """Mark the claimed order paid with its attempts, transition and event; None if it was no longer open."""
+    async def _settle_paid(
+        self, row: Row[Any], user_id: str, result: PaymentResult, paid_at: datetime, key: KeyUse, answer: Any
+    ) -> bool:
+        """Mark the claimed order paid with its attempts, transition, event and the key's answer; False if it was
+        no longer open (nothing but the attempts is written then)."""
         payload = {
             "order_id": row.id,
             "reservation_id": row.reservation_id,
@@ -167,20 +211,22 @@ class Checkout:
             "state": OrderState.PAID.value,
             "total": row.total,
             "currency": row.currency,
-            "at": utcnow().isoformat(),
+            "at": paid_at.isoformat(),
             "provider": result.provider,
             "reason": "payment_succeeded",
         }
         params = {
             **_attempt_params(row.id, result),
+            **key.params(),
+            "paid_at": paid_at,
             "provider": result.provider,
             "ref": result.provider_ref,
             "actor": user_id,
             "payload": orjson.dumps(payload).decode(),
+            "status": 200,
+            "body": orjson.dumps(answer).decode(),
         }
-        rows = await self._statement("settle", SETTLE_PAID, params)
-        paid_at: datetime | None = rows[0].paid_at if rows else None
-        return paid_at
+        return bool(await self._statement("settle", SETTLE_PAID, params))
 
     async def _settle_unpaid(self, order_id: str, claim: str, result: PaymentResult) -> None:
         await self._statement("settle", SETTLE_UNPAID, {**_attempt_params(order_id, result), "claim": claim})

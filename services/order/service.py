@@ -22,6 +22,7 @@ from services.order import errors
 from services.order.checkout import Checkout
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
+from services.order.idempotency import KeyUse
 from services.order.models import AuditEntry, Order, OrderState, OrderTransition, OutboxEvent, PaymentAttempt
 from services.order.outbox import OutboxRelay
 from services.order.payments import PaymentRouter
@@ -426,9 +427,9 @@ class OrderService:
         move(session, order, OrderState.CANCELLED, actor=actor, reason=reason)
         order.close_reason = reason
 
-    async def pay(self, *, order_id: str, user_id: str) -> OrderOut:
-        """Charge the buyer's order through the payment providers (services/order/checkout.py)."""
-        return await self.checkout.pay(order_id=order_id, user_id=user_id)
+    async def pay(self, *, order_id: str, user_id: str, key: KeyUse) -> tuple[int, Any]:
+        """Charge the buyer's order once per Idempotency-Key (services/order/checkout.py); (status, answer)."""
+        return await self.checkout.pay(order_id=order_id, user_id=user_id, key=key)
 
     async def expire_due(self, limit: int = 500) -> int:
         """Expire unpaid orders past their deadline; safe with every replica running it (SKIP LOCKED)."""
