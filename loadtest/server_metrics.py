@@ -50,10 +50,11 @@ def scrape(urls: list[str]) -> dict[str, Any]:
             texts.append(httpx.get(f"{url}/metrics", timeout=10).text)
         except httpx.HTTPError:
             continue  # a replica that does not answer now: its share is missing from the figures
-    return {"replicas": len(texts), **_read(texts)}
+    return {"replicas": len(texts), **parse(texts)}
 
 
-def _read(texts: list[str]) -> dict[str, Any]:
+def parse(texts: list[str]) -> dict[str, Any]:
+    """The histograms of SERIES (and the providers'), summed over Prometheus expositions, and their CPU seconds."""
     wanted = [*SERIES, PROVIDER_SERIES]
     histograms: dict[str, Histogram] = {name: {"buckets": {}, "count": 0.0, "sum": 0.0} for name, _m, _l in wanted}
     cpu = 0.0
