@@ -31,9 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import select
 
+from services.common.idempotency import IdempotencyKeyInFlight
 from services.common.metrics import LATENCY_BUCKETS
 from services.order import errors
-from services.order.idempotency import KEY_CLAIM, KEY_HELD, KeyUse, OrderIdempotency, key_answer, replay
+from services.order.idempotency import KEY_HELD, KeyUse, OrderIdempotency, key_answer, key_claim, replay
 from services.order.models import Order, OrderState
 from services.order.payments import SUCCEEDED, PaymentResult, PaymentRouter
 from services.order.schemas import OrderLineOut, OrderOut
@@ -65,15 +66,38 @@ CLAIM_ORDER = (
 CLAIM = text(f"WITH c AS ({CLAIM_ORDER} RETURNING {ORDER_FIELDS}) SELECT c.*, {LINES_JSON} FROM c").columns(
     coupons=JSONB, lines=JSONB
 )
+# The order as the claim finds it, `cur`, and whether it is payable now; the key is claimed only then, so a pay
+# refused on the spot writes nothing.
+CURRENT = (
+    "cur AS (SELECT user_id, state, pricing, deadline_at > now() AS open, payment_claimed_at IS NOT NULL AS claimed "
+    "FROM orders WHERE id = :order_id)"
+)
+PAYABLE = (
+    "EXISTS (SELECT 1 FROM cur WHERE cur.user_id = :user_id AND cur.state = 'pending_payment' "
+    "AND cur.pricing = 'final' AND cur.open AND NOT cur.claimed)"
+)
 # The Idempotency-Key and the order in one statement: the order is claimed only if the key was. One row: whether
-# the key was taken, the record holding it otherwise (held_*), and the claimed order (NULL columns if not).
+# the key was taken, the record holding it otherwise (held_*), the order as found (cur_*), and the claimed
+# order (NULL columns if none was).
 CLAIM_WITH_KEY = text(
-    f"WITH {KEY_CLAIM}, c AS ({CLAIM_ORDER} AND EXISTS (SELECT 1 FROM key_claim) RETURNING {ORDER_FIELDS}) "
+    f"WITH {CURRENT}, {key_claim(PAYABLE)}, "
+    f"c AS ({CLAIM_ORDER} AND EXISTS (SELECT 1 FROM key_claim) RETURNING {ORDER_FIELDS}) "
     "SELECT EXISTS (SELECT 1 FROM key_claim) AS key_claimed, held.fingerprint AS held_fingerprint, "
-    f"held.status AS held_status, held.body AS held_body, c.*, {LINES_JSON} "
-    f"FROM (SELECT 1) AS one {KEY_HELD} LEFT JOIN c ON TRUE"
+    "held.status AS held_status, held.body AS held_body, cur.user_id AS cur_user_id, cur.state AS cur_state, "
+    "cur.pricing AS cur_pricing, cur.open AS cur_open, cur.claimed AS cur_claimed, "
+    f"c.*, {LINES_JSON} FROM (SELECT 1) AS one {KEY_HELD} LEFT JOIN cur ON TRUE LEFT JOIN c ON TRUE"
 ).columns(coupons=JSONB, lines=JSONB)
-KEY_COLUMNS = ("key_claimed", "held_fingerprint", "held_status", "held_body")
+CLAIM_ONLY_COLUMNS = (
+    "key_claimed",
+    "held_fingerprint",
+    "held_status",
+    "held_body",
+    "cur_user_id",
+    "cur_state",
+    "cur_pricing",
+    "cur_open",
+    "cur_claimed",
+)
 ATTEMPTS = (
     "INSERT INTO payment_attempts (order_id, provider, outcome, latency_ms, provider_ref, error, idempotency_key) "
     "SELECT :order_id, p, o, ms, ref, err, :key FROM unnest(CAST(:providers AS text[]), CAST(:outcomes AS text[]), "
@@ -115,10 +139,29 @@ def _attempt_params(order_id: str, result: PaymentResult) -> dict[str, Any]:
 
 
 def _view(row: Row[Any], **changes: Any) -> OrderOut:
-    fields = {name: value for name, value in row._mapping.items() if name not in KEY_COLUMNS}
+    fields = {name: value for name, value in row._mapping.items() if name not in CLAIM_ONLY_COLUMNS}
     lines = [OrderLineOut.model_validate(line) for line in fields.pop("lines")]
     fields.update(changes)
     return OrderOut(lines=lines, **fields)
+
+
+def refusal(
+    order_id: str, user_id: str, *, owner: str | None, state: str | None, pricing: str, open_: bool, claimed: bool
+) -> Exception | None:
+    """The error that says why an order (owned by `owner`; None: no such order) cannot be paid now; None if it can."""
+    if state is None or owner != user_id:
+        return errors.OrderNotFound(f"No order {order_id}")
+    if state != OrderState.PENDING_PAYMENT.value:
+        return errors.InvalidOrderState(f"The order is {state}", extra={"state": state})
+    if pricing != "final":
+        return errors.PricingPending("The order's coupons are still being applied", headers={"Retry-After": "1"})
+    if not open_:
+        return errors.OrderExpired("The payment deadline has passed", extra={"state": state})
+    if claimed:
+        return errors.PaymentInProgress(
+            "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
+        )
+    return None
 
 
 class Checkout:
@@ -142,8 +185,8 @@ class Checkout:
         claim = os.urandom(8).hex()
         params = {**key.params(), "claim": claim, "order_id": order_id, "user_id": user_id}
         first = (await self._statement("claim", CLAIM_WITH_KEY, params))[0]
-        if not first.key_claimed:
-            return replay(key, first.held_fingerprint, first.held_status, first.held_body)
+        if first.id is None and not first.key_claimed:
+            return self._not_claimed(first, order_id, user_id, key)
         try:
             row = first if first.id is not None else await self._claim_again(order_id, user_id, claim)
             answer, stored = await self._charge(row, user_id, claim, key)
@@ -153,6 +196,24 @@ class Checkout:
         if not stored:
             await self.keys.answer(key, 200, answer)
         return 200, answer
+
+    @staticmethod
+    def _not_claimed(first: Row[Any], order_id: str, user_id: str, key: KeyUse) -> tuple[int, Any]:
+        """Neither key nor order taken: a replay's first answer, or the error that says why not."""
+        if first.held_fingerprint is not None:
+            return replay(key, first.held_fingerprint, first.held_status, first.held_body)
+        found = refusal(
+            order_id,
+            user_id,
+            owner=first.cur_user_id,
+            state=first.cur_state,
+            pricing=first.cur_pricing,
+            open_=bool(first.cur_open),
+            claimed=bool(first.cur_claimed),
+        )
+        # Payable as this statement saw it, yet the key was not taken: a request with this key, committed after
+        # the statement's snapshot, holds it (and the order).
+        raise found or IdempotencyKeyInFlight("Retry shortly", headers={"Retry-After": "1"})
 
     async def _claim_again(self, order_id: str, user_id: str, claim: str) -> Row[Any]:
         """After a claim that took no order: the error that says why, or the order claimed once more."""
@@ -246,19 +307,17 @@ class Checkout:
         """The error that says why the order could not be claimed for payment; None when it could be now."""
         async with self.sessions() as session:
             order = await session.get(Order, order_id)
-        if order is None or order.user_id != user_id:
-            return errors.OrderNotFound(f"No order {order_id}")
-        if order.state != OrderState.PENDING_PAYMENT.value:
-            return errors.InvalidOrderState(f"The order is {order.state}", extra={"state": order.state})
-        if order.pricing != "final":
-            return errors.PricingPending("The order's coupons are still being applied", headers={"Retry-After": "1"})
-        if order.deadline_at <= utcnow():
-            return errors.OrderExpired("The payment deadline has passed", extra={"state": order.state})
-        if order.payment_claimed_at is not None:
-            return errors.PaymentInProgress(
-                "A payment of this order is in flight; its outcome decides the order", headers={"Retry-After": "1"}
-            )
-        return None
+        if order is None:
+            return refusal(order_id, user_id, owner=None, state=None, pricing="", open_=False, claimed=False)
+        return refusal(
+            order_id,
+            user_id,
+            owner=order.user_id,
+            state=order.state,
+            pricing=order.pricing,
+            open_=order.deadline_at > utcnow(),
+            claimed=order.payment_claimed_at is not None,
+        )
 
     async def _charged_but_not_open(self, order_id: str, user_id: str, result: PaymentResult) -> OrderOut:
         """The charge landed, but the order was no longer open (its claim had been settled as stale).

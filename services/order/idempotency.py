@@ -1,7 +1,7 @@
 """Idempotency-Key records of pay and cancel in the order database, so neither route needs Redis.
 
 A record is claimed by one statement and answered by another. Cancel runs them around its own transaction
-(`OrderIdempotency.run`); pay writes them inside its claim and settlement statements (KEY_CLAIM, KEY_HELD,
+(`OrderIdempotency.run`); pay writes them inside its claim and settlement statements (key_claim, KEY_HELD,
 key_answer; services/order/checkout.py), so a pay commits twice instead of four times.
 """
 
@@ -44,7 +44,7 @@ class KeyUse:
     fingerprint: str
 
     def params(self) -> dict[str, Any]:
-        """The bind parameters of the record statements (KEY_CLAIM, KEY_HELD, key_answer)."""
+        """The bind parameters of the record statements (key_claim, KEY_HELD, key_answer)."""
         return {
             "scope": self.scope,
             "owner": self.owner,
@@ -55,16 +55,20 @@ class KeyUse:
         }
 
 
-# A CTE, `key_claim`, with one row when this statement took the key: a new record, or an expired one (an
-# in-flight marker left by a crash, or an answer past its TTL) claimed anew.
-KEY_CLAIM = """key_claim AS (
+def key_claim(condition: str = "TRUE") -> str:
+    """A CTE, `key_claim`, with one row when this statement took the key: a new record, or an expired one (an
+    in-flight marker left by a crash, or an answer past its TTL) claimed anew. Tried only when `condition` (SQL)
+    holds, so a request refused before it changes anything leaves no record."""
+    return f"""key_claim AS (
     INSERT INTO idempotency_records (scope, owner, key, fingerprint, expires_at)
-    VALUES (:scope, :owner, :key, :fp, now() + make_interval(secs => :in_flight))
+    SELECT :scope, :owner, :key, :fp, now() + make_interval(secs => :in_flight) WHERE ({condition})
     ON CONFLICT (scope, owner, key) DO UPDATE
         SET fingerprint = EXCLUDED.fingerprint, status = NULL, body = NULL, expires_at = EXCLUDED.expires_at
         WHERE idempotency_records.expires_at <= now()
     RETURNING 1
 )"""
+
+
 # Joined onto a one-row FROM: `held`, the record that holds the key when `key_claim` did not take it. It is read
 # in the statement's snapshot, so a record committed by another request a moment ago may be invisible: that
 # request is in flight.
@@ -83,7 +87,7 @@ def key_answer(condition: str = "TRUE") -> str:
 
 
 _CLAIM = text(
-    f"WITH {KEY_CLAIM} SELECT EXISTS (SELECT 1 FROM key_claim), held.fingerprint, held.status, held.body "
+    f"WITH {key_claim()} SELECT EXISTS (SELECT 1 FROM key_claim), held.fingerprint, held.status, held.body "
     f"FROM (SELECT 1) AS one {KEY_HELD}"
 )
 _ANSWER = text(f"WITH {key_answer()} SELECT 1")
