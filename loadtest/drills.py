@@ -43,6 +43,7 @@ from loadtest.checker import Admin, CheckError, admin_token, check_sales, read_a
 from loadtest.crowd import start_crowd, wait_for_crowd
 from loadtest.report import write_report
 from loadtest.seed import seed_run
+from loadtest.server_metrics import difference, scrape
 from loadtest.targets import ROOT, Targets, replica_urls, resolve, stack_redis_url
 
 RESULTS = ROOT / "loadtest" / "results"
@@ -190,6 +191,8 @@ def drill(opts: Options) -> int:
         events["restored_at"] = time.time()
         print(f"[{opts.drill}] fault restored ({events['restored_at'] - events['injected_at']:.1f}s after injection)")
 
+    servers = {"order": replica_urls("order"), "providers": replica_urls("paysim")}
+    before = {role: scrape(urls) for role, urls in servers.items()}
     locust = run_locust(run_dir, opts, targets)
     started = time.monotonic()
     timer = None
@@ -198,6 +201,9 @@ def drill(opts: Options) -> int:
     wait_for_crowd(locust, opts.duration + opts.fault_for + 120)
     if timer is not None:
         timer.join()
+    after = {role: scrape(urls) for role, urls in servers.items()}
+    server_side = {role: difference(before[role], after[role]) for role in servers}
+    (run_dir / "server_metrics.json").write_text(json.dumps(server_side, indent=2) + "\n")
     events["injected_after_s"] = opts.fault_at
     if "injected_at" in events and "restored_at" in events:
         events["lasted_s"] = events["restored_at"] - events["injected_at"]

@@ -3,8 +3,9 @@
     .venv/bin/python -m loadtest.report loadtest/results/<run>
 
 Reads Locust's CSVs (locust_stats.csv, locust_stats_history.csv), outcomes.json (every answer's `code`, from
-the locustfile), drill.json (the fault's name and when it was injected and restored, if any), checker.json
-and sale.json (the sale's admin stats: when it went live and sold out). The plot (requests/s and p99 over
+the locustfile), drill.json (the fault's name and when it was injected and restored, if any), checker.json,
+sale.json (the sale's admin stats: when it went live and sold out) and server_metrics.json (the order and
+provider processes' own timings during the load, loadtest/server_metrics.py). The plot (requests/s and p99 over
 time, the fault shaded) needs matplotlib (`pip install -e ".[loadtest]"`); without it the summary says so.
 """
 
@@ -88,6 +89,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     drill = _read_json(run_dir / "drill.json")
     checker = _read_json(run_dir / "checker.json")
     sale = _read_json(run_dir / "sale.json")
+    server_side = _read_json(run_dir / "server_metrics.json")
     total = next((r for r in stats if r["Name"] == "Aggregated"), None)
     endpoints = {
         r["Name"]: {
@@ -120,6 +122,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "failures": int(total["Failure Count"]) if total else 0,
         "latency_ms": {k: endpoints.get("Aggregated", {}).get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
         "pay_latency_ms": {k: endpoints.get(PAY_ROUTE, {}).get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
+        "server_side": server_side,
         "endpoints": endpoints,
         "errors_by_code": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
         "failures_by_route": {
@@ -211,7 +214,12 @@ def render(summary: dict[str, Any], plot_path: Path | None) -> str:
         if checker["ok"]
         else "VIOLATIONS: " + "; ".join(f"{v['name']}: {v['detail']}" for v in checker["violations"])
     )
-    lines += [f"- checker: {verdict}", "", "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |"]
+    lines += [
+        f"- checker: {verdict}",
+        *_server_side_lines(summary.get("server_side") or {}),
+        "",
+        "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
+    ]
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for name, e in summary["endpoints"].items():
         lines.append(
@@ -230,6 +238,30 @@ def render(summary: dict[str, Any], plot_path: Path | None) -> str:
     lines += [f"- {code}: {n:,}" for code, n in summary["business_answers_by_code"].items()] or ["- none"]
     lines += ["", f"Plot: {plot_path.name if plot_path else 'not drawn (matplotlib missing or no history)'}"]
     return "\n".join(lines) + "\n"
+
+
+def _server_side_lines(server_side: dict[str, Any]) -> list[str]:
+    """The pay route as the order processes timed it, its steps, their loop lag and CPU, and the providers'."""
+    order = server_side.get("order") or {}
+    series = {**order.get("series", {}), **(server_side.get("providers") or {}).get("series", {})}
+    pay = series.get("pay")
+    if not pay:
+        return []
+    lines = [
+        f"- pay in the order processes (ASGI in to out): p50 {_ms(pay['p50_ms'])} ms, p99 {_ms(pay['p99_ms'])} ms "
+        f"over {pay['count']:,} calls; order processes' CPU during the load: {order.get('cpu_seconds', 0):,.1f} s",
+        "",
+        "Server-side times (the order and provider processes' histograms, read before and after the load; "
+        "quantiles are bucket estimates):",
+        "",
+        "| series | count | mean ms | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {s['count']:,} | {s['mean_ms']:,.1f} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} |"
+        for name, s in series.items()
+    ]
+    return lines
 
 
 def write_report(run_dir: Path) -> dict[str, Any]:

@@ -7,7 +7,18 @@ import gc
 import logging
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import Histogram
+
+from services.common.metrics import LATENCY_BUCKETS
+
 log = logging.getLogger("service.background")
+
+LOOP_LAG_PROBE_SECONDS = 0.05
+LOOP_LAG = Histogram(
+    "event_loop_lag_seconds",
+    "How late the event loop woke a timer: the wait every ready request step had behind the loop's other work",
+    buckets=LATENCY_BUCKETS,
+)
 
 
 async def run_every(
@@ -36,6 +47,19 @@ async def run_every(
             log.warning("%s failed (%s)", name, type(exc).__name__, exc_info=not failing)
             failing = True
         await asyncio.sleep(seconds)
+
+
+async def probe_loop_lag(stop: asyncio.Event) -> None:
+    """Sleep LOOP_LAG_PROBE_SECONDS at a time and record how much later the loop woke this task.
+
+    A request's every await (a statement, a provider call) resumes only when the loop gets to it; the lag
+    tells a slow dependency from a busy process at the moments requests are slow.
+    """
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        start = loop.time()
+        await asyncio.sleep(LOOP_LAG_PROBE_SECONDS)
+        LOOP_LAG.observe(max(0.0, loop.time() - start - LOOP_LAG_PROBE_SECONDS))
 
 
 SHUTDOWN_WAIT_SECONDS = 5.0

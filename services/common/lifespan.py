@@ -73,6 +73,11 @@ class ServiceRuntime:
         self._consumers: list[StreamConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set when shutdown begins: a long-running job of its own watches it and returns."""
+        return self._stop
+
     def open_database(self, *, pre_ping: bool = True) -> async_sessionmaker[AsyncSession]:
         """The process's engine (disposed at shutdown) and its session factory."""
         engine = open_engine(self.settings, pre_ping=pre_ping)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.common.background import probe_loop_lag
 from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
 from services.common.streams import trim_acknowledged
@@ -43,6 +44,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         full = settings.relay_batch
         refunds = service.refunds
         return [
+            lambda: probe_loop_lag(runtime.stopping),
             Every(settings.idempotency_sweep_seconds, "idempotency record sweep", idempotency.sweep_expired),
             Every(settings.stream_discovery_seconds, "stream discovery", ingest.sync),
             Every(settings.sweeper_interval_seconds, "expiry sweeper", service.expire_due),

@@ -12,7 +12,7 @@ from services.common.idempotency import IdempotencyKey, fingerprint
 from services.common.openapi import problems
 from services.order import errors
 from services.order.deps import ServiceDep
-from services.order.idempotency import OrderIdempotency
+from services.order.idempotency import KeyUse, OrderIdempotency
 from services.order.schemas import OrderOut
 
 router = APIRouter(tags=["orders"])
@@ -82,9 +82,9 @@ async def pay(
     request: Request, order_id: OrderId, user: CurrentUser, key: IdempotencyKey, service: ServiceDep
 ) -> Response:
     """Pay an order (primary provider, backup on failure); the same key never charges twice."""
-    return await _once(
-        request, user.user_id, key, "order-pay", lambda: service.checkout.pay(order_id=order_id, user_id=user.user_id)
-    )
+    use = KeyUse("order-pay", user.user_id, key, fingerprint({"path": request.url.path}))
+    status, body = await service.checkout.pay(order_id=order_id, user_id=user.user_id, key=use)
+    return JSONResponse(body, status_code=status)
 
 
 @router.post(

@@ -1,5 +1,6 @@
 """Pay and cancel keep their Idempotency-Key records in the order database: a real order process whose own
-Redis server was killed after it started still pays, cancels, replays and refuses reused or in-flight keys."""
+Redis server was killed after it started still pays, cancels, replays and refuses reused or in-flight keys.
+A pay's answer commits with the paid order, and its steps show on /metrics."""
 
 from __future__ import annotations
 
@@ -192,6 +193,61 @@ async def test_a_refused_pay_frees_its_key_and_an_in_flight_marker_left_by_a_cra
     await _insert_marker(service, user, "crashed", -1.0, f"/orders/{other}/pay")
     resumed = await _post(http, f"{replica}/orders/{other}/pay", user, "crashed")
     assert (resumed.status_code, resumed.json()["state"]) == (200, "paid"), resumed.text
+
+
+async def test_a_pay_stores_its_replayable_answer_in_the_commit_that_makes_the_order_paid(
+    http: httpx.AsyncClient, replica: str, service: OrderService, paysim: PaySims
+) -> None:
+    order_id, user = await _order(service)
+    await set_faults(http, paysim.primary, latency_ms=300)
+    paying = asyncio.create_task(_post(http, f"{replica}/orders/{order_id}/pay", user, "together"))
+    await wait_for(lambda: _claimed(service, user, "together"))
+    engine = service.sessions.kw["bind"]
+    async with engine.connect() as holder:
+        # Hold the key's record: the pay's answer cannot be written until this transaction ends.
+        await holder.execute(
+            text("SELECT 1 FROM idempotency_records WHERE owner = :o AND key = :k FOR UPDATE"),
+            {"o": user, "k": "together"},
+        )
+        await wait_for(lambda: _a_statement_waits_for_a_lock(service), timeout=30)
+        state_while_blocked = await _db_state(service, order_id)
+        await holder.rollback()
+    paid = await paying
+
+    assert state_while_blocked == "pending_payment"  # not paid while its answer could not be stored
+    assert (paid.status_code, paid.json()["state"]) == (200, "paid"), paid.text
+    assert await _db_state(service, order_id) == "paid"
+    assert (await _record(service, user, "together")) == (200,)
+    assert (await _post(http, f"{replica}/orders/{order_id}/pay", user, "together")).json() == paid.json()
+
+
+async def test_metrics_show_the_steps_of_a_pay_and_the_event_loop_lag(
+    http: httpx.AsyncClient, replica: str, service: OrderService
+) -> None:
+    order_id, user = await _order(service)
+    assert (await _post(http, f"{replica}/orders/{order_id}/pay", user, "metered")).status_code == 200
+
+    metrics = (await http.get(f"{replica}/metrics")).text
+    counts = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if "_count" in line}
+    for stage in ("connection", "claim", "charge", "settle"):
+        assert counts.get(f'order_pay_stage_seconds_count{{stage="{stage}"}}', 0) >= 1, stage
+    assert counts.get("event_loop_lag_seconds_count", 0) >= 1
+
+
+async def _a_statement_waits_for_a_lock(service: OrderService) -> bool:
+    async with service.sessions() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+async def _db_state(service: OrderService, order_id: str) -> str:
+    async with service.sessions() as session:
+        state = await session.scalar(text("SELECT state FROM orders WHERE id = :id"), {"id": order_id})
+    return str(state)
 
 
 async def test_the_sweep_deletes_expired_records_and_keeps_live_ones(service: OrderService) -> None:
