@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from services.common.config import BaseServiceSettings
 from services.common.lifespan import Every, Job, ServiceRuntime, Start, service_lifespan
-from services.common.streams import StreamConsumer, encode_event
+from services.common.streams import StreamConsumer
 from tests.conftest import TEST_REDIS_URL
 
 
@@ -138,7 +138,7 @@ async def test_shutdown_stops_every_job_then_flushes_then_closes_last_opened_fir
 
     app = app_with(opened.settings(), start)
     async with app.router.lifespan_context(app):
-        await redis.xadd(stream, encode_event("thing.happened", {"n": 1}))
+        await redis.xadd(stream, {"type": "thing.happened", "v": "1", "data": '{"n": 1}'})
         await asyncio.wait_for(handled.wait(), timeout=10)
         while timeline.count("tick") < 3:
             await asyncio.sleep(0.01)
