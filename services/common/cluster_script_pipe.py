@@ -122,9 +122,11 @@ class ClusterScriptPipe:
         return self.refreshing
 
     async def _refresh(self) -> None:
-        """Ask the known masters, then REDIS_URL's node, then any other node seen, for the slot map."""
+        """Ask the known masters, then REDIS_URL's node, then any other node seen, for the slot map; nodes
+        with an open connection first (a master that just failed would make the others wait for its connect)."""
         loop = asyncio.get_running_loop()
-        candidates = dict.fromkeys([*(p for p in self.slots if p is not None), self.seed, *self.nodes.values()])
+        known = dict.fromkeys([*(p for p in self.slots if p is not None), self.seed, *self.nodes.values()])
+        candidates = sorted(known, key=lambda pipe: pipe.conn is None or pipe.conn.closed)
         failure: Exception | None = None
         try:
             for pipe in candidates:
