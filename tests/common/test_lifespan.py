@@ -103,9 +103,7 @@ async def test_a_start_up_that_fails_half_way_closes_what_it_opened_and_fails(re
     assert timeline == ["close client"]
 
 
-async def test_shutdown_stops_every_job_then_flushes_then_closes_last_opened_first(
-    redis: Redis, database: str
-) -> None:
+async def test_shutdown_stops_every_job_then_flushes_then_closes_last_opened_first(redis: Redis, database: str) -> None:
     opened = OpenedConnections(redis, database)
     timeline: list[str] = []
     stream = f"test:lifespan:{uuid.uuid4().hex}"
