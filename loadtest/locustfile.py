@@ -3,7 +3,7 @@
     .venv/bin/locust -f loadtest/locustfile.py --headless --csv loadtest/results/x/locust --html ...
 
 A Shopper lists the live sales, claims a coupon (some of them), opens the sale and polls its countdown, buys
-at the start (retrying with the same Idempotency-Key on 429/503/no answer), waits for the order (long poll),
+at the start (retrying with the same Idempotency-Key on 429/503/504/no answer), waits for the order (long poll),
 previews the price with the coupon, and pays (LOADTEST_PAY_SHARE of them; the others never pay, so their
 orders expire). Then it keeps browsing and now and then tries to buy again (the per-user limit answers).
 A WindowShopper only browses and polls. Business answers (SOLD_OUT, SALE_NOT_LIVE, PURCHASE_LIMIT_EXCEEDED,
@@ -42,11 +42,10 @@ from locust import FastHttpUser, LoadTestShape, User, between, events, task
 from locust.env import Environment
 
 from loadtest import shapes
-from loadtest.outcomes import PURCHASE, Journey, Outcomes
+from loadtest.outcomes import PURCHASE, RETRY_SAME_KEY, Journey, Outcomes
 from loadtest.report import BUSINESS_CODES
 from loadtest.targets import Targets, resolve
 
-RETRY_SAME_KEY = {"RATE_LIMITED", "STOCK_UNAVAILABLE", "TRANSPORT", "HTTP_502", "HTTP_503", "HTTP_504"}
 ORDER_WAIT_SECONDS = 10
 ORDER_POLLS = 9  # up to ~90 s for an order: PostgreSQL may be down for 30 s in a drill
 LINGER_SECONDS = 3600  # journeys shape: longer than any run, which ends (and wakes them) once all have walked

@@ -21,6 +21,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 PURCHASE = "POST /sales/{id}/purchase"  # the purchase's request name in Locust's stats and in outcomes.json
+# "Try again" or "no answer": nothing happened or the outcome is unknown, so a shopper sends the same
+# Idempotency-Key again (the gateway's 503/504 codes say "retry shortly" and carry Retry-After). A purchase whose
+# last answer is one of these has an unknown outcome.
+RETRY_SAME_KEY = frozenset(
+    {
+        "RATE_LIMITED",
+        "STOCK_UNAVAILABLE",
+        "OVERLOADED",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_TIMEOUT",
+        "TRANSPORT",
+        "HTTP_502",
+        "HTTP_503",
+        "HTTP_504",
+    }
+)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 from deploy.errors import StackError
 from loadtest import checker
 from loadtest.crowd import locust_log_tail, start_crowd, wait_for_crowd
-from loadtest.outcomes import PURCHASE, Journey, read_codes, read_journeys
+from loadtest.outcomes import PURCHASE, RETRY_SAME_KEY, Journey, read_codes, read_journeys
 from loadtest.report import read_stats
 from loadtest.targets import Targets
 
@@ -55,7 +55,7 @@ class BurstResult:
     accepted: int = 0  # 202 answers
     units: int = 0  # sum of quantities in 202 answers
     rejections: Counter[str] = field(default_factory=Counter)
-    transport_errors: int = 0  # purchases whose last attempt got no answer: their outcome is unknown
+    transport_errors: int = 0  # purchases left with no definite answer after the retries: outcome unknown
     elapsed: float = 0.0
     reservations: dict[str, tuple[str, int]] = field(default_factory=dict)  # reservation id -> (user id, units)
     coupon_of: dict[str, str] = field(default_factory=dict)  # reservation id -> the coupon its purchase named
@@ -119,7 +119,7 @@ def burst_of(journeys: list[Journey], accepted: dict[str, tuple[str, int]], code
         accepted=len(accepted),
         units=sum(units for _user, units in accepted.values()),
         rejections=Counter({code: n for code, n in codes.items() if code not in ("202", "TRANSPORT")}),
-        transport_errors=sum(j.purchase_code == "TRANSPORT" for j in buying),
+        transport_errors=sum(j.purchase_code in RETRY_SAME_KEY for j in buying),
         elapsed=span((j.purchase_at for j in buying), (j.answered_at for j in buying)),
         reservations=dict(accepted),
         coupon_of={j.reservation_id: j.coupon_id for j in journeys if j.reservation_id and j.coupon_id},

@@ -47,7 +47,10 @@ def burst_lines(
         f"  rejections        {rejected}",
     ]
     if burst.transport_errors:
-        lines.append(f"  transport errors  {burst.transport_errors:,} (no answer; the outcome of those is unknown)")
+        lines.append(
+            f"  transport errors  {burst.transport_errors:,} (no definite answer after the retries; "
+            "the outcome of those is unknown)"
+        )
     lines.append(
         f"  events stream     {{fs:{sale_id}}}:events got {stream.events:,} purchase events; "
         f"reservations: {stream.reservations:,}"
