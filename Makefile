@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := $(BIN)/python -m deploy
 
-.PHONY: install install-loadtest demo up down status test lint bench bench-gateway bench-orders clean \
+.PHONY: install install-loadtest demo up down status test lint bench bench-gateway bench-orders bench-pay clean \
 	loadtest loadtest-smoke check drills perf-table \
 	drill-baseline drill-kill-replica drill-postgres-down drill-payment-down drill-redis-restart
 
@@ -48,6 +48,10 @@ bench-gateway: install ## purchases through the gateway vs straight to flashsale
 bench-orders: install ## order creation throughput from a pre-filled purchase stream
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_orders.py
+
+bench-pay: install    ## one order process: CPU, transactions and time per pay at a fixed number in flight
+	$(STACK) backends --env-file .stack/backends.env
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python loadtest/bench_pay.py
 
 # ---- load tests and failure drills (docs/loadtest.md). The drills bring up the stack with private Redis and
 # PostgreSQL (`python -m deploy up --private`; STACK_PORT_OFFSET applies) and leave it running: `make down` stops it.
