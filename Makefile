@@ -49,7 +49,7 @@ bench-orders: install ## order creation throughput from a pre-filled purchase st
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.orders
 
-bench-pay: install    ## what one pay costs the order process: CPU, transactions, time at a fixed load
+bench-pay: install    ## one order process: CPU, transactions and time per pay at a fixed number in flight
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.pay
 

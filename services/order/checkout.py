@@ -9,9 +9,9 @@ the providers what they charged first. The provider key stays `order:<id>`, so n
 
 The pay's Idempotency-Key record rides in the same two statements: the claim takes the key (or reads the
 answer a replay gets back), and the settlement stores the answer with the paid order, in one commit. A pay is
-two database round trips around the charge: each one waits its turn on the event loop and for a commit, and
-under a flash crowd those waits, not the work, were the pay's time
-(docs/adr/0010-payments-claimed-before-the-charge.md).
+two database round trips around the charge: under a flash crowd each round trip waits for a CPU twice (here
+and in PostgreSQL), and those waits, not the work, were the pay's time. A pay refused on the spot is the claim
+alone, and writes nothing (docs/adr/0035-pay-latency-under-a-flash-crowd.md).
 """
 
 from __future__ import annotations
