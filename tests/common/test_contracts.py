@@ -179,7 +179,7 @@ async def test_every_entry_a_sale_writes_matches_its_contract(
 
 
 async def test_the_purchase_script_answers_with_purchase_decisions(client: httpx.AsyncClient, app: FastAPI) -> None:
-    store: StockStore = app.state.service.store
+    store: StockStore = app.state.service.core.store
     sale = await live_sale(client, quantity=3, per_user_limit=2)
     paused = await live_sale(client, quantity=3, per_user_limit=2)
     assert (await client.post(f"/admin/sales/{paused['id']}/pause", headers=admin_headers())).status_code == 200
