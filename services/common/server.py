@@ -4,7 +4,7 @@
 uvicorn writes a response's status line and headers, then its body, as two transport writes, and each is a
 send() system call (two TCP segments over loopback). Measured with py-spy under load, those calls were a
 fifth of the gateway's CPU per request, and moving flashsale's purchases onto this protocol raised them
-from ~7,500/s to ~9,500/s on the 2-core benchmark machine (loadtest/bench_gateway.py, direct path). Here the
+from ~7,500/s to ~9,500/s on the 2-core benchmark machine (loadtest/bench/gateway.py, direct path). Here the
 writes made during one event-loop iteration are joined and sent once at the end of it; a response's head
 and body are written in the same iteration, so each answer leaves in one send(). Everything else is
 uvicorn's, unchanged.
