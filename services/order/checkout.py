@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import select
 
+from services.common.contracts import EventType
 from services.common.idempotency import IdempotencyKeyInFlight
 from services.common.metrics import LATENCY_BUCKETS
 from services.order import errors
@@ -114,7 +115,8 @@ SETTLE_PAID = text(
     f"attempts AS ({ATTEMPTS}), "
     "moved AS (INSERT INTO order_transitions (order_id, from_state, to_state, at, actor, reason) "
     "SELECT id, 'pending_payment', 'paid', paid_at, :actor, 'payment_succeeded' FROM paid), "
-    "event AS (INSERT INTO outbox (event_type, payload) SELECT 'order.paid', CAST(:payload AS jsonb) FROM paid), "
+    f"event AS (INSERT INTO outbox (event_type, payload) SELECT '{EventType.ORDER_PAID}', CAST(:payload AS jsonb) "
+    "FROM paid), "
     f"{key_answer('EXISTS (SELECT 1 FROM paid)')} "
     "SELECT paid_at FROM paid"
 )

@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.contracts import EventType
 from services.order.config import OrderSettings
 from services.order.models import OrderState
 from services.order.pricing import CouponPricing
@@ -169,7 +170,7 @@ def _lines_and_events(
             "currency": p.currency,
             "deadline_at": deadline.isoformat(),
         }
-        outbox.append({"event_type": "order.created", "payload": orjson.dumps(payload).decode()})
+        outbox.append({"event_type": EventType.ORDER_CREATED, "payload": orjson.dumps(payload).decode()})
     return lines, outbox
 
 

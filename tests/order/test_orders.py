@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from services.common.contracts import purchase_stream
 from services.common.migrate import upgrade
 from services.order.config import OrderSettings
 from services.order.main import create_app
@@ -311,7 +312,7 @@ async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
 ) -> None:
     ingest = orders._transport.app.state.ingest  # type: ignore[attr-defined]
     sale = await live_sale(client, quantity=5)
-    stream = f"{{fs:{sale['id']}}}:events"
+    stream = purchase_stream(sale["id"])
     rid = await _buy(client, sale["id"], "idle-1")
     await _order_of(orders, "idle-1", rid)
     ingest.follower.idle_seconds = 0.0
