@@ -81,3 +81,106 @@ def test_a_shopper_token_is_refused_with_the_gateways_message_and_no_sale_is_sho
     expect(page.locator("#login-problem")).to_have_text(refused.json()["detail"])
     expect(page.locator("#sales-table")).to_have_count(0)
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def fill_sale_form(page: Page, title: str, quantity: str) -> None:
+    """Fill the new-sale form with a sale opening in an hour."""
+    now = datetime.now(UTC)
+    page.get_by_label("SKU").fill("SKU-CONSOLE")
+    page.get_by_label("Title").fill(title)
+    page.get_by_label("Sale price").fill("99.00")
+    page.get_by_label("Original price").fill("199.99")
+    page.get_by_label("Quantity (units)").fill(quantity)
+    page.get_by_label("Limit per buyer").fill("2")
+    page.get_by_label("Starts (UTC)").fill((now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_label("Ends (UTC)").fill((now + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"))
+
+
+def test_a_bad_field_shows_the_apis_message_at_that_field_and_a_good_form_creates_the_sale(
+    console_stack: ConsoleStack, page: Page
+) -> None:
+    title = f"Phone {uuid.uuid4().hex[:6]}"
+    sign_in(page, console_stack, "ops-carol")
+    page.get_by_role("link", name="New sale", exact=True).first.click()
+    expect(page.get_by_role("heading", name="New sale")).to_be_visible()
+    fill_sale_form(page, title, quantity="0")
+    page.get_by_role("button", name="Create sale").click()
+
+    quantity = page.get_by_label("Quantity (units)")
+    expect(page.locator("#f-quantity-error")).to_have_text("Input should be greater than or equal to 1")
+    expect(quantity).to_have_attribute("aria-invalid", "true")
+    expect(quantity).to_be_focused()
+    expect(page.locator("#f-title-error")).to_have_text("")
+    assert title not in titles(console_stack)
+
+    quantity.fill("40")
+    page.get_by_role("button", name="Create sale").click()
+    expect(page.get_by_role("heading", name=f": {title}")).to_be_visible()
+    expect(page.locator("#sale-state")).to_have_text("draft")
+    assert titles(console_stack).count(title) == 1
+
+    page.get_by_role("link", name="Sales", exact=True).click()
+    row = page.locator("#sales-table tbody tr", has_text=title)
+    expect(row.locator(".price")).to_have_text("$99.00")
+    expect(row.locator(".remaining")).to_have_text("40")
+    expect(row.locator(".countdown")).to_contain_text("starts in 0")
+
+
+def test_an_admin_edits_starts_pauses_resumes_and_stops_a_sale_only_after_typing_its_title(
+    console_stack: ConsoleStack, page: Page
+) -> None:
+    sale = draft_sale(console_stack, f"Watch {uuid.uuid4().hex[:6]}")
+    sign_in(page, console_stack, "ops-dave")
+    page.goto(f"{console_stack.console}#/sales/{sale['id']}/edit")
+    page.get_by_label("Ends (UTC)").fill("2020-01-01T00:00")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#f-ends_at-error")).to_have_text("ends_at must be after starts_at")
+    assert stack_sale(console_stack, sale["id"])["ends_at"] == sale["ends_at"]
+    title = sale["title"] + " v2"
+    page.get_by_label("Ends (UTC)").fill(sale["ends_at"][:16])
+    page.get_by_label("Title").fill(title)
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("heading", name=f": {title}")).to_be_visible()
+
+    state = page.locator("#sale-state")
+    for action, after in (("Start now", "live"), ("Pause", "paused"), ("Resume", "live")):
+        page.get_by_role("button", name=action).click()
+        expect(state).to_have_text(after)
+    assert stack_sale(console_stack, sale["id"])["state"] == "live"
+    expect(page.locator("#sale-remaining")).to_have_text("50 of 50")
+
+    stop = page.get_by_role("button", name="Stop sale…")
+    stop.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(title)
+    expect(page.get_by_label(f"Type the sale's title, {title}, to confirm")).to_be_focused()
+    page.get_by_label(f"Type the sale's title, {title}, to confirm").fill("Watch")
+    dialog.get_by_role("button", name=f"Stop {title}").click()
+    expect(page.locator("#confirm-error")).to_have_text("That is not the sale's title: the sale was not stopped")
+    assert stack_sale(console_stack, sale["id"])["state"] == "live"
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_have_count(0)
+    expect(stop).to_be_focused()
+    assert stack_sale(console_stack, sale["id"])["state"] == "live"
+
+    stop.click()
+    page.get_by_label(f"Type the sale's title, {title}, to confirm").fill(title)
+    page.get_by_role("dialog").get_by_role("button", name=f"Stop {title}").click()
+    expect(state).to_have_text("ended")
+    assert stack_sale(console_stack, sale["id"])["state"] == "ended"
+    expect(page.get_by_role("button", name="Resume")).to_have_count(0)
+
+    page.get_by_role("link", name="Audit log").click()
+    rows = page.locator("#audit-table tbody tr")
+    expect(rows.locator(".action")).to_have_text(["stop", "resume", "pause", "start", "update", "create"])
+    expect(rows.locator(".actor")).to_have_text(["ops-dave"] * 5 + ["ops-script"])
+    expect(page.locator('tr[data-action="update"]')).to_contain_text(f"title: {sale['title']} → {title}")
+    expect(page.locator('tr[data-action="pause"]')).to_contain_text("state: live → paused")
+
+
+def stack_sale(stack: ConsoleStack, sale_id: int) -> dict[str, Any]:
+    """The sale as the admin API reports it now."""
+    resp = stack.admin("GET", f"/sales/{sale_id}")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
