@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin, router
-from gateway.console import console_router
 from gateway.auth import EdgeTokenVerifier
 from gateway.config import GatewaySettings
+from gateway.console import console_router
 from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter

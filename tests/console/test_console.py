@@ -148,6 +148,12 @@ def test_an_admin_edits_starts_pauses_resumes_and_stops_a_sale_only_after_typing
         expect(state).to_have_text(after)
     assert stack_sale(console_stack, sale["id"])["state"] == "live"
     expect(page.locator("#sale-remaining")).to_have_text("50 of 50")
+    page.get_by_label("Units to add").fill("0")
+    page.get_by_role("button", name="Restock").click()
+    expect(page.locator("#restock-error")).to_have_text("Input should be greater than or equal to 1")
+    page.get_by_label("Units to add").fill("10")
+    page.get_by_role("button", name="Restock").click()
+    expect(page.locator("#sale-remaining")).to_have_text("60 of 60")
 
     stop = page.get_by_role("button", name="Stop sale…")
     stop.click()
@@ -172,8 +178,8 @@ def test_an_admin_edits_starts_pauses_resumes_and_stops_a_sale_only_after_typing
 
     page.get_by_role("link", name="Audit log").click()
     rows = page.locator("#audit-table tbody tr")
-    expect(rows.locator(".action")).to_have_text(["stop", "resume", "pause", "start", "update", "create"])
-    expect(rows.locator(".actor")).to_have_text(["ops-dave"] * 5 + ["ops-script"])
+    expect(rows.locator(".action")).to_have_text(["stop", "add_stock", "resume", "pause", "start", "update", "create"])
+    expect(rows.locator(".actor")).to_have_text(["ops-dave"] * 6 + ["ops-script"])
     expect(page.locator('tr[data-action="update"]')).to_contain_text(f"title: {sale['title']} → {title}")
     expect(page.locator('tr[data-action="pause"]')).to_contain_text("state: live → paused")
 
@@ -184,3 +190,21 @@ def stack_sale(stack: ConsoleStack, sale_id: int) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     body: dict[str, Any] = resp.json()
     return body
+
+
+def test_a_token_the_gateway_stops_accepting_sends_the_admin_back_to_the_login_form_with_its_message(
+    console_stack: ConsoleStack, page: Page
+) -> None:
+    sale = draft_sale(console_stack, f"Lamp {uuid.uuid4().hex[:6]}")
+    sign_in(page, console_stack, "ops-erin")
+    page.evaluate("sessionStorage.setItem('console.token', 'not-a-token')")
+    refused = httpx.get(
+        f"{console_stack.url}/api/flashsale/admin/sales/{sale['id']}",
+        headers={"Authorization": "Bearer not-a-token"},
+        timeout=5,
+    )
+    assert refused.status_code == 401
+    page.goto(f"{console_stack.console}#/sales/{sale['id']}")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#login-problem")).to_have_text(refused.json()["detail"])
+    assert page.evaluate("sessionStorage.length") == 0
