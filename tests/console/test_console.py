@@ -143,7 +143,7 @@ def test_an_admin_edits_starts_pauses_resumes_and_stops_a_sale_only_after_typing
     expect(page.get_by_role("heading", name=f": {title}")).to_be_visible()
 
     state = page.locator("#sale-state")
-    for action, after in (("Start now", "live"), ("Pause", "paused"), ("Resume", "live")):
+    for action, after in (("Schedule", "scheduled"), ("Start now", "live"), ("Pause", "paused"), ("Resume", "live")):
         page.get_by_role("button", name=action).click()
         expect(state).to_have_text(after)
     assert stack_sale(console_stack, sale["id"])["state"] == "live"
@@ -178,9 +178,13 @@ def test_an_admin_edits_starts_pauses_resumes_and_stops_a_sale_only_after_typing
 
     page.get_by_role("link", name="Audit log").click()
     rows = page.locator("#audit-table tbody tr")
-    expect(rows.locator(".action")).to_have_text(["stop", "add_stock", "resume", "pause", "start", "update", "create"])
-    expect(rows.locator(".actor")).to_have_text(["ops-dave"] * 6 + ["ops-script"])
-    expect(page.locator('tr[data-action="update"]')).to_contain_text(f"title: {sale['title']} → {title}")
+    expect(rows.locator(".action")).to_have_text(
+        ["stop", "add_stock", "resume", "pause", "start", "schedule", "update", "create"]
+    )
+    expect(rows.locator(".actor")).to_have_text(["ops-dave"] * 7 + ["ops-script"])
+    update = page.locator('tr[data-action="update"]')
+    expect(update).to_contain_text(f"title: {sale['title']} → {title}")
+    expect(update).not_to_contain_text("ends_at")  # put back as it was: the seconds it was shown without stay
     expect(page.locator('tr[data-action="pause"]')).to_contain_text("state: live → paused")
 
 

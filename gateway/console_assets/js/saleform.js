@@ -70,7 +70,8 @@ function readForm(form, sale, fields) {
       value = fromUtcInput(raw);
     }
     const before = sale ? sale[field.name] : undefined;
-    const unchanged = sale && (field.time ? Date.parse(value) === Date.parse(before) : value === before);
+    // Times are shown to the minute: an untouched time field must not move the sale by its seconds.
+    const unchanged = sale && (field.time ? raw === utcInput(before) : value === before);
     // An empty field is left out: the API says which required ones are missing.
     if (!unchanged && value !== null && value !== "") body[field.name] = value;
   }
