@@ -4,6 +4,8 @@ import { admin, storefrontSales } from "./api.js";
 import { announce, h, problemBox, show } from "./dom.js";
 import { countdown, money, serverNow, syncClock, utc } from "./format.js";
 
+// The newest sales shown; older ones are reached by their id (#/sales/{id}).
+const LIST_LIMIT = 200;
 let ticker = null;
 
 /** Stop the countdown of a page that is no longer shown. */
@@ -12,23 +14,26 @@ export function stopTicking() {
   ticker = null;
 }
 
-/** Remaining stock by sale id, from the storefront's live view (live and upcoming sales only). */
-async function remainingById() {
+/** The storefront's live view by sale id (live and upcoming sales only): state and remaining stock now. */
+async function liveById() {
   try {
     const views = await storefrontSales();
     if (views.length) syncClock(views[0].server_time);
-    return new Map(views.map((v) => [v.id, v.remaining]));
+    return new Map(views.map((v) => [v.id, v]));
   } catch {
     return new Map();
   }
 }
 
-function row(sale, remaining) {
+function row(record, live) {
+  const view = live.get(record.id);
+  // The live view knows a window that opened or closed since the record last changed.
+  const sale = view ? { ...record, state: view.state } : record;
   const cell = h("td", { class: "countdown" }, countdown(sale, serverNow()));
   cell.dataset.starts = sale.starts_at;
   cell.dataset.ends = sale.ends_at;
   cell.dataset.state = sale.state;
-  const left = remaining.has(sale.id) ? remaining.get(sale.id) : sale.state === "draft" ? sale.quantity : "—";
+  const left = view ? view.remaining : sale.state === "draft" ? sale.quantity : "—";
   return h(
     "tr",
     { "data-sale-id": sale.id },
@@ -58,19 +63,19 @@ export async function salesPage() {
   show(h("h1", {}, "Sales"), h("div", { class: "actions" }, h("a", { href: "#/sales/new" }, "New sale"), refresh), box);
   let sales;
   try {
-    sales = await admin("GET", "/sales?limit=200");
+    sales = await admin("GET", `/sales?limit=${LIST_LIMIT}`);
   } catch (problem) {
     box.textContent = problem.detail;
     return;
   }
-  const remaining = await remainingById();
+  const live = await liveById();
   const head = ["ID", "Title", "State", "Starts (UTC)", "Ends (UTC)", "Countdown", "Remaining", "Quantity", "Price"];
   const table = h(
     "table",
     { id: "sales-table" },
     h("caption", { class: "visually-hidden" }, "Sales, newest first"),
     h("thead", {}, h("tr", {}, head.map((title) => h("th", { scope: "col" }, title)))),
-    h("tbody", {}, sales.map((sale) => row(sale, remaining))),
+    h("tbody", {}, sales.map((sale) => row(sale, live))),
   );
   document.getElementById("main").append(sales.length ? table : h("p", {}, "No sales yet."));
   stopTicking();
