@@ -80,8 +80,9 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    """A fresh browser profile per test (its own sessionStorage), in English and UTC."""
-    ctx = browser.new_context(locale="en-US", timezone_id="UTC")
+    """A fresh browser profile per test (its own sessionStorage), in English, on a clock eight hours from UTC:
+    the console shows and reads every time as UTC whatever the operator's zone."""
+    ctx = browser.new_context(locale="en-US", timezone_id="Asia/Shanghai")
     ctx.set_default_timeout(5_000)
     yield ctx
     ctx.close()
