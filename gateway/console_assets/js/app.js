@@ -25,7 +25,8 @@ async function editPage(id) {
     return;
   }
   if (!EDITABLE.has(sale.state)) {
-    show(h("h1", {}, `Sale ${id} can no longer be edited`), h("p", {}, `It is ${sale.state}.`), h("a", { href: `#/sales/${id}` }, "Back"));
+    const back = h("a", { href: `#/sales/${id}` }, "Back");
+    show(h("h1", {}, `Sale ${id} can no longer be edited`), h("p", {}, `It is ${sale.state}.`), back);
     return;
   }
   saleFormPage(sale);

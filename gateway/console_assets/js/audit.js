@@ -9,8 +9,9 @@ const READS = new Set(["list", "get", "stats", "alerts", "audit"]);
 // Bookkeeping fields every change moves: not what the operator changed.
 const NOISE = new Set(["updated_at"]);
 
-function show_(value) {
-  return value === null || value === undefined ? "—" : typeof value === "object" ? JSON.stringify(value) : String(value);
+function asText(value) {
+  if (value === null || value === undefined) return "—";
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
 }
 
 /** The fields that differ between before and after, as "field: old → new" items. */
@@ -23,7 +24,10 @@ function changes(entry) {
   return h(
     "ul",
     { class: "changes" },
-    moved.map((n) => h("li", {}, h("code", {}, n), ": ", entry.before ? `${show_(before[n])} → ` : "", show_(after[n]))),
+    moved.map((n) => {
+      const from = entry.before ? `${asText(before[n])} → ` : "";
+      return h("li", {}, h("code", {}, n), ": ", from, asText(after[n]));
+    }),
   );
 }
 

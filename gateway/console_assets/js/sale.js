@@ -96,7 +96,8 @@ function restockForm(sale, box) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      await admin("POST", `/sales/${sale.id}/stock`, { body: { units: input.value === "" ? null : Number(input.value) } });
+      const units = input.value === "" ? null : Number(input.value);
+      await admin("POST", `/sales/${sale.id}/stock`, { body: { units } });
     } catch (problem) {
       const first = problem.errors[0];
       error.textContent = first ? first.msg : problem.detail;
@@ -114,7 +115,8 @@ function restockForm(sale, box) {
 function actionButtons(sale, state, box) {
   const buttons = ACTIONS[state].map((action) => {
     const danger = action === "stop";
-    const button = h("button", { type: "button", class: danger ? "danger" : "primary", "data-action": action }, LABELS[action]);
+    const kind = danger ? "danger" : "primary";
+    const button = h("button", { type: "button", class: kind, "data-action": action }, LABELS[action]);
     button.addEventListener("click", () => (danger ? stopDialog(sale, button, box) : act(sale, action, box)));
     return button;
   });
@@ -135,7 +137,8 @@ export async function salePage(id) {
     box.textContent = `${problem.detail} (${problem.code})`;
     return;
   }
-  const parts = [h("h1", {}, `Sale ${sale.id}: ${sale.title}`), box, facts(sale, stats), actionButtons(sale, stats.state, box)];
+  const heading = h("h1", {}, `Sale ${sale.id}: ${sale.title}`);
+  const parts = [heading, box, facts(sale, stats), actionButtons(sale, stats.state, box)];
   if (RESTOCKABLE.has(stats.state)) parts.push(restockForm(sale, box));
   show(...parts);
 }

@@ -8,14 +8,25 @@ import { fromUtcInput, moneyInput, parseMoney, utcInput } from "./format.js";
 const FIELDS = [
   { name: "sku", label: "SKU", attrs: { autocomplete: "off" }, createOnly: true, hint: "e.g. SKU-PHONE-1" },
   { name: "title", label: "Title", attrs: { autocomplete: "off" } },
-  { name: "currency", label: "Currency", attrs: { value: "USD", maxlength: 3 }, createOnly: true, hint: "ISO 4217, e.g. USD" },
-  { name: "price", label: "Sale price", attrs: { inputmode: "decimal" }, money: true, hint: "In the currency, e.g. 99.00" },
+  {
+    name: "currency",
+    label: "Currency",
+    attrs: { value: "USD", maxlength: 3 },
+    createOnly: true,
+    hint: "ISO 4217, e.g. USD",
+  },
+  { name: "price", label: "Sale price", attrs: { inputmode: "decimal" }, money: true, hint: "e.g. 99.00" },
   { name: "original_price", label: "Original price", attrs: { inputmode: "decimal" }, money: true },
   { name: "quantity", label: "Quantity (units)", attrs: { type: "number" }, integer: true },
   { name: "per_user_limit", label: "Limit per buyer", attrs: { type: "number", value: 1 }, integer: true },
   { name: "starts_at", label: "Starts (UTC)", attrs: { type: "datetime-local" }, time: true },
   { name: "ends_at", label: "Ends (UTC)", attrs: { type: "datetime-local" }, time: true },
-  { name: "low_stock_threshold_pct", label: "Low-stock alert at (%)", attrs: { type: "number", value: 10 }, integer: true },
+  {
+    name: "low_stock_threshold_pct",
+    label: "Low-stock alert at (%)",
+    attrs: { type: "number", value: 10 },
+    integer: true,
+  },
   {
     name: "low_stock_policy",
     label: "At low stock",
@@ -126,7 +137,8 @@ async function submit(form, sale, fields, box, button) {
   } catch (problem) {
     const errors = fieldErrors(problem);
     const count = Object.keys(errors).length;
-    const summary = count ? `${problem.detail} — nothing was saved` : `${problem.detail} (${problem.code}) — nothing was saved`;
+    const what = count ? problem.detail : `${problem.detail} (${problem.code})`;
+    const summary = `${what} — nothing was saved`;
     markErrors(form, errors, box, summary);
   } finally {
     button.disabled = false;
@@ -149,6 +161,8 @@ export function saleFormPage(sale) {
     submit(form, sale, fields, box, button);
   });
   const title = sale ? `Edit sale ${sale.id}: ${sale.title}` : "New sale";
-  const note = sale ? "Only draft and scheduled sales change; SKU and currency are fixed." : "The sale is created in draft.";
+  const note = sale
+    ? "Only draft and scheduled sales change; SKU and currency are fixed."
+    : "The sale is created in draft.";
   show(h("h1", {}, title), h("p", { class: "hint" }, note), box, form);
 }

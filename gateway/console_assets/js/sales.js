@@ -59,7 +59,8 @@ function tick() {
 /** The list of every sale, newest first. */
 export async function salesPage() {
   const box = problemBox("sales-problem");
-  const refresh = h("button", { type: "button", onclick: () => salesPage().then(() => announce("Sales refreshed")) }, "Refresh");
+  const reload = () => salesPage().then(() => announce("Sales refreshed"));
+  const refresh = h("button", { type: "button", onclick: reload }, "Refresh");
   show(h("h1", {}, "Sales"), h("div", { class: "actions" }, h("a", { href: "#/sales/new" }, "New sale"), refresh), box);
   let sales;
   try {
