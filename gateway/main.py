@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin, router
 from gateway.auth import EdgeTokenVerifier
 from gateway.config import GatewaySettings
+from gateway.console import console_router
 from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
@@ -82,6 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     api.state.worker = worker
     api.state.token_verifier = verifier
     api.include_router(admin.router)
+    api.include_router(console_router(settings))
     if settings.dev_tokens:
         api.include_router(router.router)
         log.warning("GATEWAY_DEV_TOKENS is on: POST /api/auth/token mints tokens for anyone (dev/test only)")
