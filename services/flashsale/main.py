@@ -12,6 +12,7 @@ from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespa
 from services.flashsale import admin, router
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.events import AlertRelay, WebhookNotifier, listen_notifications, order_events_consumer
+from services.flashsale.metrics import refresh_stock_gauges
 from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.service import FlashSaleService
 
@@ -48,6 +49,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             Every(settings.catalog_refresh_seconds, "catalog refresh", refresh),
             Every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick),
             Every(1.0, "attempt flush", service.flush_local_attempts),
+            Every(settings.stock_gauge_seconds, "stock gauges", lambda: refresh_stock_gauges(service.core)),
             Every(settings.allocation_sync_seconds, "settlement", reconciler.settle),
             Every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_periodically),
             lambda: listen_notifications(service),
