@@ -3,67 +3,18 @@ firing and silent and has its runbook, and every metric they read is one a servi
 
 from __future__ import annotations
 
-import importlib
-import re
-import subprocess
-from pathlib import Path
-from typing import Any
-
 import yaml
-from prometheus_client import REGISTRY
 
-from tests.conftest import ROOT
-
-PROMETHEUS = ROOT / "deploy" / "prometheus"
-RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
-TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
-RUNBOOK = ROOT / "docs" / "observability.md"
-# Importing them registers every service's and the gateway's metrics in this process's registry.
-SERVICE_MODULES = [f"services.{name}.main" for name in ("flashsale", "order", "coupon", "inventory", "paysim")]
-SERVICE_MODULES.append("gateway.main")
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or", "unless"}
-SEVERITIES = {"page", "ticket", "info"}
-
-
-def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run promtool (from the `prometheus` package; .ci/run installs it)."""
-    return subprocess.run(["promtool", *map(str, args)], capture_output=True, text=True, timeout=60, cwd=PROMETHEUS)
-
-
-def rules() -> list[dict[str, Any]]:
-    """Every rule of every rule file."""
-    return [r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names an expression reads (recording rules' level:metric:ops names excluded)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings first: label values may hold any character
-    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)  # label lists
-    names = set()
-    for match in re.finditer(r"(?<![\w:.])([a-zA-Z_:][\w:]*)\b(?!\s*\()", text):
-        name = match.group(1)
-        if name not in PROMQL_WORDS and ":" not in name:
-            names.add(name)
-    return names
-
-
-def exposed_names() -> set[str]:
-    """Every sample name the services and the gateway expose, from the registry their modules fill."""
-    for module in SERVICE_MODULES:
-        importlib.import_module(module)
-    names = set()
-    for family in REGISTRY.collect():
-        kind = family.type
-        if kind == "counter":
-            names |= {f"{family.name}_total", f"{family.name}_created"}
-        elif kind == "histogram":
-            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum", "created")}
-        else:
-            names.add(family.name)
-        names |= {s.name for s in family.samples}
-    return names
+from tests.deploy.promql import (
+    RULE_FILES,
+    RUNBOOK,
+    SEVERITIES,
+    TEST_FILES,
+    exposed_names,
+    metric_names,
+    promtool,
+    rules,
+)
 
 
 def test_every_rule_file_passes_promtool_check() -> None:
@@ -114,3 +65,4 @@ def test_every_metric_a_rule_reads_is_exposed_by_a_service() -> None:
 def test_the_metric_name_reader_sees_through_labels_ranges_and_functions() -> None:
     expr = 'max by (sale_id) (rate(a_total{x="b{c}"}[5m] offset 1m)) > on (sale_id) b_units * 0.8 and level:c:rate1m'
     assert metric_names(expr) == {"a_total", "b_units"}
+    assert metric_names(expr, recorded=True) == {"level:c:rate1m"}
