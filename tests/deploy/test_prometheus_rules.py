@@ -1,11 +1,14 @@
 """The Prometheus rules in deploy/prometheus: valid for promtool, their unit tests pass, every alert is tested
-firing and silent and has its runbook, and every metric they read is one a service exposes."""
+firing and silent and has its runbook, every metric they read is one a service exposes, and the local stack's
+Prometheus config scrapes every replica."""
 
 from __future__ import annotations
 
 import yaml
 
+from deploy.topology import HOST, SERVICES
 from tests.deploy.promql import (
+    PROMETHEUS,
     RULE_FILES,
     RUNBOOK,
     SEVERITIES,
@@ -66,3 +69,12 @@ def test_the_metric_name_reader_sees_through_labels_ranges_and_functions() -> No
     expr = 'max by (sale_id) (rate(a_total{x="b{c}"}[5m] offset 1m)) > on (sale_id) b_units * 0.8 and level:c:rate1m'
     assert metric_names(expr) == {"a_total", "b_units"}
     assert metric_names(expr, recorded=True) == {"level:c:rate1m"}
+
+
+def test_the_local_stack_config_is_valid_and_scrapes_every_replica_under_its_service_name() -> None:
+    result = promtool("check", "config", PROMETHEUS / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    scraped = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert scraped == {s.name: [f"{HOST}:{port}" for _, port in s.replicas(0)] for s in SERVICES}
