@@ -122,7 +122,11 @@ class CounterTable:
 
 
 class GaugeTable:
-    """Gauges per label set that a periodic job replaces as a whole: a sale that ended drops out of it."""
+    """Gauges per label set that a periodic job replaces as a whole: a sale that ended drops out of it.
+
+    Each job replaces its own `part` only, so two services run in one process (as in the tests) do not
+    erase each other's series.
+    """
 
     def __init__(
         self, name: str, help_text: str, labels: Sequence[str], registry: CollectorRegistry = REGISTRY
@@ -130,16 +134,16 @@ class GaugeTable:
         self.name = name
         self.help = help_text
         self.labels = list(labels)
-        self.values: dict[tuple[str, ...], float] = {}
+        self.parts: dict[str, dict[tuple[str, ...], float]] = {}
         registry.register(self)
 
-    def replace(self, values: dict[tuple[str, ...], float]) -> None:
-        """Show exactly `values` from now on."""
-        self.values = values
+    def replace(self, values: dict[tuple[str, ...], float], part: str = "") -> None:
+        """Show exactly `values` for `part` from now on."""
+        self.parts[part] = values
 
-    def set(self, labels: tuple[str, ...], value: float) -> None:
+    def set(self, labels: tuple[str, ...], value: float, part: str = "") -> None:
         """Set one label set's value, keeping the others."""
-        self.values[labels] = value
+        self.parts.setdefault(part, {})[labels] = value
 
     def describe(self) -> Iterator[Metric]:
         """The metric name, for the registry's duplicate check."""
@@ -148,6 +152,7 @@ class GaugeTable:
     def collect(self) -> Iterator[Metric]:
         """The gauges as last set."""
         family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
-        for labels, value in list(self.values.items()):
-            family.add_metric(list(labels), value)
+        for values in list(self.parts.values()):
+            for labels, value in list(values.items()):
+                family.add_metric(list(labels), value)
         yield family

@@ -22,6 +22,8 @@ GROUP_LAG = GaugeTable(
 GROUP_PENDING = GaugeTable(
     "stream_group_pending_entries", "Entries a consumer group read and has not acknowledged yet", ["stream", "group"]
 )
+# How often a service without a setting of its own reads its streams' backlog.
+GAUGE_SECONDS = 5.0
 DEAD_LETTERS = GaugeTable("stream_dead_letter_entries", "Entries in a stream's dead-letter stream", ["stream"])
 
 
@@ -29,16 +31,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def refresh_stream_gauges(redis: Redis, streams: Iterable[str]) -> None:
-    """Read the backlog of every group of `streams` (a missing stream shows nothing) into the gauges."""
+async def refresh_stream_gauges(redis: Redis, streams: Iterable[str], *, reporter: str) -> None:
+    """Read the backlog of every group of `streams` (a missing stream shows nothing) into the gauges, as the
+    part of `reporter` (the service watching them)."""
     names = sorted(set(streams))
-    if not names:
-        return
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream in names:
-            pipe.xinfo_groups(stream)
-            pipe.xlen(dead_letter_stream(stream))
-        answers = await pipe.execute(raise_on_error=False)
+    answers: list[Any] = []
+    if names:
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream in names:
+                pipe.xinfo_groups(stream)
+                pipe.xlen(dead_letter_stream(stream))
+            answers = await pipe.execute(raise_on_error=False)
     lag: dict[tuple[str, ...], float] = {}
     pending: dict[tuple[str, ...], float] = {}
     dead: dict[tuple[str, ...], float] = {}
@@ -53,15 +56,22 @@ async def refresh_stream_gauges(redis: Redis, streams: Iterable[str]) -> None:
                 lag[labels] = float(group["lag"])
             pending[labels] = float(group.get("pending") or 0)
         dead[(stream,)] = float(dead_length) if not isinstance(dead_length, Exception) else 0.0
-    GROUP_LAG.replace(lag)
-    GROUP_PENDING.replace(pending)
-    DEAD_LETTERS.replace(dead)
+    GROUP_LAG.replace(lag, reporter)
+    GROUP_PENDING.replace(pending, reporter)
+    DEAD_LETTERS.replace(dead, reporter)
 
 
-def stream_gauges_job(redis: Redis, streams: Callable[[], Awaitable[Iterable[str]]]) -> Callable[[], Awaitable[None]]:
+async def registered_streams(redis: Redis, registry: str) -> set[str]:
+    """The streams a registry set lists (every sale's or template's stream of a family)."""
+    return {_text(name) for name in await redis.smembers(registry)}
+
+
+def stream_gauges_job(
+    redis: Redis, streams: Callable[[], Awaitable[Iterable[str]]], *, reporter: str
+) -> Callable[[], Awaitable[None]]:
     """A periodic job body: list the streams to watch, then refresh their gauges."""
 
     async def refresh() -> None:
-        await refresh_stream_gauges(redis, await streams())
+        await refresh_stream_gauges(redis, await streams(), reporter=reporter)
 
     return refresh

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from services.common.contracts import sale_alert_stream
 from services.common.metrics import CounterTable, GaugeTable
 from services.flashsale.core import WARM_STATES, SaleCore
 from services.flashsale.models import SaleState
@@ -106,3 +107,8 @@ async def refresh_stock_gauges(core: SaleCore) -> None:
         gauge.replace(stock[field])
     SALE_LIVE.replace(live)
     SELLOUT_SECONDS.replace(sellout)
+
+
+async def alert_streams(core: SaleCore) -> list[str]:
+    """The alert streams of the warm sales, whose backlog the alert relay's group reads."""
+    return [sale_alert_stream(e.id) for e in list(core.catalog.values()) if e.state in WARM_STATES]
