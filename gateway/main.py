@@ -12,6 +12,7 @@ from gateway import admin, router
 from gateway.auth import EdgeTokenVerifier
 from gateway.config import GatewaySettings
 from gateway.console import console_router
+from gateway.metrics import POOLS
 from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
@@ -57,6 +58,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         views_redis = runtime.closing(Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1))
         limiter = runtime.closing(RateLimiter(settings))
         runtime.on_shutdown(close_pools)
+        POOLS.watch(pools)
         proxy.limiter = limiter
         runtime.state.view_publisher = publisher = ViewPublisher(
             views_redis, worker, pools, settings.view_interval_seconds
@@ -68,6 +70,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
 
     def close_pools() -> None:
         proxy.limiter = None
+        POOLS.forget(pools)
         for pool in pools.values():
             pool.close()
 

@@ -36,6 +36,7 @@ from services.common.idempotency import IdempotencyKeyInFlight
 from services.common.metrics import LATENCY_BUCKETS
 from services.order import errors
 from services.order.idempotency import KEY_HELD, KeyUse, OrderIdempotency, key_answer, key_claim, replay
+from services.order.metrics import count_paid
 from services.order.models import Order, OrderState
 from services.order.payments import SUCCEEDED, PaymentResult, PaymentRouter
 from services.order.schemas import OrderLineOut, OrderOut
@@ -250,6 +251,7 @@ class Checkout:
         view = _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
         answer = view.model_dump(mode="json")
         if await self._settle_paid(row, user_id, result, paid_at, key, answer):
+            count_paid(row.sale_id, row.total, row.currency)
             return answer, True
         order = await self._charged_but_not_open(row.id, user_id, result)
         return order.model_dump(mode="json"), False
