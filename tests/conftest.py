@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import socket
@@ -102,6 +103,7 @@ class WebhookReceiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[dict[str, Any]] = []
+        self.raw: list[tuple[bytes, str]] = []  # each body as sent, with its signature header
         self.fail_next = 0
         app = FastAPI()
 
@@ -110,7 +112,9 @@ class WebhookReceiver:
             if self.fail_next > 0:
                 self.fail_next -= 1
                 raise RuntimeError("receiver failing on purpose")
-            self.received.append(await request.json())
+            body = await request.body()
+            self.raw.append((body, request.headers.get("x-flashsale-signature", "")))
+            self.received.append(json.loads(body))
             return {"ok": "yes"}
 
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))

@@ -52,7 +52,7 @@ PAY_STAGE_SECONDS = Histogram(
 
 ORDER_FIELDS = (
     "id, reservation_id, sale_id, user_id, state, currency, subtotal, discount, total, created_at, deadline_at, "
-    "paid_at, closed_at, close_reason, payment_provider, pricing, coupons"
+    "paid_at, closed_at, close_reason, payment_provider, pricing, coupons, reminded_at"
 )
 LINES_JSON = (
     "(SELECT COALESCE(jsonb_agg(jsonb_build_object('sku', l.sku, 'sale_id', l.sale_id, 'unit_price', l.unit_price, "
@@ -251,7 +251,7 @@ class Checkout:
         view = _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
         answer = view.model_dump(mode="json")
         if await self._settle_paid(row, user_id, result, paid_at, key, answer):
-            count_paid(row.sale_id, row.total, row.currency)
+            count_paid(row.sale_id, row.total, row.currency, reminded=row.reminded_at is not None)
             return answer, True
         order = await self._charged_but_not_open(row.id, user_id, result)
         return order.model_dump(mode="json"), False

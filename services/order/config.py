@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
+from services.common.webhooks import DEV_SIGNING_KEY
 
 
 class OrderSettings(BaseServiceSettings):
@@ -63,5 +65,23 @@ class OrderSettings(BaseServiceSettings):
     # tried again after refund_retry_seconds, doubling per failed try up to 32 times that.
     refund_interval_seconds: float = 2.0
     refund_retry_seconds: float = 5.0
+    # A buyer whose order is still unpaid this long before its deadline is reminded once (0: never), by an
+    # `order.payment_reminder` event and, when reminder webhooks are set, a signed POST to each of them.
+    payment_reminder_seconds: float = Field(300.0, ge=0)
+    reminder_interval_seconds: float = 1.0
+    reminder_webhooks: str = Field("", description="Comma-separated URLs that receive payment reminders")
+    webhook_signing_key: str = DEV_SIGNING_KEY
     # Bearer token with the admin role for service-to-service calls; minted from JWT_SECRET when empty.
     service_token: str = ""
+
+    @property
+    def reminder_webhook_urls(self) -> list[str]:
+        """Configured payment reminder webhook URLs."""
+        return [u.strip() for u in self.reminder_webhooks.split(",") if u.strip()]
+
+    @model_validator(mode="after")
+    def _refuse_default_webhook_key(self) -> OrderSettings:
+        # Receivers trust the signature; a well-known key would let anyone forge a reminder.
+        if not self.is_dev and self.reminder_webhook_urls and self.webhook_signing_key == DEV_SIGNING_KEY:
+            raise ValueError("ORDER_WEBHOOK_SIGNING_KEY must be set outside dev mode")
+        return self

@@ -16,6 +16,7 @@ from services.order.events import PurchaseIngest
 from services.order.idempotency import OrderIdempotency
 from services.order.metrics import refresh_outbox_gauges
 from services.order.payments import PaymentRouter
+from services.order.reminders import PaymentReminders
 from services.order.service import OrderService
 
 
@@ -50,7 +51,12 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
             return [*await registered_streams(redis, settings.purchase_stream_registry), settings.events_stream]
 
         refunds = service.refunds
+        reminders = runtime.closing(PaymentReminders(settings=settings, sessions=sessions))
+        # Reminder webhooks are posted by a group of their own, which exists only while webhooks are configured.
+        reminder_webhooks = [reminders.webhook_consumer(redis, replica)] if settings.reminder_webhook_urls else []
         return [
+            *reminder_webhooks,
+            Every(settings.reminder_interval_seconds, "payment reminders", reminders.remind_due),
             lambda: probe_loop_lag(runtime.stopping),
             Every(settings.idempotency_sweep_seconds, "idempotency record sweep", idempotency.sweep_expired),
             Every(settings.stream_discovery_seconds, "stream discovery", ingest.sync),

@@ -21,6 +21,9 @@ from services.order.states import utcnow
 
 ORDERS_CREATED = CounterTable("order_sale_orders_created_total", "Orders created from a sale's purchases", ["sale_id"])
 ORDERS_PAID = CounterTable("order_sale_orders_paid_total", "Orders of a sale paid", ["sale_id"])
+PAID_AFTER_REMINDER = CounterTable(
+    "order_sale_orders_paid_after_reminder_total", "Orders of a sale paid after their payment reminder", ["sale_id"]
+)
 GMV_PAID = CounterTable(
     "order_sale_gmv_paid_minor_total", "Order totals paid, in minor units of the currency", ["sale_id", "currency"]
 )
@@ -49,11 +52,13 @@ def count_created(created: Iterable[tuple[int, int | None]], now_ms: int) -> Non
             CREATION_LAG.observe(max(0.0, (now_ms - reserved_at_ms) / 1000))
 
 
-def count_paid(sale_id: int, total: int, currency: str) -> None:
-    """One order paid for `total` minor units."""
+def count_paid(sale_id: int, total: int, currency: str, *, reminded: bool = False) -> None:
+    """One order paid for `total` minor units (`reminded`: after its payment reminder)."""
     sale = _sale_label(sale_id)
     ORDERS_PAID.inc((sale,))
     GMV_PAID.inc((sale, currency), total)
+    if reminded:
+        PAID_AFTER_REMINDER.inc((sale,))
 
 
 async def refresh_outbox_gauges(sessions: async_sessionmaker[AsyncSession]) -> None:

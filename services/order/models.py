@@ -62,6 +62,8 @@ class Order(Base):
     deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When the buyer was reminded to pay (once per order; see services/order/reminders.py).
+    reminded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     payment_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
     payment_ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -90,10 +90,11 @@ COUPON_CLAIMS = StreamSpec(
 ORDER_EVENTS = StreamSpec(
     name=ORDER_EVENTS_STREAM,
     producers=("order outbox relay",),
-    groups=(ConsumerGroup.FLASHSALE, ConsumerGroup.COUPON),
+    groups=(ConsumerGroup.FLASHSALE, ConsumerGroup.COUPON, ConsumerGroup.ORDER_REMINDERS),
     payloads=MappingProxyType(
         {
             EventType.ORDER_CREATED: (ev.OrderCreated,),
+            EventType.ORDER_PAYMENT_REMINDER: (ev.OrderPaymentReminder,),
             EventType.ORDER_PAID: (ev.OrderPaid,),
             **{event: (ev.OrderStateChanged,) for event in ORDER_STATE_EVENTS},
             EventType.ORDER_COUPONS_RELEASED: (ev.OrderCouponsReleased,),

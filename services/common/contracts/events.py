@@ -40,6 +40,7 @@ class EventType(enum.StrEnum):
     ORDER_REFUNDED = "order.refunded"
     ORDER_FULFILLED = "order.fulfilled"
     ORDER_COUPONS_RELEASED = "order.coupons_released"
+    ORDER_PAYMENT_REMINDER = "order.payment_reminder"
     # Accepted by flashsale as a release (a reservation whose order failed), though no service sends them today.
     ORDER_FAILED = "order.failed"
     RESERVATION_RELEASED = "reservation.released"
@@ -211,6 +212,17 @@ class OrderPaid(OrderStateChanged):
     """An order was paid; `provider` names the provider that charged it (absent when a claim check found it)."""
 
     provider: NotRequired[str]
+
+
+class OrderPaymentReminder(OrderEvent):
+    """An order is still unpaid a configured time before its deadline: remind the buyer (once per order)."""
+
+    reservation_id: str
+    sale_id: int
+    total: int  # minor units, what the buyer pays
+    currency: str
+    deadline_at: str  # ISO 8601: unpaid by then, the order expires and its units are released
+    reminded_at: str  # ISO 8601
 
 
 class OrderCouponsReleased(OrderEvent):

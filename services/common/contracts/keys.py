@@ -59,3 +59,4 @@ class ConsumerGroup(enum.StrEnum):
     COUPON = "coupon"  # orders:events -> coupons used or freed
     FLASHSALE_ALERTS = "flashsale-alerts"  # sale alert streams -> alerts, webhooks, metric
     COUPON_WALLET = "coupon-wallet"  # claim streams -> wallets
+    ORDER_REMINDERS = "order-reminders"  # orders:events -> payment reminder webhooks (when configured)
