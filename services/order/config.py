@@ -71,6 +71,8 @@ class OrderSettings(BaseServiceSettings):
     reminder_interval_seconds: float = 1.0
     reminder_webhooks: str = Field("", description="Comma-separated URLs that receive payment reminders")
     webhook_signing_key: str = DEV_SIGNING_KEY
+    # How often open offline payment channels extend new unpaid orders and check whether a provider is back.
+    offline_check_seconds: float = 5.0
     # Bearer token with the admin role for service-to-service calls; minted from JWT_SECRET when empty.
     service_token: str = ""
 

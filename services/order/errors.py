@@ -51,3 +51,27 @@ class OrderClosed(ProblemError):
     status = 409
     code = "ORDER_CLOSED"
     title = "The order closed before the charge landed; the charge is refunded automatically"
+
+
+class OfflineChannelOpen(ProblemError):
+    status = 409
+    code = "OFFLINE_CHANNEL_OPEN"
+    title = "The sale's offline payment channel is open already"
+
+
+class PaymentProvidersAvailable(ProblemError):
+    status = 409
+    code = "PAYMENT_PROVIDERS_AVAILABLE"
+    title = "A payment provider takes payments: the offline channel opens only while every provider is down"
+
+
+class NoOfflineChannel(ProblemError):
+    status = 409
+    code = "NO_OFFLINE_CHANNEL"
+    title = "The order's sale has no offline payment channel"
+
+
+class OfflinePaymentConflict(ProblemError):
+    status = 409
+    code = "OFFLINE_PAYMENT_CONFLICT"
+    title = "The order was paid offline with another reference"

@@ -9,7 +9,7 @@ from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
 from services.common.stream_backlog import registered_streams, stream_gauges_job
 from services.common.streams import trim_acknowledged
-from services.order import admin, router
+from services.order import admin, offline_admin, router
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
 from services.order.events import PurchaseIngest
@@ -57,6 +57,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         return [
             *reminder_webhooks,
             Every(settings.reminder_interval_seconds, "payment reminders", reminders.remind_due),
+            Every(settings.offline_check_seconds, "offline payment channels", service.offline.follow_channels),
             lambda: probe_loop_lag(runtime.stopping),
             Every(settings.idempotency_sweep_seconds, "idempotency record sweep", idempotency.sweep_expired),
             Every(settings.stream_discovery_seconds, "stream discovery", ingest.sync),
@@ -92,6 +93,7 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
     )
     app.include_router(router.router)
     app.include_router(admin.router)
+    app.include_router(offline_admin.router)
     return app
 
 

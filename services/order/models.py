@@ -64,6 +64,8 @@ class Order(Base):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # When the buyer was reminded to pay (once per order; see services/order/reminders.py).
     reminded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # How to pay offline, while both payment providers are down and ops opened the offline channel.
+    payment_instructions: Mapped[str | None] = mapped_column(Text, nullable=True)
     payment_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
     payment_ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -140,6 +142,25 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class OfflineChannel(Base):
+    """An offline payment channel of a sale, opened by ops while every payment provider is down."""
+
+    __tablename__ = "offline_channels"
+    __table_args__ = (
+        # At most one open channel per sale.
+        Index("ux_offline_channels_open", "sale_id", unique=True, postgresql_where="closed_at IS NULL"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sale_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    instructions: Mapped[str] = mapped_column(Text)
+    deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # unpaid orders payable until then
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    opened_by: Mapped[str] = mapped_column(String(128))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class AuditEntry(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class OrderLineOut(BaseModel):
@@ -41,6 +41,8 @@ class OrderOut(BaseModel):
     payment_provider: str | None
     pricing: str = "final"
     coupons: dict[str, Any] | None = None
+    # Set while every payment provider was down and ops opened the sale's offline channel: how to pay.
+    payment_instructions: str | None = None
 
 
 class PaymentAttemptOut(BaseModel):
@@ -107,3 +109,34 @@ class SaleReservations(BaseModel):
     sold_units: int
     released_units: int
     reservations: list[SaleReservation]
+
+
+class OfflineChannelRequest(BaseModel):
+    """Open a sale's offline payment channel: what buyers are told, and how long unpaid orders stay payable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instructions: str = Field(min_length=1, max_length=2000)
+    extend_minutes: int = Field(ge=1, le=7 * 24 * 60, strict=True)
+
+
+class OfflineChannelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    sale_id: int
+    instructions: str
+    deadline_at: datetime
+    opened_at: datetime
+    opened_by: str
+    closed_at: datetime | None
+    closed_by: str | None
+    orders_extended: int = 0
+
+
+class OfflinePaymentRequest(BaseModel):
+    """An offline payment ops received for an order: the bank transfer's or the receipt's reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")

@@ -4,7 +4,8 @@ per process and the routes, the background jobs and the purchase-stream consumer
 
 Each flow is its own module: creation.py (orders from purchase events), pricing.py (coupon pricing),
 views.py (a buyer's reads), checkout.py (pay), cancellation.py (cancel and expiry), refunds.py,
-outbox.py (order events to the stream), operations.py (ops' admin flows and figures).
+outbox.py (order events to the stream), operations.py (ops' admin flows and figures), offline.py (the
+offline payment channel).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from services.order.checkout import Checkout
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
 from services.order.creation import OrderCreation
+from services.order.offline import OfflinePayments
 from services.order.operations import OrderOperations
 from services.order.outbox import OutboxRelay
 from services.order.payments import PaymentRouter
@@ -49,6 +51,7 @@ class OrderService:
         self.refunds = Refunds(settings=settings, sessions=sessions, payments=payments)
         self.outbox = OutboxRelay(settings=settings, redis=redis, sessions=sessions)
         self.operations = OrderOperations(sessions=sessions, payments=payments)
+        self.offline = OfflinePayments(sessions=sessions, payments=payments)
 
     async def expire_due(self) -> int:
         """Expire unpaid orders past their deadline (the sweeper job)."""
