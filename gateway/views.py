@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from gateway.pools import Pool, monotonic
+from services.common.resources import RedisClient
 
 KEY_PREFIX = "gw:view:"
 
@@ -38,7 +38,7 @@ def local_view(worker: str, pools: Iterable[Pool]) -> dict[str, Any]:
 class ViewPublisher:
     """Writes this worker's view to Redis; reads every worker's."""
 
-    def __init__(self, redis: Redis, worker: str, pools: dict[str, Pool], interval: float) -> None:
+    def __init__(self, redis: RedisClient, worker: str, pools: dict[str, Pool], interval: float) -> None:
         self.redis = redis
         self.worker = worker
         self.pools = pools

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 
 from services.common.errors import ProblemError
+from services.common.resources import RedisClient
 
 MAX_KEY_LENGTH = 200
 REPLAY_TTL_SECONDS = 24 * 3600
@@ -58,7 +58,7 @@ def fingerprint(payload: Any) -> str:
 class IdempotencyStore:
     """Replays the first answer of a state-changing call made again with the same key."""
 
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: RedisClient, namespace: str) -> None:
         self.redis = redis
         self.namespace = namespace
 
