@@ -196,3 +196,26 @@ async def test_coupon_recovery_follows_the_run_of_the_master_holding_its_keys(
     clean_cluster.wait_ok()
     restarted = run_id(home)
     await wait_for(lambda: checked_against(restarted), timeout=20)
+
+
+async def test_a_master_down_leaves_order_and_coupon_in_the_pool_with_redis_degraded(
+    clean_cluster: LoopbackCluster, stack: Stack, coupon_app: FastAPI
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=coupon_app), base_url="http://coupon") as coupons:
+        clients = {"flashsale": stack.shop, "order": stack.orders, "coupon": coupons}
+        for client in clients.values():
+            assert (await client.get("/healthz/ready")).json()["checks"]["redis"] == "ok"
+        down = clean_cluster.masters[1]  # not the node REDIS_URL names: a PING to that one still succeeds
+        down.kill()
+        try:
+            for name, client in clients.items():
+                ready = await client.get("/healthz/ready")
+                assert ready.status_code == 200, (name, ready.text)  # still in the gateway's pool
+                assert ready.json()["status"] == "degraded", name
+                assert ready.json()["checks"]["redis"].startswith("degraded: "), name
+            # The order views are PostgreSQL: they answer as on a single Redis that is down.
+            assert (await stack.orders.get("/orders", headers=customer_headers("erin"))).status_code == 200
+        finally:
+            down.start()
+            down.wait_answering()
+            clean_cluster.wait_ok()
