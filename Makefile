@@ -37,13 +37,16 @@ test: install lint    ## ruff, mypy, then pytest against real Redis and PostgreS
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m pytest -q
 
+# Extra options of a benchmark, e.g. make bench-gateway BENCH_ARGS="--baseline HEAD~1" (an A/B in one run).
+BENCH_ARGS ?=
+
 bench: install        ## purchase endpoint vs a trivial endpoint, same server setup, one run
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.purchase
 
 bench-gateway: install ## purchases through the gateway vs straight to flashsale, same setup, one run
 	$(STACK) backends --env-file .stack/backends.env
-	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.gateway
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.gateway $(BENCH_ARGS)
 
 bench-orders: install ## order creation throughput from a pre-filled purchase stream
 	$(STACK) backends --env-file .stack/backends.env

@@ -5,6 +5,7 @@
     .venv/bin/python -m deploy status
     .venv/bin/python -m deploy demo [--private] [--fail-primary] [--keep-running]
     .venv/bin/python -m deploy down
+    .venv/bin/python -m deploy alertmanager-config [--out PATH]
 
 Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else from 127.0.0.1:6379 and
 127.0.0.1:5432, else private servers are started under .stack/ (binaries on PATH, or pip packages that ship
@@ -20,6 +21,7 @@ import shlex
 from pathlib import Path
 
 from deploy import state as stack_state
+from deploy.alertmanager_config import DEFAULT_OUT, write_config
 from deploy.backends import ensure_backends, postgres_answers, print_backends, redis_answers, write_env_file
 from deploy.errors import StackError
 from deploy.replicas import bring_up, print_services
@@ -52,6 +54,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     docs = "  ".join(f"http://{HOST}:{spec.replicas(port_offset())[0][1]}/docs" for spec in SERVICES)
     say(f"API docs: {docs}")
     say(f"logs: {stack_state.rel(stack_state.LOG_DIR)}/   stop it with `make down`")
+    return 0
+
+
+def cmd_alertmanager_config(args: argparse.Namespace) -> int:
+    """Write the Alertmanager config, its receivers' URLs taken from the environment."""
+    out = write_config(Path(args.out))
+    say(f"wrote {stack_state.rel(out.resolve())}")
     return 0
 
 
@@ -205,14 +214,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub.add_parser("down", help="stop what this launcher started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show what runs").set_defaults(func=cmd_status)
     _demo_parser(sub)
+
+    p = sub.add_parser(
+        "alertmanager-config",
+        help="render deploy/alertmanager's template with ALERT_WEBHOOK_URL, ALERT_SMS_WEBHOOK_URL",
+    )
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="where to write alertmanager.yml")
+    p.set_defaults(func=cmd_alertmanager_config)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     """Entry point: run one command from the repo root."""
     args = parse_args(argv)
-    if getattr(args, "env_file", None):
-        args.env_file = str(Path(args.env_file).absolute())  # relative to where it was run, before the chdir
+    for path_arg in ("env_file", "out"):  # relative to where it was run, before the chdir
+        if getattr(args, path_arg, None):
+            setattr(args, path_arg, str(Path(getattr(args, path_arg)).absolute()))
     os.chdir(stack_state.ROOT)
     try:
         code: int = args.func(args)

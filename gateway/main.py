@@ -10,6 +10,8 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin, router
 from gateway.auth import EdgeTokenVerifier
 from gateway.config import GatewaySettings
+from gateway.console import console_router
+from gateway.metrics import POOLS
 from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
@@ -56,6 +58,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         views_redis = runtime.closing(open_redis(settings.model_copy(update={"redis_max_connections": 4})))
         limiter = runtime.closing(RateLimiter(settings))
         runtime.on_shutdown(close_pools)
+        POOLS.watch(pools)
         proxy.limiter = limiter
         runtime.state.view_publisher = publisher = ViewPublisher(
             views_redis, worker, pools, settings.view_interval_seconds
@@ -67,6 +70,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
 
     def close_pools() -> None:
         proxy.limiter = None
+        POOLS.forget(pools)
         for pool in pools.values():
             pool.close()
 
@@ -82,6 +86,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     api.state.worker = worker
     api.state.token_verifier = verifier
     api.include_router(admin.router)
+    api.include_router(console_router(settings))
     if settings.dev_tokens:
         api.include_router(router.router)
         log.warning("GATEWAY_DEV_TOKENS is on: POST /api/auth/token mints tokens for anyone (dev/test only)")

@@ -20,6 +20,12 @@ What one run does (the wrk driver, the servers and the CPU accounting are loadte
    pooled figures and of each round (median, lowest, highest), PASS/MISS of the pooled ratio against the aim
    (>= 0.6), and writes loadtest/results/bench_gateway.json.
 
+`--baseline <commit>` adds a third path for an A/B of a gateway change: the gateway of that commit, checked
+out into a temporary git worktree and started from there beside this checkout's (same setup, same flashsale
+processes, same tokens), measured in the same interleaved rounds, the order of the three rotated every
+round. The table then shows both gateways' ratios to direct and this checkout's req/s against the
+baseline's, pooled and per round.
+
 Why interleaved rounds: this machine's speed moves by 20-40 % within a minute (two identical runs of the
 old one-run-per-path design gave ratios 0.49 and 0.58). Measuring both paths in alternating slices of the
 same minute gives each path the same share of fast and slow moments, so the ratio measures the gateway, not
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -50,9 +57,9 @@ from sqlalchemy.engine import make_url
 
 from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
 from loadtest.bench.cpu import CpuProbe
-from loadtest.bench.errors import BenchError
+from loadtest.bench.errors import BenchError, ends_cleanly
 from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
-from loadtest.bench.results import RESULTS_DIR, report_header, table_lines, write_report
+from loadtest.bench.results import RESULTS_DIR, ROOT, report_header, table_lines, write_report
 from loadtest.bench.sale import Admin, Verification, admin_token, verify_purchases, write_tokens
 from loadtest.bench.servers import GatewayServers, Servers, running, stop_servers_on_sigterm
 from loadtest.bench.wrk import WrkResult, ensure_wrk, run_wrk
@@ -113,12 +120,27 @@ class Pooled:
         )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
+@dataclass(frozen=True)
+class Setup:
+    """What one run compares: the gateway setup, and the commit whose gateway is the baseline (if any)."""
+
+    gateway: str
+    baseline: str | None
+    output: Path
+
+    @property
+    def paths(self) -> list[str]:
+        """The measured paths, in the order of the first round."""
+        return ["direct", "gateway"] + (["baseline"] if self.baseline else [])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Setup]:
     """Read the options; the defaults are what `make bench-gateway` runs."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--gateway", choices=sorted(GATEWAY_SETUPS), default="single", help="gateway processes")
     add_load_arguments(p, duration=20, warmup=6)
-    p.add_argument("--rounds", type=int, default=4, help="interleaved pairs of runs the duration is split into")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the duration is split into")
+    p.add_argument("--baseline", metavar="COMMIT", help="also measure the gateway of this commit (an A/B)")
     p.add_argument("--redis-db", type=int, default=6, help="Redis logical DB of the benchmark (flushed)")
     p.add_argument("--database", default="flashsale_bench_gw", help="PostgreSQL database (recreated)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_gateway.json", help="JSON results file")
@@ -128,34 +150,64 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str, Path]:
     if a.rounds < 1 or a.duration < a.rounds:
         p.error("need rounds >= 1 and a duration of at least one second per round")
     opts = Options.from_arguments(a, database=a.database, output=a.output, strict=a.strict, rounds=a.rounds)
-    return opts, a.gateway, a.output
+    return opts, Setup(a.gateway, a.baseline, a.output)
 
 
 @contextmanager
-def stack(opts: Options, gateway_setup: str, redis_url: str, database_url: str) -> Iterator[tuple[Servers, Servers]]:
-    """Flashsale (two replicas on SO_REUSEPORT) and the gateway in front of it; both stopped whatever happens."""
+def baseline_checkout(commit: str | None) -> Iterator[Path | None]:
+    """A temporary git worktree of `commit` (removed afterwards), or None without a baseline."""
+    if commit is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_gateway-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        git = ["git", "-C", str(ROOT)]
+        done = subprocess.run([*git, "worktree", "add", "--detach", str(tree), commit], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"cannot check out the baseline {commit!r}: {done.stderr.strip()}")
+        try:
+            yield tree
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], capture_output=True, check=False)
+
+
+@contextmanager
+def stack(
+    opts: Options, setup: Setup, redis_url: str, database_url: str, baseline_tree: Path | None
+) -> Iterator[tuple[Servers, dict[str, Servers]]]:
+    """Flashsale (two replicas on SO_REUSEPORT) and the gateway(s) in front of it; all stopped whatever happens."""
     flashsale = Servers("reuseport", redis_url=redis_url, database_url=database_url, user_rate=opts.user_rate)
     with running(flashsale):
-        gateway = GatewayServers(gateway_setup, redis_url=redis_url, flashsale_url=flashsale.base_url)
+        gateway = GatewayServers(setup.gateway, redis_url=redis_url, flashsale_url=flashsale.base_url)
         with running(gateway):
-            yield flashsale, gateway
+            if baseline_tree is None:
+                yield flashsale, {"gateway": gateway}
+                return
+            baseline = GatewayServers(
+                setup.gateway, redis_url=redis_url, flashsale_url=flashsale.base_url, source=baseline_tree
+            )
+            with running(baseline):
+                yield flashsale, {"gateway": gateway, "baseline": baseline}
 
 
 def measure(
-    opts: Options, gateway_setup: str, redis_url: str, database_url: str, tokens_file: Path
+    opts: Options, setup: Setup, redis_url: str, database_url: str, tokens_file: Path
 ) -> tuple[list[Run], list[Verification]]:
-    """Warm up both paths, then measure them in interleaved rounds, on the same flashsale processes."""
+    """Warm up every path, then measure them in interleaved rounds, on the same flashsale processes."""
     wrk = ensure_wrk()
     token = admin_token()
     runs: list[Run] = []
     warmups: list[Verification] = []
     seconds = opts.duration // opts.rounds
-    with stack(opts, gateway_setup, redis_url, database_url) as (flashsale, gateway):
+    with baseline_checkout(setup.baseline) as tree, stack(opts, setup, redis_url, database_url, tree) as servers:
+        flashsale, gateways = servers
         admin = Admin(flashsale.base_url, token)
         try:
-            probe = CpuProbe(flashsale.pids(), redis_url, {"gateway": gateway.pids()})
+            others = {name: g.pids() for name, g in gateways.items()}
+            probe = CpuProbe(flashsale.pids(), redis_url, others)
             tag = uuid.uuid4().hex[:8]
-            paths = {"direct": (flashsale.base_url, ""), "gateway": (gateway.base_url, GATEWAY_PREFIX)}
+            paths = {"direct": (flashsale.base_url, "")}
+            paths |= {name: (g.base_url, GATEWAY_PREFIX) for name, g in gateways.items()}
 
             def purchase(name: str, label: str, seconds: int) -> tuple[WrkResult, Verification]:
                 url, prefix = paths[name]
@@ -170,46 +222,48 @@ def measure(
                 for name in paths:
                     print(f"[{name}] warm-up {opts.warmup}s (token caches, connection pools)", flush=True)
                     warmups.append(purchase(name, f"{name}-w", opts.warmup)[1])
+            order = setup.paths
             for n in range(opts.rounds):
-                order = ["direct", "gateway"] if n % 2 == 0 else ["gateway", "direct"]
-                for name in order:
+                for name in order[n % len(order) :] + order[: n % len(order)]:
                     result, check = purchase(name, f"{name}-{n}", seconds)
                     runs.append(Run(name, n, result, check))
-                pair = {r.path: r.result.rps for r in runs[-2:]}
-                print(
-                    f"round {n + 1}/{opts.rounds}: direct {pair['direct']:,.0f}/s, gateway {pair['gateway']:,.0f}/s,"
-                    f" ratio {round_ratios(runs)[-1]:.3f}",
-                    flush=True,
-                )
+                shown = ", ".join(f"{r.path} {r.result.rps:,.0f}/s" for r in runs[-len(order) :])
+                print(f"round {n + 1}/{opts.rounds}: {shown}, ratio {round_ratios(runs)[-1]:.3f}", flush=True)
         finally:
             admin.close()
     return runs, warmups
 
 
-def round_ratios(runs: list[Run]) -> list[float]:
-    """gateway/direct req/s of each round."""
+def round_ratios(runs: list[Run], path: str = "gateway", against: str = "direct") -> list[float]:
+    """`path`/`against` req/s of each round (gateway/direct by default)."""
     by_round: dict[int, dict[str, float]] = {}
     for run in runs:
         by_round.setdefault(run.round, {})[run.path] = run.result.rps
-    return [r["gateway"] / r["direct"] if r["direct"] else 0.0 for _, r in sorted(by_round.items())]
+    return [r[path] / r[against] if r.get(against) else 0.0 for _, r in sorted(by_round.items()) if path in r]
+
+
+def _ratio_line(name: str, ratios: list[float], pooled: float) -> str:
+    spread = f"median {statistics.median(ratios):.3f}, lowest {min(ratios):.3f}, highest {max(ratios):.3f}"
+    return f"{name}: {pooled:.3f}  (rounds: {spread})"
 
 
 def print_table(
-    runs: list[Run], warmups: list[Verification], pooled: list[Pooled], ratios: list[float], opts: Options, setup: str
+    runs: list[Run], warmups: list[Verification], pooled: dict[str, Pooled], opts: Options, setup: Setup
 ) -> float:
-    """The table of the pooled runs and the ratios gateway/direct; returns the pooled ratio."""
+    """The table of the pooled runs and the ratios to direct (and to the baseline); returns gateway/direct."""
     header = ["path", "req/s", "p50 ms", "p99 ms", "errors", "flashsale CPU s", "gateway CPU s", "redis CPU s"]
     rows = []
-    for p in pooled:
-        cpu = [p.cpu_seconds.get(k) for k in ("servers", "gateway", "redis")]
+    for p in pooled.values():
+        cpu = [p.cpu_seconds.get(k) for k in ("servers", "gateway" if p.path == "direct" else p.path, "redis")]
         shown = [f"{v:.1f}" if v is not None else "-" for v in cpu]
         rows.append([p.path, f"{p.rps:,.0f}", f"{p.p50_ms:.2f}", f"{p.p99_ms:.2f}", str(p.errors), *shown])
-    direct, through = pooled
-    ratio = through.rps / direct.rps if direct.rps else 0.0
+    ratio = pooled["gateway"].rps / pooled["direct"].rps if pooled["direct"].rps else 0.0
     seconds = opts.duration // opts.rounds
     print()
-    print("flashsale: 2 replicas, one SO_REUSEPORT port each (uvicorn --fd); both paths hit the same processes")
-    print(f"gateway: {GATEWAY_SETUPS[setup]}, rate limiter on (1 Redis call per loop iteration)")
+    print("flashsale: 2 replicas, one SO_REUSEPORT port each (uvicorn --fd); every path hits the same processes")
+    print(f"gateway: {GATEWAY_SETUPS[setup.gateway]}, rate limiter on (1 Redis call per loop iteration)")
+    if setup.baseline:
+        print(f"baseline: the gateway of {setup.baseline}, same setup, started from a worktree of that commit")
     print(
         f"load: wrk -t{opts.threads} -c{opts.connections}, {opts.users:,} users; {opts.rounds} interleaved rounds"
         f" of {seconds}s per path ({seconds * opts.rounds}s each in all)"
@@ -217,10 +271,16 @@ def print_table(
     for line in table_lines(header, rows):
         print(line)
     print()
-    print(
-        f"ratio gateway/direct: {ratio:.3f}  aim >= {AIM_RATIO}: {'PASS' if ratio >= AIM_RATIO else 'MISS'}"
-        f"  (rounds: median {statistics.median(ratios):.3f}, lowest {min(ratios):.3f}, highest {max(ratios):.3f})"
-    )
+    verdict = f"aim >= {AIM_RATIO}: {'PASS' if ratio >= AIM_RATIO else 'MISS'}"
+    print(f"{_ratio_line('ratio gateway/direct', round_ratios(runs), ratio)}  {verdict}")
+    if "baseline" in pooled:
+        base = pooled["baseline"].rps
+        print(_ratio_line("ratio baseline/direct", round_ratios(runs, "baseline"), base / pooled["direct"].rps))
+        print(
+            _ratio_line(
+                "ratio gateway/baseline", round_ratios(runs, "gateway", "baseline"), pooled["gateway"].rps / base
+            )
+        )
     bad = [run for run in runs if not run.verification.ok]
     print(f"purchases real: {'yes in all' if not bad else f'NO in {len(bad)} of'} {len(runs)} runs")
     for run in bad:
@@ -228,40 +288,24 @@ def print_table(
     for check in warmups:
         if not check.ok:
             print(f"  warm-up: sale {check.sale_id}: {check.note}")
-    for p in pooled:
+    for p in pooled.values():
         if any(code != "202" for code in p.statuses):
             print(f"{p.path} answers by status: {p.statuses}")
     return ratio
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 when done, 1 on a failure or unverified purchases, 2 on a missed aim with --strict."""
-    opts, gateway_setup, output = parse_args(argv)
-    stop_servers_on_sigterm()
-    load_before = os.getloadavg()
-    try:
-        redis_url, database_url = urls_from_environment(opts.redis_db, opts.database)
-        flush_redis(redis_url)
-        recreate_database(database_url, service="flashsale")
-        print(f"database {make_url(database_url).render_as_string()} (recreated), redis {redis_url} (flushed)")
-        with tempfile.TemporaryDirectory(prefix="bench_gateway-") as tmp:
-            tokens_file = Path(tmp) / "tokens.txt"
-            print(f"minting {opts.users:,} customer tokens", flush=True)
-            write_tokens(opts.users, tokens_file)
-            runs, warmups = measure(opts, gateway_setup, redis_url, database_url, tokens_file)
-    except BenchError as exc:
-        print(f"bench_gateway: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_gateway: interrupted; servers stopped", file=sys.stderr)
-        return 130
-    pooled = [Pooled.of(path, runs) for path in ("direct", "gateway")]
+def report(
+    argv: Sequence[str] | None, load_before: tuple[float, float, float], opts: Options, setup: Setup, runs: list[Run]
+) -> dict[str, object]:
+    """The JSON report of the run."""
+    pooled = [Pooled.of(path, runs) for path in setup.paths]
     ratios = round_ratios(runs)
-    ratio = print_table(runs, warmups, pooled, ratios, opts, gateway_setup)
-    report = report_header("loadtest.bench.gateway", argv, load_before, opts)
-    report["params"]["gateway"] = GATEWAY_SETUPS[gateway_setup]
-    report["params"]["rounds"] = opts.rounds
-    report |= {
+    ratio = pooled[1].rps / pooled[0].rps if pooled[0].rps else 0.0
+    out = report_header("loadtest.bench.gateway", argv, load_before, opts)
+    out["params"]["gateway"] = GATEWAY_SETUPS[setup.gateway]
+    out["params"]["rounds"] = opts.rounds
+    out["params"]["baseline"] = setup.baseline
+    out |= {
         "ratio": round(ratio, 4),
         "round_ratios": [round(r, 4) for r in ratios],
         "median_round_ratio": round(statistics.median(ratios), 4),
@@ -276,9 +320,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for run in runs
         ],
-        "warmup_verifications": [asdict(v) for v in warmups],
     }
-    write_report(output, report)
+    if setup.baseline:
+        out["baseline_round_ratios"] = [round(r, 4) for r in round_ratios(runs, "gateway", "baseline")]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when done, 1 on a failure or unverified purchases, 2 on a missed aim with --strict."""
+    opts, setup = parse_args(argv)
+    stop_servers_on_sigterm()
+    load_before = os.getloadavg()
+    with ends_cleanly("bench_gateway"):
+        redis_url, database_url = urls_from_environment(opts.redis_db, opts.database)
+        flush_redis(redis_url)
+        recreate_database(database_url, service="flashsale")
+        print(f"database {make_url(database_url).render_as_string()} (recreated), redis {redis_url} (flushed)")
+        with tempfile.TemporaryDirectory(prefix="bench_gateway-") as tmp:
+            tokens_file = Path(tmp) / "tokens.txt"
+            print(f"minting {opts.users:,} customer tokens", flush=True)
+            write_tokens(opts.users, tokens_file)
+            runs, warmups = measure(opts, setup, redis_url, database_url, tokens_file)
+    pooled = {path: Pooled.of(path, runs) for path in setup.paths}
+    ratio = print_table(runs, warmups, pooled, opts, setup)
+    results = report(argv, load_before, opts, setup, runs)
+    results["warmup_verifications"] = [asdict(v) for v in warmups]
+    write_report(setup.output, results)
     if not all(run.verification.ok for run in runs) or not all(v.ok for v in warmups):
         return 1
     return 2 if ratio < AIM_RATIO and opts.strict else 0

@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 
 from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
 from loadtest.bench.cpu import CpuProbe
-from loadtest.bench.errors import BenchError
+from loadtest.bench.errors import BenchError, ends_cleanly
 from loadtest.bench.gateway import GATEWAY_PREFIX
 from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
 from loadtest.bench.results import RESULTS_DIR, ROOT, table_lines, write_report
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the table; 1 when a step failed."""
     opts, floor_n = parse_args(argv)
     load_before = os.getloadavg()
-    try:
+    with ends_cleanly("perf_table"):
         redis_url, fs_db = urls_from_environment(opts.redis_db, opts.database)
         _, rowlock_db = urls_from_environment(opts.redis_db, "flashsale_bench_rowlock")
         flush_redis(redis_url)
@@ -311,9 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"minting {opts.users:,} customer tokens", flush=True)
             write_tokens(opts.users, tokens)
             rows = measure(opts, redis_url, fs_db, rowlock_db, tokens, floor_n)
-    except BenchError as exc:
-        print(f"perf_table: {exc}", file=sys.stderr)
-        return 1
     ratios = print_table(rows, opts)
     report: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -56,7 +56,7 @@ from sqlalchemy.engine import make_url
 
 from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
 from loadtest.bench.cpu import CpuProbe
-from loadtest.bench.errors import BenchError
+from loadtest.bench.errors import ends_cleanly
 from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
 from loadtest.bench.results import RESULTS_DIR, report_header, table_lines, write_report
 from loadtest.bench.sale import (
@@ -291,18 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     stop_servers_on_sigterm()
     load_before = os.getloadavg()
-    try:
+    with ends_cleanly("bench_purchase"):
         redis_url, database_url = urls_from_environment(opts.redis_db, opts.database)
         results = run_all(opts, redis_url, database_url)
-    except BenchError as exc:
-        print(f"bench_purchase: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_purchase: interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except SystemExit:
-        print("bench_purchase: terminated; servers stopped", file=sys.stderr)
-        raise
     for m in results:
         print_table(m, opts)
     # The headline is the last round of the chosen setup; every measurement is in the JSON.

@@ -70,6 +70,8 @@ class Servers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self._sockets: list[socket.socket] = []
+        self.source = ROOT  # the source tree the processes import the app from
+        self.log_prefix = self.LOG_PREFIX
 
     @property
     def base_url(self) -> str:
@@ -95,11 +97,11 @@ class Servers:
         cmd = [sys.executable, *launcher, self.APP, "--loop", "uvloop", "--http", self.HTTP, "--no-access-log"]
         cmd += ["--log-level", "warning", *self.EXTRA_ARGS, *extra]
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        log_path = RESULTS_DIR / f"{self.LOG_PREFIX}-{name}.log"
+        log_path = RESULTS_DIR / f"{self.log_prefix}-{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 cmd,
-                cwd=ROOT,
+                cwd=self.source,  # `python -m` puts the working directory first on sys.path
                 env=self._env(replica),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -177,9 +179,12 @@ class GatewayServers(Servers):
     LOG_PREFIX = "gateway"
     EXTRA_ARGS = ("--no-proxy-headers",)
 
-    def __init__(self, setup: str, *, redis_url: str, flashsale_url: str) -> None:
+    def __init__(self, setup: str, *, redis_url: str, flashsale_url: str, source: Path | None = None) -> None:
         super().__init__(setup, redis_url=redis_url, database_url="", user_rate=None)
         self.flashsale_url = flashsale_url
+        if source is not None:  # another checkout's gateway (an A/B against an earlier commit)
+            self.source = source
+            self.log_prefix = f"{self.LOG_PREFIX}-baseline"
 
     def _env(self, replica: str) -> dict[str, str]:
         env = dict(os.environ)

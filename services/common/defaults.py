@@ -21,7 +21,7 @@ from services.common.config import BaseServiceSettings
 from services.common.errors import install_error_handlers, problem_response
 from services.common.json_body import BODY_METHODS, body_problem
 from services.common.logs import configure_logging, request_id_var
-from services.common.metrics import RequestMetrics
+from services.common.metrics import GaugeTable, RequestMetrics
 from services.common.openapi import Answer, install_openapi
 from services.common.resources import ping_redis
 
@@ -34,6 +34,11 @@ HTTP_METRICS = RequestMetrics(
     histogram="http_request_duration_seconds",
     histogram_help="HTTP request latency",
     histogram_labels=["route"],
+)
+DEPENDENCY_UP = GaugeTable(
+    "service_dependency_up",
+    "1 while a dependency (redis, postgres, ...) answers the service's readiness check",
+    ["dependency"],
 )
 
 ReadyCheck = Callable[[], Awaitable[None]]
@@ -213,8 +218,7 @@ def add_service_defaults(
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/healthz/ready", include_in_schema=False)
-    async def ready(request: Request) -> Response:
+    async def check_dependencies(request: Request) -> tuple[dict[str, Any], list[str]]:
         checks: dict[str, Any] = {}
         failing: list[str] = []
         for name, check in default_ready_checks(request.app).items() | (ready_checks or {}).items():
@@ -224,13 +228,21 @@ def add_service_defaults(
             except Exception as exc:  # readiness must report, never raise
                 failing.append(name)
                 checks[name] = f"{'degraded' if name in serves_without else 'error'}: {type(exc).__name__}"
+        DEPENDENCY_UP.replace({(name,): float(name not in failing) for name in checks})
+        return checks, failing
+
+    @app.get("/healthz/ready", include_in_schema=False)
+    async def ready(request: Request) -> Response:
+        checks, failing = await check_dependencies(request)
         if not is_ready(failing, len(checks), serves_without):
             return problem_response(503, "NOT_READY", "A dependency is not answering", extra={"checks": checks})
         status = "degraded" if failing else "ok"
         return Response(orjson.dumps({"status": status, "checks": checks}), media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        # Each dependency's gauge is checked at scrape time (a ping each): the alert sees the outage it scrapes.
+        await check_dependencies(request)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

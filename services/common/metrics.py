@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -83,3 +83,76 @@ class RequestMetrics:
                 cumulative.append((edge, running))
             latency.add_metric([str(v) for v in labels], cumulative, sum_value=per_bucket[-1])
         yield latency
+
+
+class CounterTable:
+    """A `<name>_total` counter per label set, counted with one dict update and rendered at scrape time.
+
+    For the counters of the hot paths (per sale, per outcome). The caller keeps label values bounded.
+    """
+
+    def __init__(
+        self, name: str, help_text: str, labels: Sequence[str], registry: CollectorRegistry = REGISTRY
+    ) -> None:
+        self.name = name.removesuffix("_total")
+        self.help = help_text
+        self.labels = list(labels)
+        self.counts: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        """Add `amount` under `labels` (one value per label name, in order)."""
+        counts = self.counts
+        counts[labels] = counts.get(labels, 0) + amount
+
+    def value(self, labels: tuple[str, ...]) -> float:
+        """The count under `labels` now (0 if never counted)."""
+        return self.counts.get(labels, 0)
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric name, for the registry's duplicate check."""
+        yield CounterMetricFamily(self.name, self.help, labels=self.labels)
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter as it stands now."""
+        family = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for labels, count in list(self.counts.items()):
+            family.add_metric(list(labels), count)
+        yield family
+
+
+class GaugeTable:
+    """Gauges per label set that a periodic job replaces as a whole: a sale that ended drops out of it.
+
+    Each job replaces its own `part` only, so two services run in one process (as in the tests) do not
+    erase each other's series.
+    """
+
+    def __init__(
+        self, name: str, help_text: str, labels: Sequence[str], registry: CollectorRegistry = REGISTRY
+    ) -> None:
+        self.name = name
+        self.help = help_text
+        self.labels = list(labels)
+        self.parts: dict[str, dict[tuple[str, ...], float]] = {}
+        registry.register(self)
+
+    def replace(self, values: dict[tuple[str, ...], float], part: str = "") -> None:
+        """Show exactly `values` for `part` from now on."""
+        self.parts[part] = values
+
+    def set(self, labels: tuple[str, ...], value: float, part: str = "") -> None:
+        """Set one label set's value, keeping the others."""
+        self.parts.setdefault(part, {})[labels] = value
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric name, for the registry's duplicate check."""
+        yield GaugeMetricFamily(self.name, self.help, labels=self.labels)
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges as last set."""
+        family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        for values in list(self.parts.values()):
+            for labels, value in list(values.items()):
+                family.add_metric(list(labels), value)
+        yield family

@@ -12,7 +12,7 @@ from services.common.idempotency import MAX_KEY_LENGTH, IdempotencyKeyInFlight, 
 from services.common.openapi import KEY_PATTERN, problems
 from services.coupon import errors
 from services.coupon.deps import ServiceDep
-from services.coupon.orders import buyers_hit_by_system_failure
+from services.coupon.orders import buyers_of_sale
 from services.coupon.router import TemplateId
 from services.coupon.schemas import (
     ClaimedCoupon,
@@ -80,14 +80,15 @@ async def compensate(
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)
     ] = None,
 ) -> list[ClaimedCoupon]:
-    """Issue one coupon to each listed user, or to every buyer of `sale_id` whose order a system failure
-    cancelled (asked of the order service); the same batch (Idempotency-Key) issues nothing twice."""
+    """Issue one coupon to each listed user, or to the buyers of `sale_id` that `buyers` names (asked of the
+    order service); the same batch (Idempotency-Key) issues nothing twice, and repeated later reaches only
+    the buyers it had not reached."""
     batch = key or fingerprint(body.model_dump())
     user_ids = body.user_ids
     if user_ids is None:
         assert body.sale_id is not None
         try:
-            user_ids = await buyers_hit_by_system_failure(service.settings, body.sale_id)
+            user_ids = await buyers_of_sale(service.settings, body.sale_id, body.buyers)
         except httpx.HTTPStatusError as exc:
             # It answered: a refusal (4xx) is passed on as one; only a failure to serve is an outage.
             if exc.response.status_code >= 500:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.common.contracts import CLAIM_STREAM_REGISTRY
 from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
+from services.common.stream_backlog import GAUGE_SECONDS, registered_streams, stream_gauges_job
 from services.coupon import admin, router
 from services.coupon.config import CouponSettings
 from services.coupon.events import ClaimPersistence, order_events_consumer
@@ -25,11 +27,16 @@ def create_app(settings: CouponSettings | None = None) -> FastAPI:
         claims = ClaimPersistence(service, replica)
         runtime.closing(claims.follower)
         recovery = RedisRecovery(service, replica)
+
+        async def claim_streams() -> set[str]:
+            return await registered_streams(redis, CLAIM_STREAM_REGISTRY)
+
         return [
             Every(1.0, "claim stream discovery", claims.follower.sync),
             order_events_consumer(service, replica),
             Every(settings.restore_interval_seconds, "redis recovery", recovery.run),
             Every(settings.stale_lock_sweep_seconds, "stale lock sweep", recovery.sweep_stale_locks),
+            Every(GAUGE_SECONDS, "stream gauges", stream_gauges_job(redis, claim_streams, reporter="coupon")),
         ]
 
     app = service_app(

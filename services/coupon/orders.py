@@ -1,5 +1,5 @@
-"""The order service, as the coupon service asks it: whose orders did a system failure cancel, and what
-became of the orders that hold coupons."""
+"""The order service, as the coupon service asks it: who bought in a sale (whose orders a system failure
+cancelled, who paid), and what became of the orders that hold coupons."""
 
 from __future__ import annotations
 
@@ -30,33 +30,34 @@ def _client(settings: CouponSettings) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=settings.order_url, timeout=settings.order_timeout_seconds, headers=headers)
 
 
-async def buyers_hit_by_system_failure(settings: CouponSettings, sale_id: int) -> list[str]:
-    """Users with an order in the sale cancelled with reason `system_failure` (each once, in order).
+# The order filters that pick each kind of a sale's buyers: a paid order may since have been fulfilled.
+BUYER_FILTERS: dict[str, tuple[dict[str, str], ...]] = {
+    "system_failure": ({"state": "cancelled", "close_reason": "system_failure"},),
+    "paid": ({"state": "paid"}, {"state": "fulfilled"}),
+}
+
+
+async def buyers_of_sale(settings: CouponSettings, sale_id: int, buyers: str) -> list[str]:
+    """Users with an order in the sale that matches `buyers` (BUYER_FILTERS), each once, in order.
 
     Raises httpx.HTTPStatusError when the order service refuses the question, httpx.HTTPError when it
     does not answer.
     """
     users: dict[str, None] = {}
     async with _client(settings) as client:
-        offset = 0
-        while True:
-            resp = await client.get(
-                "/admin/orders",
-                params={
-                    "sale_id": sale_id,
-                    "state": "cancelled",
-                    "close_reason": "system_failure",
-                    "limit": PAGE,
-                    "offset": offset,
-                },
-            )
-            resp.raise_for_status()
-            page = resp.json()
-            for order in page:
-                users[str(order["user_id"])] = None
-            if len(page) < PAGE:
-                return list(users)
-            offset += PAGE
+        for query in BUYER_FILTERS[buyers]:
+            offset = 0
+            while True:
+                params: dict[str, str | int] = {"sale_id": sale_id, **query, "limit": PAGE, "offset": offset}
+                resp = await client.get("/admin/orders", params=params)
+                resp.raise_for_status()
+                page = resp.json()
+                for order in page:
+                    users[str(order["user_id"])] = None
+                if len(page) < PAGE:
+                    break
+                offset += PAGE
+    return list(users)
 
 
 async def order_records(settings: CouponSettings, order_ids: Sequence[str]) -> dict[str, OrderRecord]:

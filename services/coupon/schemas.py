@@ -138,21 +138,29 @@ class QuoteOut(BaseModel):
     rejections: list[RejectionOut]
 
 
+# Which buyers of a sale a batch reaches (services/coupon/orders.py asks the order service for them).
+SaleBuyers = Literal["system_failure", "paid"]
+
+
 class CompensationRequest(_Strict):
-    """Issue one coupon of a template to each listed user, or to every buyer of a sale whose order was
-    cancelled by a system failure (give exactly one of `user_ids` and `sale_id`)."""
+    """Issue one coupon of a template to each listed user, or to the buyers of a sale (give exactly one of
+    `user_ids` and `sale_id`): with `buyers` "system_failure" (the default) those whose order a system failure
+    cancelled, with "paid" those who paid for it (repurchase coupons after a sale)."""
 
     template_id: Annotated[StrictInt, Field(ge=1, le=2**62)]
     user_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, min_length=1, max_length=10_000
     )
     sale_id: Annotated[StrictInt, Field(ge=1, le=2**62)] | None = None  # the order service's bound
+    buyers: SaleBuyers = "system_failure"
     reason: str = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")
     def _one_target(self) -> CompensationRequest:
         if (self.user_ids is None) == (self.sale_id is None):
             raise ValueError("give exactly one of user_ids and sale_id")
+        if self.user_ids is not None and "buyers" in self.model_fields_set:
+            raise ValueError("buyers chooses among a sale's buyers: give it with sale_id, not with user_ids")
         return self
 
 

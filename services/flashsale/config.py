@@ -36,6 +36,8 @@ class FlashSaleSettings(WebhookSettings):
     allocation_sync_seconds: float = 2.0
     # How often every warm or unsettled sale is reconciled (report, metric, alert on drift).
     reconcile_interval_seconds: float = 60.0
+    # How often the live sales' stock gauges (/metrics) are read from Redis: one pipelined read per tick.
+    stock_gauge_seconds: float = 5.0
     # A warm sale whose Redis data is gone (Redis lost data) is rebuilt from the record automatically;
     # any other drift is only reported.
     auto_rebuild_lost_sales: bool = True

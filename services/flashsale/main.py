@@ -9,9 +9,11 @@ from starlette.routing import Route
 
 from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
+from services.common.stream_backlog import stream_gauges_job
 from services.flashsale import admin, router
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.events import AlertRelay, WebhookNotifier, listen_notifications, order_events_consumer
+from services.flashsale.metrics import alert_streams, refresh_stock_gauges
 from services.flashsale.reconciliation import SaleReconciler
 from services.flashsale.service import FlashSaleService
 
@@ -48,6 +50,12 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             Every(settings.catalog_refresh_seconds, "catalog refresh", refresh),
             Every(settings.scheduler_interval_seconds, "scheduler", service.run_schedule_tick),
             Every(1.0, "attempt flush", service.flush_local_attempts),
+            Every(settings.stock_gauge_seconds, "stock gauges", lambda: refresh_stock_gauges(service.core)),
+            Every(
+                settings.stock_gauge_seconds,
+                "stream gauges",
+                stream_gauges_job(redis, lambda: alert_streams(service.core), reporter="flashsale"),
+            ),
             Every(settings.allocation_sync_seconds, "settlement", reconciler.settle),
             Every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_periodically),
             lambda: listen_notifications(service),

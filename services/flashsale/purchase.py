@@ -6,30 +6,20 @@ guards in front of it (sold-out flags, the per-user rate limit) and turns its ou
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 from collections import defaultdict
-from typing import Any
 
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from services.common.idempotency import IdempotencyKeyReused
 from services.flashsale import errors
 from services.flashsale.core import WARM_STATES, SaleCore, utcnow
 from services.flashsale.guards import UserRateLimiter
+from services.flashsale.metrics import count_purchase
 
 log = logging.getLogger("flashsale.purchase")
-
-PURCHASES = Counter("flashsale_purchase_attempts_total", "Purchase attempts by outcome", ["outcome"])
-
-
-@functools.cache
-def _purchase_counter(outcome: str) -> Any:
-    # A labels() lookup per purchase costs more than the increment; the outcomes are a handful.
-    return PURCHASES.labels(outcome.lower())
 
 
 class Purchases:
@@ -62,7 +52,7 @@ class Purchases:
         if not self.limiter.allow(user_id, idempotency):
             if sale_id in self.catalog:
                 self._local_attempts[sale_id]["n_rate_limited"] += 1
-            _purchase_counter("rate_limited").inc()
+            count_purchase(self.core, sale_id, "rate_limited")
             raise errors.RateLimited("Slow down and retry", headers={"Retry-After": "1"})
         self.limiter.begin(user_id, idempotency)
         accepted = False
@@ -85,7 +75,7 @@ class Purchases:
         finally:
             self.limiter.end(user_id, idempotency, accepted=accepted)
         kind = outcome.kind
-        _purchase_counter(kind).inc()
+        count_purchase(self.core, sale_id, kind, outcome.quantity)
         if kind == "OK":
             if outcome.sold_out:
                 self.sold_out.mark(sale_id)
@@ -132,17 +122,17 @@ class Purchases:
             # Whether this key was accepted cannot be told: a plain SOLD_OUT could deny a held reservation.
             raise self._unavailable(sale_id, exc) from None
         if outcome.kind == "REPLAY":
-            _purchase_counter("replay").inc()
+            count_purchase(self.core, sale_id, "REPLAY")
             return outcome.reservation_id, outcome.quantity
         if outcome.kind == "KEY_REUSED":
-            _purchase_counter("key_reused").inc()
+            count_purchase(self.core, sale_id, "KEY_REUSED")
             raise IdempotencyKeyReused("This Idempotency-Key was used with a different request body")
         self._local_attempts[sale_id]["n_sold_out"] += 1
-        _purchase_counter("sold_out").inc()
+        count_purchase(self.core, sale_id, "SOLD_OUT")
         raise errors.SoldOut("This sale is sold out")
 
     def _unavailable(self, sale_id: int, exc: Exception) -> errors.StockUnavailable:
-        _purchase_counter("unavailable").inc()
+        count_purchase(self.core, sale_id, "unavailable")
         self._log_redis_failure(sale_id, exc)
         return errors.StockUnavailable(
             "Stock service unavailable; retry with the same Idempotency-Key", headers={"Retry-After": "1"}

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from services.flashsale import errors
 from services.flashsale.core import WARM_STATES, CatalogEntry, SaleCore, catalog_entry, effective_state, utcnow
+from services.flashsale.metrics import count_view
 from services.flashsale.models import Sale, SaleState
 from services.flashsale.schemas import SaleView
 
@@ -60,6 +61,7 @@ class Storefront:
         entry = self.core.catalog.get(sale_id)
         if entry is None or entry.state == SaleState.DRAFT:
             raise errors.SaleNotFound(f"No sale {sale_id}")
+        count_view(self.core, sale_id)
         try:
             status = await self._status(sale_id)
         except RedisError:

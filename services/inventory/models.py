@@ -11,6 +11,8 @@ from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, In
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.common.contracts import EventType
+
 
 class Base(DeclarativeBase):
     pass
@@ -131,8 +133,10 @@ class AuditEntry(Base):
 
 
 class AlertEvent(enum.StrEnum):
-    LOW_STOCK = "stock.low"
-    REPLENISH_REMINDER = "stock.replenish_reminder"
+    """The alert types inventory raises: the wire values of their stream events."""
+
+    LOW_STOCK = EventType.STOCK_LOW.value
+    REPLENISH_REMINDER = EventType.STOCK_REPLENISH_REMINDER.value
 
 
 class AlertOutbox(Base):

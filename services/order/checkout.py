@@ -31,10 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import select
 
+from services.common.contracts import EventType
 from services.common.idempotency import IdempotencyKeyInFlight
 from services.common.metrics import LATENCY_BUCKETS
 from services.order import errors
 from services.order.idempotency import KEY_HELD, KeyUse, OrderIdempotency, key_answer, key_claim, replay
+from services.order.metrics import count_paid
 from services.order.models import Order, OrderState
 from services.order.payments import SUCCEEDED, PaymentResult, PaymentRouter
 from services.order.schemas import OrderLineOut, OrderOut
@@ -114,7 +116,8 @@ SETTLE_PAID = text(
     f"attempts AS ({ATTEMPTS}), "
     "moved AS (INSERT INTO order_transitions (order_id, from_state, to_state, at, actor, reason) "
     "SELECT id, 'pending_payment', 'paid', paid_at, :actor, 'payment_succeeded' FROM paid), "
-    "event AS (INSERT INTO outbox (event_type, payload) SELECT 'order.paid', CAST(:payload AS jsonb) FROM paid), "
+    f"event AS (INSERT INTO outbox (event_type, payload) SELECT '{EventType.ORDER_PAID}', CAST(:payload AS jsonb) "
+    "FROM paid), "
     f"{key_answer('EXISTS (SELECT 1 FROM paid)')} "
     "SELECT paid_at FROM paid"
 )
@@ -248,6 +251,7 @@ class Checkout:
         view = _view(row, state=OrderState.PAID.value, paid_at=paid_at, payment_provider=result.provider)
         answer = view.model_dump(mode="json")
         if await self._settle_paid(row, user_id, result, paid_at, key, answer):
+            count_paid(row.sale_id, row.total, row.currency)
             return answer, True
         order = await self._charged_but_not_open(row.id, user_id, result)
         return order.model_dump(mode="json"), False

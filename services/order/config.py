@@ -39,6 +39,8 @@ class OrderSettings(BaseServiceSettings):
     # Expired Idempotency-Key records of pay and cancel are deleted this often.
     idempotency_sweep_seconds: float = 60.0
     relay_interval_seconds: float = 0.05
+    # How often the stream backlog and outbox gauges (/metrics) are read: one Redis pipeline and one query a tick.
+    gauge_interval_seconds: float = 5.0
     relay_batch: int = 1000
     # When Redis restarted or lost its data, events published within this many seconds before the last publish
     # are sent again: AOF everysec loses up to ~1 s (2 s when an fsync is slow), a pass is 0.05 s, and a pass

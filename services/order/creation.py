@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +15,9 @@ from prometheus_client import Counter
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.contracts import EventType
 from services.order.config import OrderSettings
+from services.order.metrics import count_created
 from services.order.models import OrderState
 from services.order.pricing import CouponPricing
 from services.order.states import utcnow
@@ -86,6 +89,7 @@ class ParsedPurchase:
         "quantity",
         "reservation_id",
         "reserved_at",
+        "reserved_at_ms",
         "sale_id",
         "sku",
         "unit_price",
@@ -112,6 +116,8 @@ class ParsedPurchase:
         self.member = bool(event.get("member"))
         reserved = event.get("reserved_at")
         self.reserved_at = datetime.fromisoformat(reserved) if isinstance(reserved, str) else None
+        reserved_ms = event.get("reserved_at_ms")
+        self.reserved_at_ms = int(reserved_ms) if isinstance(reserved_ms, int | str) and reserved_ms else None
 
 
 def _order_rows(purchases: Iterable[ParsedPurchase], now: datetime, deadline: datetime) -> list[dict[str, Any]]:
@@ -169,7 +175,7 @@ def _lines_and_events(
             "currency": p.currency,
             "deadline_at": deadline.isoformat(),
         }
-        outbox.append({"event_type": "order.created", "payload": orjson.dumps(payload).decode()})
+        outbox.append({"event_type": EventType.ORDER_CREATED, "payload": orjson.dumps(payload).decode()})
     return lines, outbox
 
 
@@ -203,6 +209,9 @@ class OrderCreation:
             await session.execute(INSERT_LINES, _columns(lines, LINE_COLUMNS))
             await session.execute(INSERT_OUTBOX, _columns(outbox, OUTBOX_COLUMNS))
         ORDERS_CREATED.inc(len(created))
+        count_created(
+            ((by_rid[rid].sale_id, by_rid[rid].reserved_at_ms) for _, rid in created), int(time.time() * 1000)
+        )
         with_coupons = [order_id for order_id, rid in created if by_rid[rid].coupon_ids]
         if with_coupons and self.pricing.coupons is not None:
             await self.pricing.price_with_coupons(order_ids=with_coupons)

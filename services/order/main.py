@@ -7,12 +7,14 @@ from fastapi import FastAPI
 from services.common.background import probe_loop_lag
 from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
+from services.common.stream_backlog import registered_streams, stream_gauges_job
 from services.common.streams import trim_acknowledged
 from services.order import admin, router
 from services.order.config import OrderSettings
 from services.order.coupons import CouponClient
 from services.order.events import PurchaseIngest
 from services.order.idempotency import OrderIdempotency
+from services.order.metrics import refresh_outbox_gauges
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
 
@@ -42,6 +44,11 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
         state = runtime.state
         state.service, state.ingest, state.payments, state.idempotency = service, ingest, payments, idempotency
         full = settings.relay_batch
+
+        async def watched_streams() -> list[str]:
+            # The purchase streams it reads and the events stream it writes (read by flashsale and coupon).
+            return [*await registered_streams(redis, settings.purchase_stream_registry), settings.events_stream]
+
         refunds = service.refunds
         return [
             lambda: probe_loop_lag(runtime.stopping),
@@ -60,6 +67,12 @@ def create_app(settings: OrderSettings | None = None) -> FastAPI:
                 lambda: trim_acknowledged(redis, settings.events_stream, required_groups=event_groups),
             ),
             Every(settings.relay_interval_seconds, "outbox relay", service.relay_outbox, again_now=lambda n: n == full),
+            Every(
+                settings.gauge_interval_seconds,
+                "stream gauges",
+                stream_gauges_job(redis, watched_streams, reporter="order"),
+            ),
+            Every(settings.gauge_interval_seconds, "outbox gauges", lambda: refresh_outbox_gauges(sessions)),
         ]
 
     app = service_app(

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
+from services.common.contracts import EventType
 from services.order.coupons import CouponClient
 from services.order.models import Order, OrderState, OutboxEvent
 from services.order.states import utcnow
@@ -124,7 +125,7 @@ class CouponPricing:
             return
         session.add(
             OutboxEvent(
-                event_type="order.coupons_released",
+                event_type=EventType.ORDER_COUPONS_RELEASED,
                 payload={"order_id": order.id, "user_id": order.user_id, "at": utcnow().isoformat()},
             )
         )

@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.contracts import EventType
 from services.order import errors
 from services.order.models import Order, OrderState, OrderTransition, OutboxEvent
 
@@ -27,13 +28,13 @@ ALLOWED: dict[OrderState, set[OrderState]] = {
     OrderState.FULFILLED: set(),
     OrderState.REFUNDED: set(),
 }
-EVENT_OF: dict[OrderState, str] = {
-    OrderState.PAID: "order.paid",
-    OrderState.CANCELLED: "order.cancelled",
-    OrderState.EXPIRED: "order.expired",
-    OrderState.REFUNDED: "order.refunded",
-    OrderState.REFUND_PENDING: "order.refund_pending",
-    OrderState.FULFILLED: "order.fulfilled",
+EVENT_OF: dict[OrderState, EventType] = {
+    OrderState.PAID: EventType.ORDER_PAID,
+    OrderState.CANCELLED: EventType.ORDER_CANCELLED,
+    OrderState.EXPIRED: EventType.ORDER_EXPIRED,
+    OrderState.REFUNDED: EventType.ORDER_REFUNDED,
+    OrderState.REFUND_PENDING: EventType.ORDER_REFUND_PENDING,
+    OrderState.FULFILLED: EventType.ORDER_FULFILLED,
 }
 CLOSING = frozenset({OrderState.CANCELLED, OrderState.EXPIRED, OrderState.REFUNDED})
 

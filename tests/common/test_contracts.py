@@ -64,8 +64,8 @@ def test_every_event_type_has_a_version_and_a_stream_that_carries_it() -> None:
 
 def test_the_event_types_consumers_handle_and_producers_name_are_event_types() -> None:
     handled = {
-        "flashsale on orders:events": set(ORDER_EVENT_HANDLERS),
-        "coupon on orders:events": set(COUPON_FREEING_EVENTS) | {EventType.ORDER_PAID},
+        "flashsale on {orders}:events": set(ORDER_EVENT_HANDLERS),
+        "coupon on {orders}:events": set(COUPON_FREEING_EVENTS) | {EventType.ORDER_PAID},
         "coupon recovery": set(EVENT_OF_ORDER_STATE.values()),
         "order state machine": set(EVENT_OF.values()),
         "inventory alert outbox": {event.value for event in AlertEvent},

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.config import GatewaySettings
 from gateway.main import create_app as create_gateway
+from services.common.contracts import purchase_stream
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app as create_coupon
 from services.flashsale.config import FlashSaleSettings
@@ -115,7 +116,7 @@ async def test_a_purchase_sent_as_text_or_broken_utf8_sells_nothing_and_a_charse
         assert_problem(resp, status, code, content_type)
     stats = await sale_stats(client, sale["id"])
     assert stats["remaining"] == 10 and stats["reserved"] == 0
-    assert await redis.xlen(f"{{fs:{sale['id']}}}:events") == 0
+    assert await redis.xlen(purchase_stream(sale["id"])) == 0
 
     accepted = await client.post(
         url,

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common.contracts import template_tag
 from services.coupon.store import CLAIM_STREAM_REGISTRY, ClaimStore, claim_stream, claims_key, template_key
 
 TEMPLATE = 880_001
@@ -48,7 +49,7 @@ async def store(redis: Redis) -> AsyncIterator[ClaimStore]:
     yield claims
     await redis.delete(template_key(TEMPLATE), claims_key(TEMPLATE), claim_stream(TEMPLATE))
     await redis.srem(CLAIM_STREAM_REGISTRY, claim_stream(TEMPLATE))
-    async for key in redis.scan_iter(match=f"{{cp:{TEMPLATE}}}:idem:*"):
+    async for key in redis.scan_iter(match=f"{template_tag(TEMPLATE)}:idem:*"):
         await redis.delete(key)
 
 

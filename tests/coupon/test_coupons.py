@@ -17,6 +17,7 @@ from services.common.contracts import ORDER_EVENTS_STREAM, EventType, encode_eve
 from services.common.migrate import upgrade
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
+from services.coupon.store import claim_idempotency_key, claims_key, template_key
 from tests.conftest import (
     TEST_REDIS_URL,
     admin_headers,
@@ -329,9 +330,9 @@ async def test_counters_left_by_an_earlier_template_with_the_same_id_are_not_inh
     latest = await _template(coupons)
     next_id = latest["id"] + 1
     # What a recreated database meets: Redis still holds the claims of an older template with this id.
-    await redis.hset(f"{{cp:{next_id}}}:t", mapping={"claimed": 5, "total": 5, "incarnation": "1"})
-    await redis.hset(f"{{cp:{next_id}}}:users", "heir", 1)
-    await redis.set(f"{{cp:{next_id}}}:idem:4:heir:k", "old-coupon|1")
+    await redis.hset(template_key(next_id), mapping={"claimed": 5, "total": 5, "incarnation": "1"})
+    await redis.hset(claims_key(next_id), "heir", 1)
+    await redis.set(claim_idempotency_key(next_id, "heir", "k"), "old-coupon|1")
     fresh = await _template(coupons, total_quantity=5)
     assert fresh["id"] == next_id
     claim = await _claim(coupons, next_id, "heir")
@@ -391,11 +392,11 @@ async def test_claim_counters_lost_with_redis_are_rebuilt_from_the_wallets(
         assert (await _claim(coupons, tid, f"lost-{n}")).status_code == 201
     await wait_for(lambda: _wallet_size(coupons, "lost-2", 1))
 
-    await redis.delete(f"{{cp:{tid}}}:t", f"{{cp:{tid}}}:users")  # what a crash without persistence loses
+    await redis.delete(template_key(tid), claims_key(tid))  # what a crash without persistence loses
     assert (await _claim(coupons, tid, "lost-new")).status_code == 404
 
     async def restored() -> bool:
-        return await redis.hget(f"{{cp:{tid}}}:t", "claimed") == "3"
+        return await redis.hget(template_key(tid), "claimed") == "3"
 
     await wait_for(restored, timeout=15)  # the restore job, every 5 s on every replica
     again = await _claim(coupons, tid, "lost-0", key="after-crash")

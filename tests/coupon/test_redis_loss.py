@@ -14,11 +14,11 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
-from services.common.contracts import EventType, encode_event
+from services.common.contracts import EventType, claim_stream, encode_event
 from services.common.migrate import upgrade
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
-from services.coupon.store import RECOVERED_RUN_KEY
+from services.coupon.store import RECOVERED_RUN_KEY, claims_key, template_key
 from tests.conftest import (
     TEST_REDIS_URL,
     PaySims,
@@ -212,12 +212,12 @@ async def test_claims_a_restarted_redis_forgot_are_counted_again_from_the_wallet
         assert claimed.status_code == 201
         ids.append(claimed.json()["coupon_id"])
     # AOF everysec lost the last second: the last two claims are in the wallets, not in Redis.
-    streamed = await redis.xrange(f"{{cp:{tid}}}:claims")
+    streamed = await redis.xrange(claim_stream(tid))
     forgotten = [entry_id for entry_id, fields in streamed if orjson.loads(fields["data"])["coupon_id"] in ids[2:]]
     assert len(forgotten) == 2
-    await redis.xdel(f"{{cp:{tid}}}:claims", *forgotten)
-    await redis.hset(f"{{cp:{tid}}}:t", "claimed", 2)
-    await redis.hdel(f"{{cp:{tid}}}:users", "kept-2", "kept-3")
+    await redis.xdel(claim_stream(tid), *forgotten)
+    await redis.hset(template_key(tid), "claimed", 2)
+    await redis.hdel(claims_key(tid), "kept-2", "kept-3")
     await _redis_restarted(redis)
 
     async def recounted() -> bool:

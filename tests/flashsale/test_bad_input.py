@@ -8,6 +8,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.common.contracts import purchase_stream
+from services.flashsale.store import bought_key, reservations_key
 from tests.conftest import admin_headers, customer_headers, live_sale, sale_body, sale_stats
 
 
@@ -21,9 +23,9 @@ async def _snapshot(client: httpx.AsyncClient, redis: Redis, sale_id: int) -> tu
     return (
         stats["remaining"],
         stats["reserved"],
-        await redis.xlen(f"{{fs:{sale_id}}}:events"),
-        await redis.hlen(f"{{fs:{sale_id}}}:res"),
-        await redis.hlen(f"{{fs:{sale_id}}}:bought"),
+        await redis.xlen(purchase_stream(sale_id)),
+        await redis.hlen(reservations_key(sale_id)),
+        await redis.hlen(bought_key(sale_id)),
     )
 
 

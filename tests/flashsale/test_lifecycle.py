@@ -9,6 +9,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.flashsale.store import reservations_key, sale_key
 from tests.conftest import admin_headers, create_sale, customer_headers, live_sale, sale_stats, wait_for
 
 
@@ -77,7 +78,7 @@ async def test_pause_refuses_new_purchases_keeps_reservations_and_resume_continu
     assert paused.status_code == 423
     assert paused.json()["code"] == "SALE_NOT_LIVE"
     # The reservation made before the pause still stands, and so does its replay.
-    assert (await redis.hget(f"{{fs:{sale_id}}}:res", rid) or "").endswith("|reserved")
+    assert (await redis.hget(reservations_key(sale_id), rid) or "").endswith("|reserved")
     replay = await _buy(client, sale_id, "p-1", "k1", qty=3)
     assert replay.status_code == 202
     assert replay.json()["reservation_id"] == rid
@@ -227,10 +228,10 @@ async def test_stock_left_in_redis_by_another_sale_with_the_same_id_is_not_adopt
 ) -> None:
     sale = await create_sale(client, quantity=10)
     # What a recreated database would meet: Redis still holds an older sale under the same id.
-    await redis.hset(f"{{fs:{sale['id']}}}:sale", mapping={"remaining": 3, "quantity": 3, "incarnation": "1"})
+    await redis.hset(sale_key(sale["id"]), mapping={"remaining": 3, "quantity": 3, "incarnation": "1"})
     resp = await _admin(client, sale["id"], "start")
     assert resp.status_code == 409
     assert resp.json()["code"] == "STALE_STOCK_STATE"
     admin_view = await client.get(f"/admin/sales/{sale['id']}", headers=admin_headers())
     assert admin_view.json()["state"] == "draft"
-    assert await redis.hget(f"{{fs:{sale['id']}}}:sale", "remaining") == "3"
+    assert await redis.hget(sale_key(sale["id"]), "remaining") == "3"

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.flashsale.core import SaleCore
 from services.flashsale.lifecycle import transition
-from services.flashsale.store import STREAM_REGISTRY, events_stream
+from services.flashsale.store import STREAM_REGISTRY, events_stream, sale_key
 from tests.conftest import admin_headers, create_sale, customer_headers, wait_for
 
 
@@ -83,7 +83,7 @@ async def test_a_failed_stock_load_leaves_a_sale_that_does_not_sell(
     client: httpx.AsyncClient, redis: Redis, core: SaleCore, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     sale = await create_sale(client, quantity=5)
-    step = FaultyStep(core.store._warm, fault, lambda **kw: kw["keys"][0] == f"{{fs:{sale['id']}}}:sale")
+    step = FaultyStep(core.store._warm, fault, lambda **kw: kw["keys"][0] == sale_key(sale["id"]))
     monkeypatch.setattr(core.store, "_warm", step)
     answer = await _start(client, sale["id"])
     assert (answer.status_code, step.failed) == (503, 1)

@@ -8,6 +8,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.common.contracts import purchase_stream
+from services.flashsale.store import reservations_key
 from tests.conftest import admin_headers, customer_headers, live_sale, sale_stats
 
 
@@ -34,8 +36,8 @@ async def test_a_replay_after_sell_out_gets_its_first_answer_and_a_new_key_gets_
     reused = await _buy(client, sale["id"], "replay-so", "click-1", qty=1)
     assert (reused.status_code, reused.json()["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
     # Nothing moved: one reservation, one event, no unit back.
-    assert await redis.hlen(f"{{fs:{sale['id']}}}:res") == 1
-    assert await redis.xlen(f"{{fs:{sale['id']}}}:events") == 1
+    assert await redis.hlen(reservations_key(sale["id"])) == 1
+    assert await redis.xlen(purchase_stream(sale["id"])) == 1
     assert (await sale_stats(client, sale["id"]))["remaining"] == 0
 
 

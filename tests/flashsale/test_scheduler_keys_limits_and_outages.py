@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.guards import UserRateLimiter
 from services.flashsale.main import create_app
+from services.flashsale.store import sale_key
 from tests.conftest import admin_headers, create_sale, customer_headers, live_sale, sale_stats, wait_for
 
 
@@ -150,8 +151,8 @@ async def test_redis_is_brought_back_to_the_recorded_state_when_an_admin_change_
     resumed = await live_sale(client, quantity=5)
     paused = await live_sale(client, quantity=5)
     assert (await client.post(f"/admin/sales/{paused['id']}/pause", headers=admin_headers())).status_code == 200
-    await redis.hset(f"{{fs:{resumed['id']}}}:sale", "state", "paused")
-    await redis.hset(f"{{fs:{paused['id']}}}:sale", "state", "live")
+    await redis.hset(sale_key(resumed["id"]), "state", "paused")
+    await redis.hset(sale_key(paused["id"]), "state", "live")
     dsn = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
     conn = await asyncpg.connect(dsn)
     try:  # the admin change committed a while ago: not one still in flight
@@ -160,7 +161,7 @@ async def test_redis_is_brought_back_to_the_recorded_state_when_an_admin_change_
         await conn.close()
 
     async def aligned() -> bool:
-        states = [await redis.hget(f"{{fs:{s['id']}}}:sale", "state") for s in (resumed, paused)]
+        states = [await redis.hget(sale_key(s["id"]), "state") for s in (resumed, paused)]
         return states == ["live", "paused"]
 
     await wait_for(aligned, timeout=15)

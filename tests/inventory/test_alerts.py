@@ -27,6 +27,7 @@ from services.common.migrate import upgrade
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app
 from services.inventory.models import AlertOutbox, AuditEntry
+from services.inventory.store import stock_key
 from tests.conftest import (
     TEST_REDIS_URL,
     admin_headers,
@@ -351,7 +352,7 @@ async def test_periodic_reconciliation_rewrites_a_lost_or_garbled_mirror(
 ) -> None:
     sku = await _sku(inventory, 40, threshold=None)
     await _take(inventory, sku, 5)
-    key = f"{{inv:{sku}}}:stock"
+    key = stock_key(sku)
 
     async def mirrored() -> bool:
         return bool(await redis.hget(key, "available") == "35")

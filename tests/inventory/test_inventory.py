@@ -17,6 +17,7 @@ from services.common.contracts import ALERTS_STREAM, decode_event
 from services.common.migrate import upgrade
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app
+from services.inventory.store import stock_key
 from tests.conftest import (
     TEST_REDIS_URL,
     admin_headers,
@@ -368,12 +369,12 @@ async def test_redis_copy_lost_is_reported_and_rebuilt_from_postgres(
     sku = await _sku(inventory, 40)
     assert (await _hold(inventory, sku, "mirror-user", "m-1", quantity=5)).status_code == 201
     assert (await inventory.get(f"/skus/{sku}/availability")).json()["available"] == 35
-    await redis.delete(f"{{inv:{sku}}}:stock")  # what a Redis crash that lost data leaves behind
+    await redis.delete(stock_key(sku))  # what a Redis crash that lost data leaves behind
     report = (await inventory.get("/admin/reconciliation", headers=admin_headers())).json()
     assert report["ok"]  # PostgreSQL, the truth, still adds up
     assert any(line.startswith(f"{sku}:") for line in report["mirror_drift"])
     repaired = await inventory.post("/admin/reconciliation/repair", headers=admin_headers())
     assert repaired.status_code == 200, repaired.text
     assert not [line for line in repaired.json()["mirror_drift"] if line.startswith(f"{sku}:")]
-    assert await redis.hget(f"{{inv:{sku}}}:stock", "available") == "35"
+    assert await redis.hget(stock_key(sku), "available") == "35"
     assert (await inventory.post("/admin/reconciliation/repair", headers=customer_headers("x"))).status_code == 403

@@ -20,6 +20,7 @@ from services.common.migrate import upgrade
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.main import create_app
 from services.flashsale.reconciliation import SaleReconciler
+from services.flashsale.store import bought_key, reservations_key, sale_key
 from tests.conftest import (
     PaySims,
     Processes,
@@ -329,10 +330,10 @@ async def test_settlement_counts_what_the_record_says_was_paid_when_redis_forgot
         )
     rid, _ = orders["forgot-2"]
     # What Redis forgets with its last second: the reservation, and the counters it moved.
-    await stack.redis.hdel(f"{{fs:{sale_id}}}:res", rid)
-    await stack.redis.hincrby(f"{{fs:{sale_id}}}:sale", "reserved", -1)
-    await stack.redis.hincrby(f"{{fs:{sale_id}}}:sale", "remaining", 1)
-    await stack.redis.hdel(f"{{fs:{sale_id}}}:bought", "forgot-2")
+    await stack.redis.hdel(reservations_key(sale_id), rid)
+    await stack.redis.hincrby(sale_key(sale_id), "reserved", -1)
+    await stack.redis.hincrby(sale_key(sale_id), "remaining", 1)
+    await stack.redis.hdel(bought_key(sale_id), "forgot-2")
     for user, (_rid, order) in orders.items():
         paid = await stack.orders.post(f"/orders/{order['id']}/pay", headers=customer_headers(user, f"pay-{user}"))
         assert paid.status_code == 200 and paid.json()["state"] == "paid", paid.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -9,6 +10,8 @@ import pytest
 from redis import Redis
 
 from loadtest import seed
+from services.coupon.store import template_key
+from services.flashsale.store import sale_key
 from tests.conftest import redis_url_for
 
 REDIS_URL = redis_url_for(3)  # the suite's fourth logical database; these tests touch only keys of their own ids
@@ -31,18 +34,18 @@ def test_a_new_sale_with_no_keys_in_redis_is_seeded() -> None:
 
 def test_a_sale_whose_stock_redis_still_holds_is_refused(redis: Redis) -> None:
     sale_id = _unused_id()
-    redis.hset(f"{{fs:{sale_id}}}:sale", mapping={"remaining": 500})
+    redis.hset(sale_key(sale_id), mapping={"remaining": 500})
     try:
-        with pytest.raises(seed.SeedError, match=rf"\{{fs:{sale_id}\}}:sale"):
+        with pytest.raises(seed.SeedError, match=re.escape(sale_key(sale_id))):
             seed.refuse_stale_keys(REDIS_URL, sale_id, None)
     finally:
-        redis.delete(f"{{fs:{sale_id}}}:sale")
+        redis.delete(sale_key(sale_id))
 
 
 def test_a_coupon_template_whose_claims_redis_still_counts_is_refused(redis: Redis) -> None:
     template_id = _unused_id()
-    redis.hset(f"{{cp:{template_id}}}:t", mapping={"claimed": 3})
+    redis.hset(template_key(template_id), mapping={"claimed": 3})
     try:
-        assert seed.stale_keys(REDIS_URL, _unused_id(), template_id) == [f"{{cp:{template_id}}}:t claimed"]
+        assert seed.stale_keys(REDIS_URL, _unused_id(), template_id) == [f"{template_key(template_id)} claimed"]
     finally:
-        redis.delete(f"{{cp:{template_id}}}:t")
+        redis.delete(template_key(template_id))

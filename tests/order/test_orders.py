@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from services.common.contracts import purchase_stream
 from services.common.migrate import upgrade
 from services.order.config import OrderSettings
 from services.order.main import create_app
@@ -311,7 +312,7 @@ async def test_ingest_lets_go_of_drained_streams_and_picks_them_up_again(
 ) -> None:
     ingest = orders._transport.app.state.ingest  # type: ignore[attr-defined]
     sale = await live_sale(client, quantity=5)
-    stream = f"{{fs:{sale['id']}}}:events"
+    stream = purchase_stream(sale["id"])
     rid = await _buy(client, sale["id"], "idle-1")
     await _order_of(orders, "idle-1", rid)
     ingest.follower.idle_seconds = 0.0
@@ -423,6 +424,48 @@ async def test_compensation_reaches_every_buyer_whose_order_a_system_failure_can
         for user, expected in (("hit-1", 1), ("hit-2", 1), ("hit-3", 1), ("spared", 0)):
             wallet = (await coupons.get("/wallet", headers=customer_headers(user))).json()
             assert len([c for c in wallet if c["template"]["kind"] == "compensation"]) == expected
+
+
+async def test_repurchase_coupons_reach_each_paid_buyer_of_a_sale_once_in_one_batch(
+    client: httpx.AsyncClient, orders: httpx.AsyncClient, coupon_url: str
+) -> None:
+    sale = await live_sale(client, quantity=10, per_user_limit=1)
+    ids = {}
+    for user in ("paid-1", "paid-2", "unpaid", "cancelled", "paid-late"):
+        rid = await _buy(client, sale["id"], user)
+        ids[user] = (await _order_of(orders, user, rid))["id"]
+    for user in ("paid-1", "paid-2"):
+        assert (await _pay(orders, user, ids[user])).status_code == 200
+    await orders.post(f"/admin/orders/{ids['cancelled']}/cancel", headers=admin_headers())
+    batch = {**admin_headers(), "Idempotency-Key": f"repurchase-{sale['id']}"}
+
+    async def repurchase_coupons(user: str) -> int:
+        wallet = (await coupons.get("/wallet", headers=customer_headers(user))).json()
+        return len([c for c in wallet if c["template"]["name"] == "come back"])
+
+    async with httpx.AsyncClient(base_url=coupon_url) as coupons:
+        template = await coupons.post(
+            "/admin/templates",
+            json={"name": "come back", "kind": "compensation", "amount_off": 500, "total_quantity": 100},
+            headers=admin_headers(),
+        )
+        body = {"template_id": template.json()["id"], "sale_id": sale["id"], "buyers": "paid", "reason": "repurchase"}
+        first = await coupons.post("/admin/compensation", json=body, headers=batch)
+        assert first.status_code == 200, first.text
+        assert len(first.json()) == 2
+        # A buyer who pays after the batch ran is reached by repeating it; nobody gets a second coupon.
+        assert (await _pay(orders, "paid-late", ids["paid-late"])).status_code == 200
+        again = await coupons.post("/admin/compensation", json=body, headers=batch)
+        assert len(again.json()) == 3
+        assert {c["coupon_id"] for c in first.json()} < {c["coupon_id"] for c in again.json()}
+        for user, expected in (("paid-1", 1), ("paid-2", 1), ("paid-late", 1), ("unpaid", 0), ("cancelled", 0)):
+            assert await repurchase_coupons(user) == expected, user
+        listed = {**body, "user_ids": ["paid-1"]}
+        del listed["sale_id"]
+        refused = await coupons.post("/admin/compensation", json=listed, headers=admin_headers())
+        assert refused.status_code == 422
+        stats = (await coupons.get(f"/admin/templates/{template.json()['id']}/stats", headers=admin_headers())).json()
+        assert stats["claimed"] == 3
 
 
 async def test_a_charge_the_timed_out_primary_made_is_refunded_after_the_backup_was_paid(
