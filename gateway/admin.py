@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.pools import Pool
 from gateway.schemas import UpstreamsOut
@@ -28,7 +28,7 @@ async def upstreams(request: Request, _admin: AdminUser) -> UpstreamsOut:
     if publisher is not None:
         try:
             views += await publisher.all_views()
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # the cluster client's outages included
             error = f"other workers' views unavailable: {type(exc).__name__}"
     return UpstreamsOut(
         worker=own["worker"], pools=own["pools"], workers=views, replicas=summarize(views), workers_error=error

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin, router
@@ -19,6 +18,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.views import ViewPublisher, worker_name
 from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
+from services.common.resources import open_redis
 
 log = logging.getLogger("gateway")
 
@@ -53,9 +53,9 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     worker = worker_name(settings.replica_id)
 
     async def start(runtime: ServiceRuntime) -> list[Job]:
-        # Not open_redis: upstream views need a few bytes-mode calls with short timeouts, not a warmed pool
-        # sized for a service's traffic, and the rate limiter opens its own pool.
-        views_redis = runtime.closing(Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1))
+        # A few connections, not warmed: upstream views make one call per interval and per admin read, and the
+        # rate limiter has its own pipe. open_redis gives the cluster client on a Redis Cluster.
+        views_redis = runtime.closing(open_redis(settings.model_copy(update={"redis_max_connections": 4})))
         limiter = runtime.closing(RateLimiter(settings))
         runtime.on_shutdown(close_pools)
         POOLS.watch(pools)

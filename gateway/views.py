@@ -2,9 +2,11 @@
 
 Each worker process keeps its own pools: its own health checks, passive ejections and breakers. A request
 to `/admin/upstreams` reaches one worker of one gateway, so on its own it would show that worker's view
-only. Every worker therefore writes its view to Redis every `GATEWAY_VIEW_INTERVAL_SECONDS` (one key per
-worker, expiring after three intervals, so a dead worker drops out), and the endpoint answers with all of
-them plus, per replica, in how many workers it is available, unhealthy, ejected or behind an open breaker.
+only. Every worker therefore writes its view to Redis every `GATEWAY_VIEW_INTERVAL_SECONDS` (one field per
+worker of the hash `{gw}:views`: one key, so on a Redis Cluster one master holds every view and one HGETALL
+reads them all), and the endpoint answers with all of them plus, per replica, in how many workers it is
+available, unhealthy, ejected or behind an open breaker. A view older than three intervals is a dead
+worker's: it is left out and its field deleted (a hash field has no expiry of its own).
 A failed publish is logged and tried again next interval: the admin view never stops the proxy path.
 """
 
@@ -17,11 +19,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from gateway.pools import Pool, monotonic
+from services.common.resources import RedisClient
 
-KEY_PREFIX = "gw:view:"
+# Hash: worker name -> its last view (JSON, with the time it was reported).
+VIEWS_KEY = "{gw}:views"
 
 
 def worker_name(replica_id: str) -> str:
@@ -38,27 +41,38 @@ def local_view(worker: str, pools: Iterable[Pool]) -> dict[str, Any]:
 class ViewPublisher:
     """Writes this worker's view to Redis; reads every worker's."""
 
-    def __init__(self, redis: Redis, worker: str, pools: dict[str, Pool], interval: float) -> None:
+    def __init__(self, redis: RedisClient, worker: str, pools: dict[str, Pool], interval: float) -> None:
         self.redis = redis
         self.worker = worker
         self.pools = pools
         self.interval = interval
-        self.ttl_ms = max(1, int(interval * 3 * 1000))
+        self.max_age = interval * 3  # a view older than this is a dead worker's
+        self.ttl_ms = max(1, int(self.max_age * 1000))
 
     async def publish(self) -> None:
         """Write the view once (run_every calls it each interval; a failure is retried next time)."""
         view = local_view(self.worker, self.pools.values())
-        await self.redis.set(KEY_PREFIX + self.worker, orjson.dumps(view), px=self.ttl_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(VIEWS_KEY, self.worker, orjson.dumps(view))
+            pipe.pexpire(VIEWS_KEY, self.ttl_ms)  # the hash goes once no worker writes any more
+            await pipe.execute()
 
     async def all_views(self) -> list[dict[str, Any]]:
-        """Every live worker's last view (this one's as of now, the others' as last published)."""
-        views = []
-        keys = [key async for key in self.redis.scan_iter(match=KEY_PREFIX + "*", count=100)]
-        own = KEY_PREFIX + self.worker
-        others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
-        for raw in await self.redis.mget(others) if others else []:
-            if raw:
-                views.append(orjson.loads(raw))
+        """Every live worker's last view but this one's (the caller has this one as of now)."""
+        raw: dict[Any, Any] = await self.redis.hgetall(VIEWS_KEY)
+        oldest = time.time() - self.max_age
+        views, dead = [], []
+        for field, value in raw.items():
+            worker = field.decode() if isinstance(field, bytes) else str(field)
+            if worker == self.worker:
+                continue
+            view = orjson.loads(value)
+            if float(view.get("reported_at", 0)) < oldest:
+                dead.append(worker)
+            else:
+                views.append(view)
+        if dead:
+            await self.redis.hdel(VIEWS_KEY, *dead)
         return views
 
 

@@ -57,7 +57,7 @@ def _time_to_pay(orders: OrdersResult) -> tuple[float, float]:
 
 
 def wait_for_orders(admin: checker.Admin, sale_id: int, orders: OrdersResult) -> Wait:
-    """Wait until no order of the sale awaits payment and flashsale holds no unpaid unit (orders:events stream)."""
+    """Wait until no order of the sale awaits payment and flashsale holds no unpaid unit ({orders}:events stream)."""
     start = time.monotonic()
     deadline_seconds, wait_for = _time_to_pay(orders)
     if not orders.cancelled and (orders.unpaid or orders.pay_failures):

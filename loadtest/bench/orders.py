@@ -15,12 +15,11 @@ import sys
 import time
 
 import orjson
-from redis.asyncio import Redis
 from sqlalchemy import text
 
 from loadtest.bench.backends import recreate_database, urls_from_environment
 from loadtest.bench.errors import BenchError
-from services.common.resources import open_engine, open_redis, session_factory
+from services.common.resources import RedisClient, open_engine, open_redis, session_factory
 from services.order.config import OrderSettings
 from services.order.events import PurchaseIngest
 from services.order.payments import PaymentRouter
@@ -31,7 +30,7 @@ SALE_ID = 990_001
 STREAM = f"{{fs:{SALE_ID}}}:events"
 
 
-async def fill(redis: Redis, events: int) -> None:
+async def fill(redis: RedisClient, events: int) -> None:
     """XADD `events` purchase events, pipelined."""
     batch = 5_000
     for start in range(0, events, batch):

@@ -179,7 +179,7 @@ async def run(pays: int, concurrency: int, warmup: int) -> int:
         "ORDER_PAYSIM_PRIMARY_URL": paysim_url,
         "ORDER_PAYSIM_BACKUP_URL": paysim_url,
         "ORDER_PURCHASE_STREAM_REGISTRY": "bench:pay:no-streams",
-        "ORDER_EVENTS_STREAM": "bench:pay:order-events",
+        "ORDER_EVENTS_STREAM": "{bench:pay}:order-events",  # tagged: its relay marker beside it
         **QUIET_JOBS,
     }
     order, order_url = await asyncio.to_thread(start, "services.order.main:app", env)

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.resources import RedisClient
 
-async def _redis(request: Request) -> Redis:
-    redis: Redis = request.app.state.redis
+
+async def _redis(request: Request) -> RedisClient:
+    redis: RedisClient = request.app.state.redis
     return redis
 
 
@@ -20,5 +21,5 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-RedisDep = Annotated[Redis, Depends(_redis)]
+RedisDep = Annotated[RedisClient, Depends(_redis)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]

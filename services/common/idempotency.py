@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 
 from services.common.errors import ProblemError
+from services.common.resources import RedisClient
 
 MAX_KEY_LENGTH = 200
 REPLAY_TTL_SECONDS = 24 * 3600
@@ -55,10 +55,19 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+def record_key(namespace: str, owner: str, key: str) -> str:
+    """One stored answer per (namespace, owner, Idempotency-Key), owner length-prefixed.
+
+    No hash tag, on purpose: no command takes two records, so on a Redis Cluster they spread over every slot
+    and their load over every master.
+    """
+    return f"idem:{namespace}:{len(owner)}:{owner}:{key}"
+
+
 class IdempotencyStore:
     """Replays the first answer of a state-changing call made again with the same key."""
 
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: RedisClient, namespace: str) -> None:
         self.redis = redis
         self.namespace = namespace
 
@@ -71,7 +80,7 @@ class IdempotencyStore:
         action: Callable[[], Awaitable[tuple[int, Any]]],
     ) -> tuple[int, Any]:
         """Run `action` once per (owner, key); later calls get the stored (status, body) back."""
-        rkey = f"idem:{self.namespace}:{len(owner)}:{owner}:{key}"
+        rkey = record_key(self.namespace, owner, key)
         pending = orjson.dumps({"state": "pending", "fp": request_fingerprint})
         if not await self.redis.set(rkey, pending, nx=True, ex=IN_FLIGHT_TTL_SECONDS):
             stored = await self.redis.get(rkey)

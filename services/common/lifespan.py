@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
 from services.common.auth import TokenVerifier
 from services.common.background import freeze_startup_objects, run_every, stop_background
 from services.common.config import BaseServiceSettings
-from services.common.resources import open_engine, open_redis, session_factory, warm_redis
+from services.common.resources import RedisClient, open_engine, open_redis, session_factory, warm_redis
 from services.common.streams import StreamConsumer
 
 log = logging.getLogger("service.lifespan")
@@ -86,7 +85,7 @@ class ServiceRuntime:
         self.state.sessions = sessions = session_factory(engine)
         return sessions
 
-    async def open_redis(self) -> Redis:
+    async def open_redis(self) -> RedisClient:
         """The process's Redis pool, warmed before any traffic and closed at shutdown."""
         redis = open_redis(self.settings)
         self.on_shutdown(redis.aclose)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -34,16 +34,15 @@ _CONNECTION_OPTIONS: dict[str, Any] = {
 }
 
 
-def open_redis(settings: BaseServiceSettings) -> Redis:
+def open_redis(settings: BaseServiceSettings) -> RedisClient:
     """The process's Redis client: a blocking pool on a single Redis, the cluster client on a Redis Cluster.
 
-    Which one follows REDIS_CLUSTER (services.common.topology). It is typed as the single-node client that
-    the services take: the cluster client answers the same commands (mypy finds none missing with the
-    callers typed RedisClient), and what a cluster refuses (keys of several slots in one command) is
-    answered at run time with CROSSSLOT; docs/scaling.md lays out the keys so that it does not happen.
+    Which one follows REDIS_CLUSTER (services.common.topology). What a cluster refuses (keys of several
+    slots in one command) is answered at run time with CROSSSLOT; docs/scaling.md gives every key family a
+    slot plan so that it does not happen.
     """
     if uses_cluster(settings.redis_url, settings.redis_cluster):
-        return cast(Redis, open_redis_cluster(settings))
+        return open_redis_cluster(settings)
     # A blocking pool: past `REDIS_MAX_CONNECTIONS` a request waits (up to 5 s) for a free connection
     # instead of failing, so a burst queues briefly rather than turning into errors. The client owns the
     # pool: its `aclose()` disconnects every pooled connection (a client built on a pool passed in leaves them).
@@ -97,6 +96,20 @@ async def ping_redis(redis: RedisClient) -> None:
     state = (await redis.cluster_info()).get("cluster_state")
     if state != "ok":
         raise ClusterDownError(f"cluster_state:{state}")
+
+
+async def redis_run_id(redis: RedisClient, key: str) -> str:
+    """The run id of the Redis server holding `key` (a new one after every restart of that server).
+
+    On a cluster that is the master of the key's slot: another master's restart says nothing about it.
+    """
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # the slot map, if no command has asked for it yet (a no-op after)
+        node = redis.get_node_from_key(key)
+        info: dict[str, Any] = await redis.info("server", target_nodes=node)
+    else:
+        info = await redis.info("server")
+    return str(info.get("run_id", ""))
 
 
 async def warm_redis(redis: RedisClient, settings: BaseServiceSettings) -> int:

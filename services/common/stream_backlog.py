@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from services.common.contracts import dead_letter_stream
 from services.common.metrics import GaugeTable
+from services.common.resources import RedisClient
 
 GROUP_LAG = GaugeTable(
     "stream_group_lag_entries", "Entries of a stream its consumer group has not read yet", ["stream", "group"]
@@ -31,7 +30,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def refresh_stream_gauges(redis: Redis, streams: Iterable[str], *, reporter: str) -> None:
+async def refresh_stream_gauges(redis: RedisClient, streams: Iterable[str], *, reporter: str) -> None:
     """Read the backlog of every group of `streams` (a missing stream shows nothing) into the gauges, as the
     part of `reporter` (the service watching them)."""
     names = sorted(set(streams))
@@ -61,13 +60,13 @@ async def refresh_stream_gauges(redis: Redis, streams: Iterable[str], *, reporte
     DEAD_LETTERS.replace(dead, reporter)
 
 
-async def registered_streams(redis: Redis, registry: str) -> set[str]:
+async def registered_streams(redis: RedisClient, registry: str) -> set[str]:
     """The streams a registry set lists (every sale's or template's stream of a family)."""
     return {_text(name) for name in await redis.smembers(registry)}
 
 
 def stream_gauges_job(
-    redis: Redis, streams: Callable[[], Awaitable[Iterable[str]]], *, reporter: str
+    redis: RedisClient, streams: Callable[[], Awaitable[Iterable[str]]], *, reporter: str
 ) -> Callable[[], Awaitable[None]]:
     """A periodic job body: list the streams to watch, then refresh their gauges."""
 

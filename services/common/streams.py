@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common.contracts import dead_letter_stream
 from services.common.errors import is_transient
+from services.common.resources import RedisClient
 
 log = logging.getLogger("service.streams")
 
@@ -45,7 +45,7 @@ class StreamConsumer:
     finishes its own pending entries, so nothing is lost.
     """
 
-    redis: Redis
+    redis: RedisClient
     stream: str
     group: str
     consumer: str
@@ -208,7 +208,7 @@ class StreamConsumer:
         log.error("dead-lettered %s %s after %d deliveries", self.stream, entry_id, self.max_deliveries, exc_info=True)
 
 
-async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[str, bool]:
+async def group_backlog(redis: RedisClient, streams: list[str], group: str) -> dict[str, bool]:
     """For each stream: does `group` have anything left there (unread or unacknowledged entries)?
 
     A stream without the group counts as having work (nobody has read it yet); a missing stream has none.
@@ -231,7 +231,7 @@ async def group_backlog(redis: Redis, streams: list[str], group: str) -> dict[st
     return out
 
 
-async def trim_acknowledged(redis: Redis, stream: str, *, required_groups: Sequence[str] = ()) -> int:
+async def trim_acknowledged(redis: RedisClient, stream: str, *, required_groups: Sequence[str] = ()) -> int:
     """Drop the entries of `stream` that every consumer group has read and acknowledged; returns how many.
 
     The oldest entry still needed is the oldest pending one of any group, or the entry after a group's
@@ -277,7 +277,7 @@ class RegistryFollower:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         registry: str,
         group: str,

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.contracts import EventType
 from services.common.idempotency import IdempotencyKeyReused
+from services.common.resources import RedisClient
 from services.coupon import errors
 from services.coupon.config import CouponSettings
 from services.coupon.models import AuditEntry, Coupon, CouponState, PaidOrder, Template
@@ -105,7 +105,9 @@ def quote_view(q: Quote) -> QuoteOut:
 class CouponService:
     """Everything the coupon service does, over one engine and one Redis pool."""
 
-    def __init__(self, *, settings: CouponSettings, redis: Redis, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, *, settings: CouponSettings, redis: RedisClient, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.sessions = sessions

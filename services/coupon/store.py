@@ -7,24 +7,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.contracts import CLAIM_STREAM_REGISTRY, claim_stream, decode_event, template_tag
+from services.common.resources import RedisClient, redis_run_id
 
 log = logging.getLogger(__name__)
 LUA_DIR = Path(__file__).parent / "lua"
 # The run id of the Redis server whose data the counters were last checked against (a plain string). A
 # different run id (Redis restarted: AOF loses up to a second) or none (Redis lost everything) means the
 # counters must be checked against the record again. One global key: read once per tick per replica.
-RECOVERED_RUN_KEY = "cp:recovered-run-id"
+# The coupon service's global keys share the tag `{cp}` (one master holds them all, and its run id is the
+# one compared); each template's keys have their own tag `{cp:<template id>}`.
+RECOVERED_RUN_KEY = "{cp}:recovered-run-id"
 # Who is checking the counters after a restart (SET NX with a TTL): one replica at a time, since two
 # checks racing would both count the same lost claims again.
-RECOVERY_LEASE_KEY = "cp:recovery-lease"
+RECOVERY_LEASE_KEY = "{cp}:recovery-lease"
 # Coupons locked before this time (ISO 8601) are to be settled from the order record: their order's event
 # may have been lost with Redis. Set by the check after a restart, deleted once they are settled.
-SETTLE_LOCKS_KEY = "cp:settle-locked-before"
+SETTLE_LOCKS_KEY = "{cp}:settle-locked-before"
 DELETE_IF_UNCHANGED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
@@ -49,7 +51,7 @@ class ClaimStore:
     # A failed claim call is resent only when it failed within this long (see claim()).
     resend_within_seconds = 1.0
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._claim = redis.register_script((LUA_DIR / "claim.lua").read_text())
         self._load = redis.register_script((LUA_DIR / "load_template.lua").read_text())
@@ -126,9 +128,8 @@ class ClaimStore:
         return bool(res[0] == "RESTORED")
 
     async def run_id(self) -> str:
-        """The Redis server's run id: a new one after every restart."""
-        info: dict[str, Any] = await self.redis.info("server")
-        return str(info.get("run_id", ""))
+        """The run id of the Redis server holding the recovery keys: a new one after every restart."""
+        return await redis_run_id(self.redis, RECOVERED_RUN_KEY)
 
     async def recovered_run_id(self) -> str | None:
         """The run id the counters were last checked against; None when Redis lost it too."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
+from services.common.contracts import ALERTS_STREAM, ORDER_EVENTS_STREAM
 from services.common.webhooks import WebhookSettings
 
 
@@ -43,5 +44,5 @@ class FlashSaleSettings(WebhookSettings):
     # Stock the warehouse still counts as allocated to a sale id flashsale has no sale for (its creation died
     # between the allocation and the commit) is given back once it has been seen that way this long.
     orphan_allocation_grace_seconds: float = 300.0
-    order_events_stream: str = "orders:events"
-    alerts_stream: str = "alerts"
+    order_events_stream: str = ORDER_EVENTS_STREAM
+    alerts_stream: str = ALERTS_STREAM

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.logs import request_id_var
+from services.common.resources import RedisClient
 from services.flashsale import errors
 from services.flashsale.clients import InventoryClient, OrderRecordClient
 from services.flashsale.config import FlashSaleSettings
@@ -98,13 +98,13 @@ class SaleCore:
         self,
         *,
         settings: FlashSaleSettings,
-        redis: Redis,
+        redis: RedisClient,
         sessions: async_sessionmaker[AsyncSession],
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.sessions = sessions
-        self.store = StockStore(redis, settings.redis_url)
+        self.store = StockStore(redis, settings.redis_url, cluster=settings.redis_cluster)
         self.sold_out = SoldOutFlags(settings.sold_out_cache_seconds)
         # One dict for the life of the process, refreshed in place: a flow may keep a reference to it.
         self.catalog: dict[int, CatalogEntry] = {}
@@ -125,7 +125,7 @@ class SaleCore:
     async def notify(self, message: str) -> None:
         """Tell the other replicas (sold out, buyable again, catalog changed); a lost message only delays them."""
         try:
-            await self.redis.publish(NOTIFY_CHANNEL, message)
+            await self.redis.spublish(NOTIFY_CHANNEL, message)
         except RedisError:
             log.warning("could not publish %s", message)
 

@@ -21,7 +21,7 @@ from services.flashsale import errors
 from services.flashsale.core import WARM_STATES, utcnow
 from services.flashsale.schemas import SaleAlert
 from services.flashsale.service import FlashSaleService
-from services.flashsale.store import NOTIFY_CHANNEL
+from services.flashsale.store import NOTIFY_CHANNEL, alert_relayed_key
 
 log = logging.getLogger("flashsale.events")
 
@@ -128,7 +128,7 @@ class AlertRelay:
         event_type = EventType(event["type"])
         if event_type == EventType.STOCK_LOW and event.get("paused"):
             await self.service.automatic.sync_auto_pause(sale_id)  # safe to repeat; must not be skipped by a retry
-        seen_key = f"fs:alert-relayed:{sale_id}:{entry_id}"
+        seen_key = alert_relayed_key(sale_id, entry_id)
         if await redis.exists(seen_key):
             return  # delivered before a crash stopped the acknowledgement
         payload = {"id": f"{sale_id}-{entry_id}", **event}
@@ -221,15 +221,19 @@ def order_events_consumer(service: FlashSaleService, consumer_name: str) -> Stre
 
 
 async def listen_notifications(service: FlashSaleService) -> None:
-    """Follow other replicas: sold out, buyable again, catalog changed."""
+    """Follow other replicas: sold out, buyable again, catalog changed.
+
+    A sharded channel: on a cluster only the master of its slot carries it (classic pub/sub is copied to
+    every node), and on a single Redis it behaves as classic pub/sub.
+    """
     while True:
         try:
             async with service.core.redis.pubsub() as pubsub:
-                await pubsub.subscribe(NOTIFY_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    await _on_notification(service, str(message["data"]))
+                await pubsub.ssubscribe(NOTIFY_CHANNEL)
+                while True:
+                    message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "smessage":
+                        await _on_notification(service, str(message["data"]))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -35,6 +35,7 @@ from services.flashsale.schemas import (
     SaleReconciliation,
 )
 from services.flashsale.service import FlashSaleService
+from services.flashsale.store import ORPHANS_KEY, job_lock_key
 
 log = logging.getLogger("flashsale.reconciliation")
 
@@ -44,9 +45,6 @@ DRIFT = Gauge(
     ["sale_id"],
 )
 UNSETTLED = Gauge("flashsale_unsettled_sales", "Sales whose units are not all sold or returned to the warehouse yet")
-JOB_LOCK_PREFIX = "fs:job:"
-# Hash "<sale id>:<sku>" -> when an allocation of a sale id with no sale was first seen (epoch seconds).
-ORPHANS_KEY = "fs:orphan-allocations"
 # How often an ended sale with Redis showing nothing reserved asks the order record whether it may settle.
 RECORD_CHECK_SECONDS = 5.0
 # The consumer groups that must have read a purchase stream before its entries may be trimmed.
@@ -70,7 +68,7 @@ class SaleReconciler:
     async def _leader(self, job: str, seconds: float) -> bool:
         """One replica runs a periodic job per tick (the jobs are idempotent; this only saves work)."""
         ms = max(int(seconds * 1000) - 50, 100)
-        return bool(await self.store.redis.set(f"{JOB_LOCK_PREFIX}{job}", self.settings.consumer_name, nx=True, px=ms))
+        return bool(await self.store.redis.set(job_lock_key(job), self.settings.consumer_name, nx=True, px=ms))
 
     # ---------------------------------------------------------------- the report
 

@@ -8,9 +8,9 @@ live views), sales.py (ops' sales and their record), lifecycle.py (admin transit
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.resources import RedisClient
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.core import SaleCore
 from services.flashsale.purchase import Purchases
@@ -26,7 +26,7 @@ class FlashSaleService:
         self,
         *,
         settings: FlashSaleSettings,
-        redis: Redis,
+        redis: RedisClient,
         sessions: async_sessionmaker[AsyncSession],
     ) -> None:
         self.core = SaleCore(settings=settings, redis=redis, sessions=sessions)

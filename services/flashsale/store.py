@@ -1,7 +1,8 @@
 """Flashsale's Redis access: key layout and the Lua scripts, loaded once and called by SHA.
 
 Every key of one sale carries the hash tag `{fs:<sale_id>}`, so each script call touches one
-Redis Cluster slot.
+Redis Cluster slot. Flashsale's global keys (the stream registry, job leases, orphan sightings, the
+notification channel) share the tag `{fs}`: one master holds all of them.
 """
 
 from __future__ import annotations
@@ -10,17 +11,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
-from services.common.resources import open_script_pipe
+from services.common.contracts import PURCHASE_STREAM_REGISTRY
+from services.common.resources import RedisClient, open_script_pipe
+from services.common.topology import ClusterMode
 
 LUA_DIR = Path(__file__).parent / "lua"
-STREAM_REGISTRY = "fs:streams"
-NOTIFY_CHANNEL = "fs:notify"
+# Set of every sale's purchase stream (the order service follows each one).
+STREAM_REGISTRY = PURCHASE_STREAM_REGISTRY
+# Sharded pub/sub channel between replicas: sold out, buyable again, catalog changed (SPUBLISH/SSUBSCRIBE).
+NOTIFY_CHANNEL = "{fs}:notify"
+# Hash "<sale id>:<sku>" -> when an allocation of a sale id with no sale was first seen (epoch seconds).
+ORPHANS_KEY = "{fs}:orphan-allocations"
 
 
 def _tag(sale_id: int) -> str:
     return f"{{fs:{sale_id}}}"
+
+
+def job_lock_key(job: str) -> str:
+    """Lease of one periodic job (settlement, reconciliation): the replica running it this tick."""
+    return f"{{fs}}:job:{job}"
+
+
+def alert_relayed_key(sale_id: int, entry_id: str) -> str:
+    """Marker that one alert of a sale's alert stream reached the global stream and webhooks."""
+    return f"{_tag(sale_id)}:alert-relayed:{entry_id}"
 
 
 def sale_key(sale_id: int) -> str:
@@ -91,16 +106,26 @@ class RebuildOutcome:
 class StockStore:
     """The activity stock of every sale, in Redis."""
 
-    def __init__(self, redis: Redis, redis_url: str) -> None:
+    def __init__(self, redis: RedisClient, redis_url: str, *, cluster: ClusterMode = "auto") -> None:
         self.redis = redis
         # The purchase decision, on the hot path: concurrent purchases share one pipelined connection (every
         # call of an event-loop iteration in one write); the other scripts go through the redis-py pool.
         self._purchase = open_script_pipe(
-            redis_url, (LUA_DIR / "purchase.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
+            redis_url,
+            (LUA_DIR / "purchase.lua").read_text(),
+            cluster=cluster,
+            call_timeout=5,
+            connect_timeout=2,
+            decode=True,
         )
         # The sold-out path's replay look-up, a read-only script on a connection of its own.
         self._replay = open_script_pipe(
-            redis_url, (LUA_DIR / "replay.lua").read_text(), call_timeout=5, connect_timeout=2, decode=True
+            redis_url,
+            (LUA_DIR / "replay.lua").read_text(),
+            cluster=cluster,
+            call_timeout=5,
+            connect_timeout=2,
+            decode=True,
         )
         self._release = redis.register_script((LUA_DIR / "release.lua").read_text())
         self._confirm = redis.register_script((LUA_DIR / "confirm.lua").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.contracts import ALERTS_STREAM
 from services.common.webhooks import WebhookSettings
 
 
@@ -16,7 +17,7 @@ class InventorySettings(WebhookSettings):
     service_name: str = "inventory"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/inventory"
     port: int = 8101
-    alerts_stream: str = "alerts"
+    alerts_stream: str = ALERTS_STREAM
     # Shortest and longest hold a checkout may ask for; tests lower the minimum to watch holds expire.
     min_hold_seconds: int = 10
     max_hold_seconds: int = 3600

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.idempotency import IdempotencyStore
+from services.common.resources import RedisClient
 from services.inventory import errors
 from services.inventory.alerts import (
     AlertRelay,
@@ -168,7 +168,7 @@ class StockLedger:
     """The core every flow shares: the engine, the Redis mirror, the alert relay, admin Idempotency-Key records."""
 
     def __init__(
-        self, *, settings: InventorySettings, redis: Redis, sessions: async_sessionmaker[AsyncSession]
+        self, *, settings: InventorySettings, redis: RedisClient, sessions: async_sessionmaker[AsyncSession]
     ) -> None:
         self.settings = settings
         self.redis = redis

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from services.inventory.ledger import StockLedger, counters_of
 from services.inventory.models import LedgerEntry, LedgerKind, Sku
 from services.inventory.schemas import Counters, Reconciliation, SkuReconciliation
+from services.inventory.store import job_lock_key
 
 log = logging.getLogger("inventory.reconciliation")
 
@@ -23,7 +24,6 @@ SKUS_OUT_OF_BALANCE = Gauge(
 )
 MIRROR_DRIFT = Gauge("inventory_reconciliation_mirror_drift", "SKUs whose Redis copy of `available` is missing or off")
 RECONCILER_ACTOR = "system:reconciler"
-JOB_LOCK_PREFIX = "inv:job:"
 _RELEASE_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
@@ -108,12 +108,12 @@ class Reconciler:
     async def _leader(self, job: str, seconds: float) -> bool:
         """One replica runs a periodic job per tick (the jobs are safe to repeat; this only saves work)."""
         ms = max(int(seconds * 1000) - 50, 100)
-        return bool(await self.redis.set(f"{JOB_LOCK_PREFIX}{job}", self.settings.consumer_name, nx=True, px=ms))
+        return bool(await self.redis.set(job_lock_key(job), self.settings.consumer_name, nx=True, px=ms))
 
     async def release_leadership(self) -> None:
         """Give up the job locks this replica holds (shutdown), so another takes the next tick at once."""
         with contextlib.suppress(RedisError):
-            await self.redis.eval(_RELEASE_LOCK, 1, f"{JOB_LOCK_PREFIX}reconcile", self.settings.consumer_name)
+            await self.redis.eval(_RELEASE_LOCK, 1, job_lock_key("reconcile"), self.settings.consumer_name)
 
     async def reconcile_tick(self) -> int:
         """The periodic reconciliation: gauges, an error log per SKU that does not add up (for a human),

@@ -1,14 +1,13 @@
 """The inventory service's Redis: a read mirror of each SKU's committed `available` (hash tag `{inv:<sku>}`)
-and the low-stock alerts stream."""
+and the low-stock alerts stream. Inventory's global keys (job leases) share the tag `{inv}`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from services.common.contracts import EventType, encode_event
+from services.common.resources import RedisClient
 
 LUA_DIR = Path(__file__).parent / "lua"
 
@@ -18,10 +17,15 @@ def stock_key(sku: str) -> str:
     return f"{{inv:{sku}}}:stock"
 
 
+def job_lock_key(job: str) -> str:
+    """Lease of one periodic job (reconciliation): the replica running it."""
+    return f"{{inv}}:job:{job}"
+
+
 class StockMirror:
     """Writes committed counters to Redis; PostgreSQL stays the truth."""
 
-    def __init__(self, redis: Redis, alerts_stream: str) -> None:
+    def __init__(self, redis: RedisClient, alerts_stream: str) -> None:
         self.redis = redis
         self.alerts_stream = alerts_stream
         self._mirror = redis.register_script((LUA_DIR / "mirror.lua").read_text())

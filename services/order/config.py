@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
+from services.common.contracts import ORDER_EVENTS_STREAM, PURCHASE_STREAM_REGISTRY
 from services.common.webhooks import DEV_SIGNING_KEY
 
 
@@ -27,8 +28,8 @@ class OrderSettings(BaseServiceSettings):
     breaker_failure_threshold: int = 5
     breaker_reset_seconds: float = 10.0
     # Where flashsale lists the purchase streams of its sales, and where order events go.
-    purchase_stream_registry: str = "fs:streams"
-    events_stream: str = "orders:events"
+    purchase_stream_registry: str = PURCHASE_STREAM_REGISTRY
+    events_stream: str = ORDER_EVENTS_STREAM
     # How often entries every consumer group acknowledged are trimmed from the events stream, and the groups
     # that must exist (and have read an entry) before it may go.
     stream_trim_seconds: float = 10.0

@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.contracts import EventType, encode_event
+from services.common.resources import RedisClient, redis_run_id
 from services.order.config import OrderSettings
 from services.order.models import OutboxEvent
 from services.order.states import utcnow
@@ -23,14 +23,17 @@ REPUBLISHED = Counter("order_outbox_republished_total", "Outbox events sent agai
 
 
 def marker_key(stream: str) -> str:
-    """The key beside the events stream that names the Redis run the relay last published to."""
+    """The key beside the events stream (its hash tag kept: the same master) that names the Redis run the relay
+    last published to."""
     return f"{stream}:relay-run"
 
 
 class OutboxRelay:
     """Publishes outbox events oldest first, at least once, including across a Redis that lost its last writes."""
 
-    def __init__(self, *, settings: OrderSettings, redis: Redis, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, *, settings: OrderSettings, redis: RedisClient, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.sessions = sessions
@@ -50,12 +53,13 @@ class OutboxRelay:
         return published
 
     async def _redis_run_changed(self) -> str | None:
-        """The current Redis run id when it differs from the marker (restarted, or the marker is gone)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.info("server")
-            pipe.get(marker_key(self.settings.events_stream))
-            info, marker = await pipe.execute()
-        run_id = str(info["run_id"])
+        """The current Redis run id when it differs from the marker (restarted, or the marker is gone).
+
+        The run of the server holding the stream and its marker: on a cluster the master of their slot.
+        """
+        marker_name = marker_key(self.settings.events_stream)
+        run_id = await redis_run_id(self.redis, marker_name)
+        marker = await self.redis.get(marker_name)
         seen = marker.decode() if isinstance(marker, bytes) else marker
         return None if seen == run_id else run_id
 

@@ -2,7 +2,7 @@
 
 The reminder job marks due orders reminded and writes their `order.payment_reminder` events to the outbox in
 one statement, so an order is reminded at most once whatever the number of replicas (SKIP LOCKED) and only
-while it is unpaid; the outbox relay streams the event to `orders:events` with every other order event. When
+while it is unpaid; the outbox relay streams the event to `{orders}:events` with every other order event. When
 reminder webhooks are configured, the `order-reminders` group posts each reminder, signed like every webhook
 of the platform, unless the order was paid or closed since; a failed post stays pending and is retried.
 """

@@ -10,9 +10,9 @@ offline payment channel).
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.resources import RedisClient
 from services.order.cancellation import Cancellations
 from services.order.checkout import Checkout
 from services.order.config import OrderSettings
@@ -34,7 +34,7 @@ class OrderService:
         self,
         *,
         settings: OrderSettings,
-        redis: Redis,
+        redis: RedisClient,
         sessions: async_sessionmaker[AsyncSession],
         payments: PaymentRouter,
         coupons: CouponClient | None = None,

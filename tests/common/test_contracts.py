@@ -34,8 +34,7 @@ from services.coupon.recovery import EVENT_OF_ORDER_STATE
 from services.coupon.service import COUPON_FREEING_EVENTS
 from services.coupon.store import ClaimStore, claim_idempotency_key, claims_key, template_key
 from services.flashsale.events import ORDER_EVENT_HANDLERS
-from services.flashsale.reconciliation import JOB_LOCK_PREFIX
-from services.flashsale.store import StockStore, sale_key
+from services.flashsale.store import StockStore, job_lock_key, sale_key
 from services.inventory.models import AlertEvent
 from services.order.states import EVENT_OF
 from tests.conftest import ROOT, admin_headers, live_sale, token, wait_for
@@ -65,8 +64,8 @@ def test_every_event_type_has_a_version_and_a_stream_that_carries_it() -> None:
 
 def test_the_event_types_consumers_handle_and_producers_name_are_event_types() -> None:
     handled = {
-        "flashsale on orders:events": set(ORDER_EVENT_HANDLERS),
-        "coupon on orders:events": set(COUPON_FREEING_EVENTS) | {EventType.ORDER_PAID},
+        "flashsale on {orders}:events": set(ORDER_EVENT_HANDLERS),
+        "coupon on {orders}:events": set(COUPON_FREEING_EVENTS) | {EventType.ORDER_PAID},
         "coupon recovery": set(EVENT_OF_ORDER_STATE.values()),
         "order state machine": set(EVENT_OF.values()),
         "inventory alert outbox": {event.value for event in AlertEvent},
@@ -159,7 +158,7 @@ async def test_every_entry_a_sale_writes_matches_its_contract(
     # Redis now says it could sell one unit more than the sale has: the reconciliation reports the drift.
     await redis.hincrby(sale_key(sale_id), "remaining", 1)
     try:
-        await redis.delete(f"{JOB_LOCK_PREFIX}reconcile")  # the app's own periodic run holds the lease
+        await redis.delete(job_lock_key("reconcile"))  # the app's own periodic run holds the lease
         await app.state.reconciler.reconcile_periodically()
     finally:
         await redis.hincrby(sale_key(sale_id), "remaining", -1)

@@ -18,7 +18,7 @@ from services.common.contracts import EventType, claim_stream, encode_event
 from services.common.migrate import upgrade
 from services.coupon.config import CouponSettings
 from services.coupon.main import create_app
-from services.coupon.store import claims_key, template_key
+from services.coupon.store import RECOVERED_RUN_KEY, claims_key, template_key
 from tests.conftest import (
     TEST_REDIS_URL,
     PaySims,
@@ -119,7 +119,7 @@ async def _stats(coupons: httpx.AsyncClient, template_id: int) -> dict[str, Any]
 
 async def _redis_restarted(redis: Redis) -> None:
     """What a Redis restart looks like to the coupon service: the run it last checked against is gone."""
-    await redis.delete("cp:recovered-run-id")
+    await redis.delete(RECOVERED_RUN_KEY)
 
 
 async def _buy_with_coupon(
@@ -235,7 +235,7 @@ async def test_claims_a_restarted_redis_forgot_are_counted_again_from_the_wallet
 
 
 async def _recovered(redis: Redis) -> bool:
-    return bool(await redis.exists("cp:recovered-run-id"))
+    return bool(await redis.exists(RECOVERED_RUN_KEY))
 
 
 async def test_compensation_for_a_sale_the_order_service_refuses_is_a_4xx_not_an_outage(

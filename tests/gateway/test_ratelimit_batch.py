@@ -7,7 +7,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from gateway.ratelimit import LimitClass, RateLimiter
+from gateway.ratelimit import LimitClass, RateLimiter, bucket_key
 from tests.gateway.conftest import GATEWAY_REDIS_URL, gateway_settings
 
 
@@ -32,7 +32,7 @@ async def test_one_batch_takes_exactly_the_burst_and_refusals_drain_nothing() ->
         assert await limiter.check(f"carol-{uuid.uuid4().hex[:8]}", "10.9.9.9", LimitClass.SHOPPING) == 0
         # Each bucket is one key with an expiry, gone once it would be full again.
         redis = Redis.from_url(GATEWAY_REDIS_URL)
-        ttl = await redis.pttl(f"rl:g:u:{alice}")
+        ttl = await redis.pttl(bucket_key(LimitClass.SHOPPING, "u", alice))
         await redis.aclose()
         assert ttl > 0
     finally:
@@ -78,8 +78,8 @@ async def test_a_bucket_many_requests_of_a_batch_share_ends_with_every_take_coun
         redis = Redis.from_url(GATEWAY_REDIS_URL)
         try:
             # 20 tokens at 1/s: full again 20 s from now, and the key lives a second past that.
-            ttl = await redis.pttl(f"rl:g:ip:{ip}")
-            users_ttl = [await redis.pttl(f"rl:g:u:{user}") for user in users]
+            ttl = await redis.pttl(bucket_key(LimitClass.SHOPPING, "ip", ip))
+            users_ttl = [await redis.pttl(bucket_key(LimitClass.SHOPPING, "u", user)) for user in users]
         finally:
             await redis.aclose()
         assert 19_000 < ttl <= 21_000

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from deploy.backends import find_postgres_bin, postgres_answers
-from services.common.contracts import purchase_stream
+from services.common.contracts import PURCHASE_STREAM_REGISTRY, purchase_stream
 from services.common.migrate import upgrade
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.main import create_app as create_flashsale
@@ -60,7 +60,7 @@ async def test_consumer_killed_mid_stream_still_makes_exactly_one_order_per_even
     redis = Redis.from_url(redis_url_for(1), decode_responses=True)
     await redis.flushdb()
     stream = purchase_stream(424242)
-    await redis.sadd("fs:streams", stream)
+    await redis.sadd(PURCHASE_STREAM_REGISTRY, stream)
     env = {
         "REDIS_URL": redis_url_for(1),
         "ORDER_DATABASE_URL": db_url,

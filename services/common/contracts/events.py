@@ -175,7 +175,7 @@ class CouponClaimed(Payload):
     claimed_at_ms: int  # Redis time
 
 
-# ---------------------------------------------------------------- the order events stream orders:events
+# ---------------------------------------------------------------- the order events stream {orders}:events
 
 
 class OrderEvent(Payload):
