@@ -42,6 +42,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from loadtest.targets import Targets, resolve, stack_redis_url
+from services.common.contracts import dead_letter_stream, purchase_stream
+from services.flashsale.store import bought_key
 
 HOLDING_STATES = ("pending_payment", "paid", "fulfilled")  # an order in these holds its coupons
 PAID_STATES = ("paid", "fulfilled")
@@ -111,7 +113,7 @@ class Admin:
 def read_stream(redis: Redis, sale_id: int) -> tuple[dict[str, tuple[str, int]], int]:
     """Accepted purchases from the sale's purchase stream: reservation id -> (user, units), and the entry count."""
     accepted: dict[str, tuple[str, int]] = {}
-    key = f"{{fs:{sale_id}}}:events"
+    key = purchase_stream(sale_id)
     start, entries = "-", 0
     while True:
         batch: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrange(key, min=start, count=5000)  # type: ignore[assignment]
@@ -162,8 +164,8 @@ def collect(admin: Admin, redis: Redis, sale_id: int, acknowledged: dict[str, tu
     orders = all_orders(admin, sale_id)
     try:
         stream, entries = read_stream(redis, sale_id)
-        raw: dict[bytes, bytes] = redis.hgetall(f"{{fs:{sale_id}}}:bought")  # type: ignore[assignment]
-        dead = int(redis.xlen(f"{{fs:{sale_id}}}:events:dead"))
+        raw: dict[bytes, bytes] = redis.hgetall(bought_key(sale_id))  # type: ignore[assignment]
+        dead = int(redis.xlen(dead_letter_stream(purchase_stream(sale_id))))
     except RedisError as exc:
         raise CheckError(f"Redis: {exc}") from exc
     bought = {k.decode(): int(v) for k, v in raw.items()}

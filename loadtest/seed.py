@@ -19,6 +19,9 @@ from typing import Any
 import httpx
 
 from loadtest.targets import Targets, resolve
+from services.common.contracts import claim_stream, purchase_stream
+from services.coupon.store import claims_key, template_key
+from services.flashsale.store import bought_key, reservations_key, sale_key
 
 PRICE = 1999  # minor units
 ORIGINAL_PRICE = 4999
@@ -107,12 +110,12 @@ def stale_keys(redis_url: str, sale_id: int, template_id: int | None) -> list[st
 
     client = Redis.from_url(redis_url, socket_timeout=5, decode_responses=True)
     try:
-        keys = [f"{{fs:{sale_id}}}:{suffix}" for suffix in ("sale", "res", "bought", "events")]
+        keys = [sale_key(sale_id), reservations_key(sale_id), bought_key(sale_id), purchase_stream(sale_id)]
         if template_id is not None:
-            keys += [f"{{cp:{template_id}}}:users", f"{{cp:{template_id}}}:claims"]
+            keys += [claims_key(template_id), claim_stream(template_id)]
         stale = [key for key in keys if client.exists(key)]
-        if template_id is not None and int(client.hget(f"{{cp:{template_id}}}:t", "claimed") or 0):
-            stale.append(f"{{cp:{template_id}}}:t claimed")
+        if template_id is not None and int(client.hget(template_key(template_id), "claimed") or 0):
+            stale.append(f"{template_key(template_id)} claimed")
         return stale
     finally:
         client.close()

@@ -20,6 +20,7 @@ from loadtest.bench.errors import BenchError
 from loadtest.bench.wrk import WrkResult
 from services.common.auth import issue_token
 from services.common.config import BaseServiceSettings
+from services.common.contracts import purchase_stream
 
 SALE_QUANTITY = 10_000_000  # a benchmark sale never sells out
 PER_USER_LIMIT = 1000
@@ -93,7 +94,7 @@ def stream_length(redis_url: str, sale_id: int) -> int:
     """Entries of the sale's purchase event stream `{fs:<id>}:events`."""
     client = Redis.from_url(redis_url, decode_responses=True)
     try:
-        return int(client.xlen(f"{{fs:{sale_id}}}:events"))
+        return int(client.xlen(purchase_stream(sale_id)))
     except RedisError as exc:
         raise BenchError(f"could not read the event stream of sale {sale_id}: {exc}") from exc
     finally:
