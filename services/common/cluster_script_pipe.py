@@ -42,10 +42,27 @@ class ClusterScriptPipe:
     """Runs one Lua script by SHA on a Redis Cluster, over one pipelined connection per master."""
 
     def __init__(
-        self, url: str, script: str, *, call_timeout: float, connect_timeout: float, decode: bool = False
+        self,
+        url: str,
+        script: str,
+        *,
+        call_timeout: float,
+        connect_timeout: float,
+        decode: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
     ) -> None:
-        # The node REDIS_URL names: where the slot map is first asked for, and the model of every node's pipe.
-        self.seed = ScriptPipe(url, script, call_timeout=call_timeout, connect_timeout=connect_timeout, decode=decode)
+        # The node REDIS_URL names: where the slot map is first asked for, and the model of every node's pipe
+        # (each master's pipe waits for that master's replicas).
+        self.seed = ScriptPipe(
+            url,
+            script,
+            call_timeout=call_timeout,
+            connect_timeout=connect_timeout,
+            decode=decode,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+        )
         if self.seed.db:
             raise ValueError("a Redis Cluster has database 0 only: REDIS_URL must name /0")
         if self.seed.path is not None:

@@ -80,10 +80,21 @@ def open_script_pipe(
     call_timeout: float,
     connect_timeout: float,
     decode: bool = False,
+    wait_replicas: int = 0,
+    wait_timeout_ms: int = 0,
 ) -> ScriptPipe | ClusterScriptPipe:
-    """A pipe running `script` on the Redis `url` names: one connection, or one per master of a cluster."""
+    """A pipe running `script` on the Redis `url` names: one connection, or one per master of a cluster; with
+    `wait_replicas`, each call is answered once that many replicas of its master have its writes."""
     pipe_class = ClusterScriptPipe if uses_cluster(url, cluster) else ScriptPipe
-    return pipe_class(url, script, call_timeout=call_timeout, connect_timeout=connect_timeout, decode=decode)
+    return pipe_class(
+        url,
+        script,
+        call_timeout=call_timeout,
+        connect_timeout=connect_timeout,
+        decode=decode,
+        wait_replicas=wait_replicas,
+        wait_timeout_ms=wait_timeout_ms,
+    )
 
 
 async def ping_redis(redis: RedisClient) -> None:

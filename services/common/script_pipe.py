@@ -37,6 +37,11 @@ class ScriptReplyError(ResponseError):
     """Redis answered the call with an error."""
 
 
+class ReplicaWaitTimeout(ScriptPipeError):
+    """The script ran, but fewer replicas than asked confirmed its writes in time: its outcome is unknown (the
+    write may be lost with its master), so the caller answers as for a call that got no answer."""
+
+
 class _RespConnection(asyncio.Protocol):
     def __init__(self, encoding: str | None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -101,13 +106,71 @@ class _RespConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+class _ReplicatedRespConnection(_RespConnection):
+    """A connection whose script calls are answered only once `replicas` replicas have their writes.
+
+    Each loop iteration's calls leave in one write followed by `WAIT replicas timeout_ms`; their replies are
+    held until WAIT answers. Fewer replicas than asked: every call of the batch fails with ReplicaWaitTimeout
+    (a script error is passed on as it is: a script that failed wrote nothing to wait for).
+    """
+
+    def __init__(self, encoding: str | None, replicas: int, timeout_ms: int) -> None:
+        super().__init__(encoding)
+        self.replicas = replicas
+        self.wait_command = _pack("WAIT", replicas, timeout_ms)
+        self.batch: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
+
+    def queue_replicated(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a script call answered once its batch's writes reached the replicas."""
+        loop = self.loop
+        assert loop is not None
+        answer: asyncio.Future[Any] = loop.create_future()
+        self.batch.append((self.queue(command), answer))
+        return answer
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if batch:
+            barrier = self.queue(self.wait_command)  # leaves in this same write, after the batch's calls
+            barrier.add_done_callback(lambda done: self._release(batch, done))
+        super().flush()
+
+    def _release(self, batch: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]], done: asyncio.Future[Any]) -> None:
+        failure: BaseException | None = done.exception() if not done.cancelled() else ScriptPipeError("cancelled")
+        if failure is None and int(done.result()) < self.replicas:
+            failure = ReplicaWaitTimeout(f"{done.result()} of {self.replicas} replicas confirmed the writes in time")
+        for reply, answer in batch:
+            own = reply.exception() if reply.done() and not reply.cancelled() else None
+            if answer.done():
+                continue
+            if isinstance(own, ScriptReplyError):
+                answer.set_exception(own)
+            elif failure is not None:
+                answer.set_exception(failure)
+            elif own is not None:
+                answer.set_exception(own)
+            else:
+                answer.set_result(reply.result())
+
+
 class ScriptPipe:
     """Runs one Lua script by SHA over a single pipelined connection, reconnecting on demand."""
 
     def __init__(
-        self, url: str, script: str, *, call_timeout: float, connect_timeout: float, decode: bool = False
+        self,
+        url: str,
+        script: str,
+        *,
+        call_timeout: float,
+        connect_timeout: float,
+        decode: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
     ) -> None:
         self.url = url
+        # With wait_replicas, a call is answered only once that many replicas have its writes (WAIT per batch).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         # Read the way redis-py reads it, so the pipe reaches the same server and database as the service's
         # other Redis calls; options the pipe cannot honour are refused at start-up, not ignored.
         options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
@@ -131,16 +194,18 @@ class ScriptPipe:
         self.conn: _RespConnection | None = None
         self.connecting: asyncio.Future[_RespConnection] | None = None
 
+    def _protocol(self) -> _RespConnection:
+        if self.wait_replicas:
+            return _ReplicatedRespConnection(self.encoding, self.wait_replicas, self.wait_timeout_ms)
+        return _RespConnection(self.encoding)
+
     async def _connect(self) -> _RespConnection:
         loop = asyncio.get_running_loop()
-        encoding = self.encoding
         async with asyncio.timeout(self.connect_timeout):
             if self.path is not None:
-                _t, conn = await loop.create_unix_connection(lambda: _RespConnection(encoding), self.path)
+                _t, conn = await loop.create_unix_connection(self._protocol, self.path)
             else:
-                _t, conn = await loop.create_connection(
-                    lambda: _RespConnection(encoding), self.host, self.port, ssl=self.tls
-                )
+                _t, conn = await loop.create_connection(self._protocol, self.host, self.port, ssl=self.tls)
             conn.loop = loop
             # Set-up commands go first on the pipe; their answers are awaited like any other.
             setup: list[tuple[Any, ...]] = []
@@ -205,7 +270,7 @@ class ScriptPipe:
         # ASKING lets the node serve the one command after it, so both leave in the same write.
         conn = await self._connection()
         asking = conn.queue(_pack("ASKING"))
-        call = conn.queue(_pack("EVALSHA", self.sha, len(keys), *keys, *args))
+        call = self._queue_call(conn, keys, args)
         await self._await(conn, asking)
         return await self._await(conn, call)
 
@@ -218,7 +283,15 @@ class ScriptPipe:
         conn = self.conn
         if conn is None or conn.closed:
             conn = await self._connection()
-        return await self._await(conn, conn.queue(_pack("EVALSHA", self.sha, len(keys), *keys, *args)))
+        return await self._await(conn, self._queue_call(conn, keys, args))
+
+    def _queue_call(
+        self, conn: _RespConnection, keys: Sequence[str], args: Sequence[str | int | float]
+    ) -> asyncio.Future[Any]:
+        command = _pack("EVALSHA", self.sha, len(keys), *keys, *args)
+        if isinstance(conn, _ReplicatedRespConnection):
+            return conn.queue_replicated(command)
+        return conn.queue(command)
 
     async def _await(self, conn: _RespConnection, future: asyncio.Future[Any]) -> Any:
         assert conn.loop is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.contracts import ALERTS_STREAM, ORDER_EVENTS_STREAM
@@ -19,6 +20,11 @@ class FlashSaleSettings(WebhookSettings):
     user_rate_per_second: float = 10.0
     user_rate_burst: int = 20
     idempotency_ttl_seconds: int = 24 * 3600
+    # With Redis replicas: answer a purchase only once this many replicas of its master have it (WAIT after each
+    # pipelined batch), so the loss of a master loses no acknowledged purchase. 0: answer at once. A wait that
+    # times out answers 503 STOCK_UNAVAILABLE (outcome unknown: retry with the same Idempotency-Key).
+    purchase_wait_replicas: int = Field(0, ge=0, le=5)
+    purchase_wait_timeout_ms: int = Field(200, ge=1, le=10_000)
     sold_out_cache_seconds: float = 2.0
     status_cache_seconds: float = 0.2
     catalog_refresh_seconds: float = 1.0

@@ -104,7 +104,13 @@ class SaleCore:
         self.settings = settings
         self.redis = redis
         self.sessions = sessions
-        self.store = StockStore(redis, settings.redis_url, cluster=settings.redis_cluster)
+        self.store = StockStore(
+            redis,
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            wait_replicas=settings.purchase_wait_replicas,
+            wait_timeout_ms=settings.purchase_wait_timeout_ms,
+        )
         self.sold_out = SoldOutFlags(settings.sold_out_cache_seconds)
         # One dict for the life of the process, refreshed in place: a flow may keep a reference to it.
         self.catalog: dict[int, CatalogEntry] = {}

@@ -106,7 +106,15 @@ class RebuildOutcome:
 class StockStore:
     """The activity stock of every sale, in Redis."""
 
-    def __init__(self, redis: RedisClient, redis_url: str, *, cluster: ClusterMode = "auto") -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        redis_url: str,
+        *,
+        cluster: ClusterMode = "auto",
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
+    ) -> None:
         self.redis = redis
         # The purchase decision, on the hot path: concurrent purchases share one pipelined connection (every
         # call of an event-loop iteration in one write); the other scripts go through the redis-py pool.
@@ -117,6 +125,8 @@ class StockStore:
             call_timeout=5,
             connect_timeout=2,
             decode=True,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
         )
         # The sold-out path's replay look-up, a read-only script on a connection of its own.
         self._replay = open_script_pipe(
