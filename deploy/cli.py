@@ -1,7 +1,7 @@
 """The launcher's command line: `python -m deploy backends|up|status|demo|down` from the repo root.
 
     .venv/bin/python -m deploy backends [--env-file PATH] [--private]
-    .venv/bin/python -m deploy up [--private] [--payment-deadline N]
+    .venv/bin/python -m deploy up [--private] [--payment-deadline N] [--no-monitoring]
     .venv/bin/python -m deploy status
     .venv/bin/python -m deploy demo [--private] [--fail-primary] [--keep-running]
     .venv/bin/python -m deploy down
@@ -11,6 +11,7 @@ Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else f
 127.0.0.1:5432, else private servers are started under .stack/ (binaries on PATH, or pip packages that ship
 them). Everything this launcher starts is recorded in .stack/state.json; `down` stops exactly that and
 nothing else. STACK_PORT_OFFSET=<n> shifts every service port by n, to run beside a stack on the usual ports.
+`up` also starts Prometheus (9090 + offset) and Alertmanager (9093 + offset) when their binaries are on PATH.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from deploy import state as stack_state
 from deploy.alertmanager_config import DEFAULT_OUT, write_config
 from deploy.backends import ensure_backends, postgres_answers, print_backends, redis_answers, write_env_file
 from deploy.errors import StackError
+from deploy.observability import print_monitors
 from deploy.replicas import bring_up, print_services
 from deploy.state import say
 from deploy.topology import HOST, PAYMENT_DEADLINE_VAR, SERVICES, port_offset
@@ -48,9 +50,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     overrides = {}
     if args.payment_deadline is not None:
         overrides["order"] = {PAYMENT_DEADLINE_VAR: str(args.payment_deadline)}
-    state, _backends, _started = bring_up(args, overrides)
+    state, _backends, _started = bring_up(args, overrides, monitoring=not args.no_monitoring)
     say("the stack is up:")
     print_services(state)
+    print_monitors(state)
     docs = "  ".join(f"http://{HOST}:{spec.replicas(port_offset())[0][1]}/docs" for spec in SERVICES)
     say(f"API docs: {docs}")
     say(f"logs: {stack_state.rel(stack_state.LOG_DIR)}/   stop it with `make down`")
@@ -106,6 +109,7 @@ def cmd_status(_args: argparse.Namespace) -> int:
         say("  none chosen yet (run `make up` or `make test`)")
     say("services:")
     print_services(state)
+    print_monitors(state)
     return 0
 
 
@@ -208,6 +212,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         metavar="N",
         help=f"seconds an order may stay unpaid ({PAYMENT_DEADLINE_VAR}; default: the service's own, 900)",
+    )
+    p.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="do not start Prometheus and Alertmanager (started by default when prometheus is on PATH)",
     )
     p.set_defaults(func=cmd_up)
 
