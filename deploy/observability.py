@@ -199,6 +199,4 @@ def print_monitors(state: dict[str, Any]) -> None:
             continue
         alive = stack_state.is_running(record)
         status = ("ready" if _http_ready(f"{record['url']}/-/ready") else "not ready") if alive else "exited"
-        say(
-            f"  {name:<13} {record['url']}  pid {record['pid']:<7} {status:<9} log {stack_state.rel(record['log'])}"
-        )
+        say(f"  {name:<13} {record['url']}  pid {record['pid']:<7} {status:<9} log {stack_state.rel(record['log'])}")
