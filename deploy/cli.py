@@ -6,6 +6,7 @@
     .venv/bin/python -m deploy demo [--private] [--fail-primary] [--keep-running]
     .venv/bin/python -m deploy down
     .venv/bin/python -m deploy alertmanager-config [--out PATH]
+    .venv/bin/python -m deploy k8s-observability-files
 
 Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else from 127.0.0.1:6379 and
 127.0.0.1:5432, else private servers are started under .stack/ (binaries on PATH, or pip packages that ship
@@ -64,6 +65,15 @@ def cmd_alertmanager_config(args: argparse.Namespace) -> int:
     """Write the Alertmanager config, its receivers' URLs taken from the environment."""
     out = write_config(Path(args.out))
     say(f"wrote {stack_state.rel(out.resolve())}")
+    return 0
+
+
+def cmd_k8s_observability_files(_args: argparse.Namespace) -> int:
+    """Copy the shipped rules and Grafana files into the Kubernetes observability component."""
+    from deploy.observability_files import COPIES, write_copies
+
+    written = write_copies()
+    say(f"wrote {len(written)} files under {stack_state.rel(COPIES)}")
     return 0
 
 
@@ -230,6 +240,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="where to write alertmanager.yml")
     p.set_defaults(func=cmd_alertmanager_config)
+
+    sub.add_parser(
+        "k8s-observability-files",
+        help="copy deploy/prometheus/rules and deploy/grafana into deploy/k8s/components/observability/files",
+    ).set_defaults(func=cmd_k8s_observability_files)
     return parser.parse_args(argv)
 
 
