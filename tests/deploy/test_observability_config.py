@@ -69,3 +69,13 @@ def test_with_webhook_urls_the_stack_alertmanager_posts_to_them(tmp_path: Path) 
     assert amtool("check-config", path).returncode == 0
     hooks = {r["name"]: [w["url"] for w in r["webhook_configs"]] for r in yaml.safe_load(path.read_text())["receivers"]}
     assert hooks == {"webhook": [URLS["ALERT_WEBHOOK_URL"]], "sms-and-webhook": list(URLS.values())[::-1]}
+
+
+def test_without_prometheus_on_path_the_stack_starts_without_monitoring(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    state: dict[str, dict[str, object]] = {"processes": {}}
+    assert observability.start_observability(state) == []
+    assert state == {"processes": {}}
+    assert "prometheus is not on PATH: skipping Prometheus and Alertmanager" in capsys.readouterr().out
