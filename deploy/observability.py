@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from deploy import state as stack_state
 from deploy.alertmanager_config import TEMPLATE, placeholders, render_config
@@ -84,8 +83,15 @@ def prometheus_config(offset: int, alertmanager: int | None) -> dict[str, Any]:
     return config
 
 
+def write_prometheus_config(path: Path, offset: int, alertmanager: int | None) -> Path:
+    """Write the local Prometheus's config (JSON, which Prometheus reads as the YAML it is)."""
+    return _write(path, json.dumps(prometheus_config(offset, alertmanager), indent=2) + "\n")
+
+
 def alertmanager_config(env: Mapping[str, str]) -> str:
     """The shipped routes; receivers post to the webhooks when their URLs are set, else only show in the UI."""
+    import yaml  # a dependency of uvicorn[standard]; only this fallback parses YAML
+
     template = TEMPLATE.read_text()
     if all(env.get(name) for name in placeholders(template)):
         return render_config(template, env)
@@ -158,8 +164,7 @@ def start_prometheus(state: dict[str, Any], program: str, alertmanager: int | No
     """Prometheus scraping every replica, with the shipped rules, its data under .stack/prometheus."""
     port = prometheus_port()
     home = stack_state.STACK_DIR / "prometheus"
-    config = prometheus_config(port_offset(), alertmanager)
-    path = _write(home / "prometheus.yml", yaml.safe_dump(config, sort_keys=False))
+    path = write_prometheus_config(home / "prometheus.yml", port_offset(), alertmanager)
     if _keep_or_stop(state, "prometheus", port):
         return port
     cmd = [

@@ -18,14 +18,8 @@ from tests.deploy.test_alertmanager_config import amtool, receivers_for
 URLS = {"ALERT_WEBHOOK_URL": "https://hooks.example/alerts", "ALERT_SMS_WEBHOOK_URL": "https://sms.example/page"}
 
 
-def write_prometheus_config(tmp_path: Path, offset: int, alertmanager: int | None) -> Path:
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(observability.prometheus_config(offset, alertmanager)))
-    return path
-
-
 def test_the_stack_prometheus_scrapes_every_replica_at_the_port_offset_under_its_service_name(tmp_path: Path) -> None:
-    path = write_prometheus_config(tmp_path, 500, 19093)
+    path = observability.write_prometheus_config(tmp_path / "prometheus.yml", 500, 19093)
     result = promtool("check", "config", path, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout
