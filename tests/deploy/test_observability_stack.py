@@ -226,12 +226,12 @@ def replica_down_alerts(stack: Stack, pool: str) -> Callable[[], list[dict[str, 
 def test_a_sale_shows_in_the_rules_as_the_order_service_reports_it_and_a_killed_replica_fires_replica_down(
     stack: Stack,
 ) -> None:
+    # A replica this sale never needs (no coupons) dies first: its alert's 30 s run while the sale is measured.
+    assert replica_down_alerts(stack, "coupon")() is None, "no replica is down before the kill"
+    os.kill(int(stack.state["processes"]["coupon-2"]["pid"]), signal.SIGKILL)
     targets = gateway_targets(stack.gateway)
     plan = seed.SaleSeed(quantity=30, limit=2, start_in=1, duration_minutes=10, users=20, coupons=0, title="Obs")
     run = seed.seed_sale(targets, Path(stack_state.STACK_DIR) / "run", plan)
-    # A replica the sale no longer needs dies now: its alert's 30 s run while the sale is measured.
-    assert replica_down_alerts(stack, "inventory")() is None, "no replica is down before the kill"
-    os.kill(int(stack.state["processes"]["inventory-2"]["pid"]), signal.SIGKILL)
     sale_id = int(run["sale_id"])
     shoppers = iter(Shopper(stack, sale_id, token) for _user, token in seed.read_tokens(Path(run["tokens_file"])))
 
@@ -276,12 +276,12 @@ def test_a_sale_shows_in_the_rules_as_the_order_service_reports_it_and_a_killed_
         assert increase <= seen <= increase * (1 + EXTRAPOLATION / (samples - 2)), (rule, seen, increase, samples)
 
     # The killed replica: the gateway's checks mark it down, ReplicaDown fires 30 s later and reaches Alertmanager.
-    firing = wait_for("ReplicaDown firing in Prometheus", replica_down_alerts(stack, "inventory"), 45)
+    firing = wait_for("ReplicaDown firing in Prometheus", replica_down_alerts(stack, "coupon"), 45)
     assert [a["labels"]["severity"] for a in firing] == ["ticket"]
     assert firing[0]["annotations"]["runbook"] == "docs/observability.md#replicadown"
 
     def routed() -> list[dict[str, Any]] | None:
         alerts = httpx.get(f"{stack.alertmanager}/api/v2/alerts", params={"filter": 'alertname="ReplicaDown"'}).json()
-        return [a for a in alerts if a["labels"].get("pool") == "inventory"] or None
+        return [a for a in alerts if a["labels"].get("pool") == "coupon"] or None
 
     assert wait_for("ReplicaDown reaching Alertmanager", routed, 10)[0]["status"]["state"] == "active"
