@@ -182,17 +182,19 @@ class Window:
     """What rate() sees of a sale's counter over the rule's window."""
 
     increase: float  # last minus first sample of each series, summed
-    samples: int  # the fewest samples a series has in the window
+    most: float  # the most rate() may make of it over the window: each series' increase, extrapolated
     unseen: float  # first values of the series that appeared after the warm-up: counted, never an increase
 
 
 def seen_window(stack: Stack, metric: str, sale_id: int, at: float, warmed_up: float) -> Window:
     """The sale's counter samples over the rate window, from Prometheus."""
     result = query(stack, f'order_{metric}{{sale_id="{sale_id}"}}[1m]', at)
+    increases = [(float(s["values"][-1][1]) - float(s["values"][0][1]), len(s["values"])) for s in result]
     firsts = [(float(s["values"][0][0]), float(s["values"][0][1])) for s in result]
     return Window(
-        increase=sum(float(s["values"][-1][1]) - float(s["values"][0][1]) for s in result),
-        samples=min(len(s["values"]) for s in result),
+        increase=sum(increase for increase, _n in increases),
+        # The rule was evaluated up to one scrape before `at`: it may have seen one sample fewer.
+        most=sum(increase * (1 + EXTRAPOLATION / max(1, n - 2)) for increase, n in increases),
         unseen=sum(value for stamp, value in firsts if stamp > warmed_up),
     )
 
@@ -270,10 +272,8 @@ def test_a_sale_shows_in_the_rules_as_the_order_service_reports_it_and_a_killed_
         # The window holds the measured sale (but for the first value of a replica's series that appeared in it)
         # and at most the warm-up orders before it.
         assert after[metric] - before[metric] - window.unseen <= window.increase <= after[metric], (metric, window)
-        increase, samples = window.increase, window.samples
         seen = recorded_rate(stack, rule, sale_id, at) * RATE_WINDOW
-        # The rule was evaluated up to one scrape before `at`: it may have seen one sample fewer.
-        assert increase <= seen <= increase * (1 + EXTRAPOLATION / (samples - 2)), (rule, seen, increase, samples)
+        assert window.increase <= seen <= window.most, (rule, seen, window)
 
     # The killed replica: the gateway's checks mark it down, ReplicaDown fires 30 s later and reaches Alertmanager.
     firing = wait_for("ReplicaDown firing in Prometheus", replica_down_alerts(stack, "coupon"), 45)
