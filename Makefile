@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install         ## start Redis/PostgreSQL if needed, 2 replicas per service, run a demo flash sale, stop
 	$(STACK) demo
 
-up: install           ## start the stack and leave it running (stop it with `make down`)
+up: install           ## start the stack (and Prometheus, Alertmanager when installed); stop it with `make down`
 	$(STACK) up
 
 down:                 ## stop only what `make up` / `make demo` started

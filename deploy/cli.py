@@ -1,16 +1,18 @@
 """The launcher's command line: `python -m deploy backends|up|status|demo|down` from the repo root.
 
     .venv/bin/python -m deploy backends [--env-file PATH] [--private]
-    .venv/bin/python -m deploy up [--private] [--payment-deadline N]
+    .venv/bin/python -m deploy up [--private] [--payment-deadline N] [--no-monitoring]
     .venv/bin/python -m deploy status
     .venv/bin/python -m deploy demo [--private] [--fail-primary] [--keep-running]
     .venv/bin/python -m deploy down
     .venv/bin/python -m deploy alertmanager-config [--out PATH]
+    .venv/bin/python -m deploy k8s-observability-files
 
 Redis and PostgreSQL come from REDIS_URL / DATABASE_URL when they answer, else from 127.0.0.1:6379 and
 127.0.0.1:5432, else private servers are started under .stack/ (binaries on PATH, or pip packages that ship
 them). Everything this launcher starts is recorded in .stack/state.json; `down` stops exactly that and
 nothing else. STACK_PORT_OFFSET=<n> shifts every service port by n, to run beside a stack on the usual ports.
+`up` also starts Prometheus (9090 + offset) and Alertmanager (9093 + offset) when their binaries are on PATH.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from deploy import state as stack_state
 from deploy.alertmanager_config import DEFAULT_OUT, write_config
 from deploy.backends import ensure_backends, postgres_answers, print_backends, redis_answers, write_env_file
 from deploy.errors import StackError
+from deploy.observability import print_monitors
 from deploy.replicas import bring_up, print_services
 from deploy.state import say
 from deploy.topology import HOST, PAYMENT_DEADLINE_VAR, SERVICES, port_offset
@@ -48,9 +51,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     overrides = {}
     if args.payment_deadline is not None:
         overrides["order"] = {PAYMENT_DEADLINE_VAR: str(args.payment_deadline)}
-    state, _backends, _started = bring_up(args, overrides)
+    state, _backends, _started = bring_up(args, overrides, monitoring=not args.no_monitoring)
     say("the stack is up:")
     print_services(state)
+    print_monitors(state)
     docs = "  ".join(f"http://{HOST}:{spec.replicas(port_offset())[0][1]}/docs" for spec in SERVICES)
     say(f"API docs: {docs}")
     say(f"logs: {stack_state.rel(stack_state.LOG_DIR)}/   stop it with `make down`")
@@ -61,6 +65,15 @@ def cmd_alertmanager_config(args: argparse.Namespace) -> int:
     """Write the Alertmanager config, its receivers' URLs taken from the environment."""
     out = write_config(Path(args.out))
     say(f"wrote {stack_state.rel(out.resolve())}")
+    return 0
+
+
+def cmd_k8s_observability_files(_args: argparse.Namespace) -> int:
+    """Copy the shipped rules and Grafana files into the Kubernetes observability component."""
+    from deploy.observability_files import COPIES, write_copies
+
+    written = write_copies()
+    say(f"wrote {len(written)} files under {stack_state.rel(COPIES)}")
     return 0
 
 
@@ -106,6 +119,7 @@ def cmd_status(_args: argparse.Namespace) -> int:
         say("  none chosen yet (run `make up` or `make test`)")
     say("services:")
     print_services(state)
+    print_monitors(state)
     return 0
 
 
@@ -209,6 +223,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help=f"seconds an order may stay unpaid ({PAYMENT_DEADLINE_VAR}; default: the service's own, 900)",
     )
+    p.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="do not start Prometheus and Alertmanager (started by default when prometheus is on PATH)",
+    )
     p.set_defaults(func=cmd_up)
 
     sub.add_parser("down", help="stop what this launcher started").set_defaults(func=cmd_down)
@@ -221,6 +240,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="where to write alertmanager.yml")
     p.set_defaults(func=cmd_alertmanager_config)
+
+    sub.add_parser(
+        "k8s-observability-files",
+        help="copy deploy/prometheus/rules and deploy/grafana into deploy/k8s/components/observability/files",
+    ).set_defaults(func=cmd_k8s_observability_files)
     return parser.parse_args(argv)
 
 

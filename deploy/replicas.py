@@ -13,6 +13,7 @@ from deploy import backends as stack_backends
 from deploy import state as stack_state
 from deploy.backends import Backends, database_url_for
 from deploy.errors import StackError
+from deploy.observability import start_observability
 from deploy.state import say
 from deploy.topology import HOST, SERVICES, ServiceSpec, port_offset, replica_port, spec_named, uvicorn_command
 
@@ -194,9 +195,14 @@ def print_services(state: dict[str, Any]) -> None:
 
 
 def bring_up(
-    args: argparse.Namespace, overrides: dict[str, dict[str, str]] | None = None, *, restart_changed: bool = True
+    args: argparse.Namespace,
+    overrides: dict[str, dict[str, str]] | None = None,
+    *,
+    restart_changed: bool = True,
+    monitoring: bool = False,
 ) -> tuple[dict[str, Any], Backends, list[str]]:
-    """Backends, migrations, replicas; returns the state, the backends and what this call started."""
+    """Backends, migrations, replicas (and with `monitoring`, Prometheus and Alertmanager); returns the state,
+    the backends and what this call started."""
     with stack_state.stack_lock():
         state = stack_state.load_state()
         before = set(state["processes"])
@@ -209,6 +215,9 @@ def bring_up(
             run_migrations(backends)
             say("services:")
             start_services(state, backends, overrides, restart_changed=restart_changed)
+            if monitoring:
+                say("monitoring:")
+                start_observability(state)
         except BaseException:
             started = set(state["processes"]) - before
             if started:

@@ -186,7 +186,9 @@ def stop_recorded(state: dict[str, Any], names: set[str] | None = None) -> list[
     rank = {replica: i for i, (replica, _port) in enumerate(r for spec in topology.SERVICES for r in spec.replicas())}
     services = sorted((n for n in chosen if procs[n].get("kind") == "service"), key=lambda n: rank.get(n, -1))
     ordered = services[::-1]
-    ordered += [n for n in chosen if procs[n].get("kind") != "service"][::-1]
+    # Then Prometheus and Alertmanager (which watch the services), then the backends.
+    ordered += [n for n in chosen if procs[n].get("kind") == "monitor"]
+    ordered += [n for n in chosen if procs[n].get("kind") not in ("service", "monitor")][::-1]
     for name in ordered:
         record = procs[name]
         # PostgreSQL: SIGINT is its "fast" shutdown; SIGTERM ("smart") would wait for every client to leave.

@@ -14,6 +14,7 @@ import yaml
 from fastapi import FastAPI
 
 from deploy import topology
+from deploy.alertmanager_config import DEFAULT_OUT
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -313,4 +314,24 @@ def test_loadgen_profile_runs_the_load_test_seed_crowd_and_checker_through_the_g
     for step in ("python -m loadtest.seed", "python -m locust -f loadtest/locustfile.py", "python -m loadtest.checker"):
         assert step in script
     assert loadtest["depends_on"]["gateway-1"]["condition"] == "service_healthy"
+    assert all("profiles" not in SERVICES[name] for name in APP_SERVICES), "the stack itself needs no profile"
+
+
+def test_observability_profile_runs_prometheus_alertmanager_and_grafana_with_the_shipped_files() -> None:
+    monitors = {"prometheus", "alertmanager", "grafana"}
+    assert all(SERVICES[name]["profiles"] == ["observability"] for name in monitors)
+    mounts = {name: {v.split(":")[1]: v.split(":")[0] for v in SERVICES[name]["volumes"]} for name in monitors}
+    # Prometheus loads deploy/prometheus as shipped: its prometheus.yml and the rules/ beside it.
+    assert mounts["prometheus"]["/etc/prometheus"] == "./deploy/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command_of(SERVICES["prometheus"])
+    # Alertmanager reads the config `python -m deploy alertmanager-config` renders (the URLs stay in the env).
+    rendered = "./" + str(DEFAULT_OUT.relative_to(ROOT))
+    assert mounts["alertmanager"]["/etc/alertmanager/alertmanager.yml"] == rendered
+    # Grafana: the provisioning, and the dashboards where its dashboard provider looks for them.
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/flashsale.yml").read_text())
+    assert mounts["grafana"]["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    assert mounts["grafana"][provider["providers"][0]["options"]["path"]] == "./deploy/grafana/dashboards"
+    grafana_env = SERVICES["grafana"]["environment"]
+    assert grafana_env["PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?"), "no default password"
     assert all("profiles" not in SERVICES[name] for name in APP_SERVICES), "the stack itself needs no profile"

@@ -18,7 +18,7 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from deploy import topology
+from deploy import observability_files, topology
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -328,3 +328,75 @@ def test_the_redis_cluster_variant_runs_six_nodes_and_creates_the_cluster_once()
     assert objects("staging-redis-cluster", "Service")["redis"]["spec"]["clusterIP"] == "None"
     script = pod_spec(objects("staging-redis-cluster", "Job")["redis-create-cluster"])["containers"][0]["args"][0]
     assert "--cluster-replicas 1" in script and "cluster_state:ok" in script
+
+
+MONITORS = {"prometheus": 9090, "alertmanager": 9093, "grafana": 3000}
+
+
+def configmap_of(overlay: str, prefix: str) -> dict[str, str]:
+    """The data of the overlay's generated ConfigMap named `prefix`-<hash>."""
+    found = [cm for name, cm in objects(overlay, "ConfigMap").items() if name.rsplit("-", 1)[0] == prefix]
+    assert len(found) == 1, prefix
+    data: dict[str, str] = found[0]["data"]
+    return data
+
+
+def test_the_observability_component_copies_of_the_rules_and_grafana_files_equal_their_sources() -> None:
+    assert observability_files.stale_copies() == [], "run `python -m deploy k8s-observability-files`"
+    kustomization = yaml.safe_load((observability_files.COMPONENT / "kustomization.yaml").read_text())
+    listed = {f for gen in kustomization["configMapGenerator"] for f in gen["files"] if f.startswith("files/")}
+    copies = {str(p.relative_to(observability_files.COMPONENT)) for p in observability_files.expected_copies()}
+    assert listed == copies, "every copied file is in a ConfigMap, and only those"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_loads_the_shipped_rules_and_alerts_through_alertmanager(overlay: str) -> None:
+    rules = configmap_of(overlay, "prometheus-rules")
+    assert rules == {p.name: p.read_text() for p in sorted((ROOT / "deploy/prometheus/rules").glob("*.yml"))}
+    config = yaml.safe_load(configmap_of(overlay, "prometheus-config")["prometheus.yml"])
+    assert config["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s"}, "production intervals"
+    pod = pod_spec(objects(overlay, "Deployment")["prometheus"])
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["rules"]["configMap"]["name"].startswith("prometheus-rules-")
+    assert config["rule_files"] == [f"{mounts['rules']}/*.yml"]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    relabel = {r["target_label"]: r for r in config["scrape_configs"][0]["relabel_configs"] if "target_label" in r}
+    assert relabel["job"]["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    assert "replica" not in relabel, "the gateway's metrics carry their own `replica` label"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_monitoring_deployment_is_probed_and_serves_its_port(overlay: str) -> None:
+    deployments = objects(overlay, "Deployment")
+    for name, port in MONITORS.items():
+        container = pod_spec(deployments[name])["containers"][0]
+        assert [p["containerPort"] for p in container["ports"]] == [port], name
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["port"] == "http", f"{name}: {probe}"
+        service = objects(overlay, "Service")[name]
+        assert service["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        assert service["spec"]["ports"][0]["port"] == port
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_alertmanager_reads_its_receivers_from_a_secret_and_grafana_its_admin_password(overlay: str) -> None:
+    alertmanager = pod_spec(objects(overlay, "Deployment")["alertmanager"])
+    config = next(v for v in alertmanager["volumes"] if v["name"] == "config")
+    assert config == {"name": "config", "secret": {"secretName": "alertmanager-config"}}
+    assert "://" not in yaml.safe_dump(alertmanager), "no webhook URL in the manifest"
+    grafana = pod_spec(objects(overlay, "Deployment")["grafana"])
+    container = grafana["containers"][0]
+    env = env_of(container)
+    assert env["GF_SECURITY_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "grafana-admin",
+        "key": "password",
+    }
+    assert env["PROMETHEUS_URL"]["value"] == "http://prometheus:9090"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v.get("configMap", {}).get("name", "") for v in grafana["volumes"]}
+    provider = yaml.safe_load(configmap_of(overlay, "grafana-dashboard-providers")["flashsale.yml"])
+    assert volumes[mounts[provider["providers"][0]["options"]["path"]]].startswith("grafana-dashboards-")
+    assert volumes[mounts["/etc/grafana/provisioning/datasources"]].startswith("grafana-datasources-")
+    dashboards = configmap_of(overlay, "grafana-dashboards")
+    assert set(dashboards) == {p.name for p in (ROOT / "deploy/grafana/dashboards").glob("*.json")}

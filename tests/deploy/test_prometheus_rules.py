@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from deploy.topology import HOST, SERVICES
+from deploy.topology import SERVICES
 from tests.deploy.promql import (
     PROMETHEUS,
     RULE_FILES,
@@ -71,10 +71,12 @@ def test_the_metric_name_reader_sees_through_labels_ranges_and_functions() -> No
     assert metric_names(expr, recorded=True) == {"level:c:rate1m"}
 
 
-def test_the_local_stack_config_is_valid_and_scrapes_every_replica_under_its_service_name() -> None:
+def test_the_compose_config_is_valid_and_scrapes_every_replica_by_its_compose_name_under_its_service() -> None:
     result = promtool("check", "config", PROMETHEUS / "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     scraped = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert scraped == {s.name: [f"{HOST}:{port}" for _, port in s.replicas(0)] for s in SERVICES}
+    assert scraped == {s.name: [f"{replica}:{port}" for replica, port in s.replicas(0)] for s in SERVICES}
+    assert config["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s"}, "production intervals"
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
