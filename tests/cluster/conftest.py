@@ -152,7 +152,8 @@ class LoopbackCluster:
     def master_of(self, key: str) -> ClusterNode:
         """The master serving `key`'s slot now."""
         slot = key_slot(key.encode())
-        with self.masters[0].client() as conn:
+        asked = next(node for node in self.nodes if node.proc is not None)  # any node that runs knows the map
+        with asked.client() as conn:
             for start, end, primary, *_ in conn.execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     return next(node for node in self.nodes if node.port == int(primary[1]))
@@ -204,6 +205,18 @@ def cluster() -> Iterator[LoopbackCluster]:
     """A 3-master Redis Cluster for the whole run."""
     # A node down is noticed after 15 s: a test that stops one has the others serving until then.
     nodes = LoopbackCluster(PORT_BASE, node_timeout_ms=15_000)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[LoopbackCluster]:
+    """3 masters with a replica each (its own cluster per test module: the failover tests change who is
+    master); a master unreachable for 1 s is replaced by its replica."""
+    nodes = LoopbackCluster(PORT_BASE + 3, replicas_each=1, node_timeout_ms=1000)
     try:
         nodes.start()
         yield nodes

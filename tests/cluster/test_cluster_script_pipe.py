@@ -4,14 +4,14 @@ master, redirects during and after a slot migration, a node that lost its script
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.crc import key_slot
 
 from services.common.cluster_script_pipe import ClusterScriptPipe
 from services.common.script_pipe import ScriptPipeError
-from tests.cluster.conftest import PORT_BASE, ClusterNode, LoopbackCluster
+from tests.cluster.conftest import ClusterNode, LoopbackCluster
 
 INCR = "return redis.call('INCR', KEYS[1])"
 
@@ -128,17 +128,6 @@ async def test_a_master_down_fails_only_its_calls_and_serves_them_again_once_res
     # Restarted without its data (no persistence here) and without its scripts: the pipe reconnects, loads.
     assert await pipe.evalsha([keys[1]], []) == 1
     assert [await pipe.evalsha([keys[0]], []), await pipe.evalsha([keys[2]], [])] == [3, 3]
-
-
-@pytest.fixture(scope="module")
-def replicated_cluster() -> Iterator[LoopbackCluster]:
-    """3 masters with a replica each; a master unreachable for 1 s is replaced by its replica."""
-    nodes = LoopbackCluster(PORT_BASE + 3, replicas_each=1, node_timeout_ms=1000)
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 async def test_after_a_failover_the_calls_go_to_the_promoted_replica(replicated_cluster: LoopbackCluster) -> None:
