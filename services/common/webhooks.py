@@ -30,12 +30,22 @@ class WebhookSettings(BaseServiceSettings):
     @property
     def webhook_urls(self) -> list[str]:
         """Configured alert webhook URLs."""
-        return [u.strip() for u in self.alert_webhooks.split(",") if u.strip()]
+        return url_list(self.alert_webhooks)
 
     @model_validator(mode="after")
     def _refuse_default_webhook_key(self) -> WebhookSettings:
-        # Receivers trust the signature; a well-known key would let anyone forge an alert.
-        if not self.is_dev and self.webhook_urls and self.webhook_signing_key == DEV_SIGNING_KEY:
-            prefix = self.model_config.get("env_prefix", "")
-            raise ValueError(f"{prefix}WEBHOOK_SIGNING_KEY must be set outside dev mode")
+        refuse_default_key(self, self.webhook_urls, self.webhook_signing_key)
         return self
+
+
+def url_list(setting: str) -> list[str]:
+    """The URLs of a comma-separated setting."""
+    return [u.strip() for u in setting.split(",") if u.strip()]
+
+
+def refuse_default_key(settings: BaseServiceSettings, urls: list[str], key: str) -> None:
+    """Raise outside dev mode when webhooks are configured with the well-known development key: receivers
+    trust the signature, and that key would let anyone forge one."""
+    if not settings.is_dev and urls and key == DEV_SIGNING_KEY:
+        prefix = settings.model_config.get("env_prefix", "")
+        raise ValueError(f"{prefix}WEBHOOK_SIGNING_KEY must be set outside dev mode")

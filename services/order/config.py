@@ -7,7 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
 from services.common.contracts import ORDER_EVENTS_STREAM, PURCHASE_STREAM_REGISTRY
-from services.common.webhooks import DEV_SIGNING_KEY
+from services.common.webhooks import DEV_SIGNING_KEY, refuse_default_key, url_list
 
 
 class OrderSettings(BaseServiceSettings):
@@ -80,11 +80,9 @@ class OrderSettings(BaseServiceSettings):
     @property
     def reminder_webhook_urls(self) -> list[str]:
         """Configured payment reminder webhook URLs."""
-        return [u.strip() for u in self.reminder_webhooks.split(",") if u.strip()]
+        return url_list(self.reminder_webhooks)
 
     @model_validator(mode="after")
     def _refuse_default_webhook_key(self) -> OrderSettings:
-        # Receivers trust the signature; a well-known key would let anyone forge a reminder.
-        if not self.is_dev and self.reminder_webhook_urls and self.webhook_signing_key == DEV_SIGNING_KEY:
-            raise ValueError("ORDER_WEBHOOK_SIGNING_KEY must be set outside dev mode")
+        refuse_default_key(self, self.reminder_webhook_urls, self.webhook_signing_key)
         return self

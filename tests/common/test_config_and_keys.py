@@ -8,6 +8,7 @@ from redis.crc import key_slot
 
 from services.flashsale import store
 from services.flashsale.config import FlashSaleSettings
+from services.order.config import OrderSettings
 
 
 def test_default_jwt_secret_is_refused_outside_dev_mode() -> None:
@@ -19,6 +20,15 @@ def test_default_jwt_secret_is_refused_outside_dev_mode() -> None:
 def test_default_webhook_key_is_refused_outside_dev_mode_when_webhooks_are_set() -> None:
     with pytest.raises(ValidationError, match="WEBHOOK_SIGNING_KEY"):
         FlashSaleSettings(env="production", jwt_secret="s3cret-value", alert_webhooks="https://ops.example/hook")
+    with pytest.raises(ValidationError, match="ORDER_WEBHOOK_SIGNING_KEY"):
+        OrderSettings(env="production", jwt_secret="s3cret-value", reminder_webhooks="https://crm.example/remind")
+    signed = OrderSettings(
+        env="production",
+        jwt_secret="s3cret-value",
+        reminder_webhooks="https://crm.example/remind",
+        webhook_signing_key="k",
+    )
+    assert signed.reminder_webhook_urls == ["https://crm.example/remind"]
 
 
 def test_identity_provider_keys_come_from_one_source_and_over_https_outside_dev_mode() -> None:

@@ -3,11 +3,13 @@ its database, next to the real order processes a test runs."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from services.common.resources import open_engine, session_factory
 from services.order.config import OrderSettings
@@ -34,3 +36,17 @@ async def service(order_settings: OrderSettings) -> AsyncIterator[OrderService]:
     """The in-process order service of a module; the module's `order_settings` fixture says on what."""
     async with order_service(order_settings) as in_process:
         yield in_process
+
+
+async def unpaid_order(
+    service: OrderService, *, sale_id: int = 1, user: str | None = None, unit_price: int = 1_000
+) -> tuple[str, str]:
+    """A new unpaid order of one unit, created as its purchase event would create it: (order id, its buyer)."""
+    tag = uuid.uuid4().hex[:10]
+    user = user or f"buyer-{tag}"
+    event = {"reservation_id": f"r-{tag}", "sale_id": sale_id, "user_id": user, "sku": "SKU-T", "quantity": 1}
+    assert await service.creation.create_orders([{**event, "unit_price": unit_price}]) == 1
+    async with service.sessions() as session:
+        order_id = await session.scalar(text("SELECT id FROM orders WHERE reservation_id = :r"), {"r": f"r-{tag}"})
+    assert order_id
+    return str(order_id), user

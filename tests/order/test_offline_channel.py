@@ -10,7 +10,6 @@ from datetime import datetime
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from services.order.config import OrderSettings
 from services.order.service import OrderService
@@ -23,6 +22,7 @@ from tests.conftest import (
     order_processes,
     wait_for,
 )
+from tests.order.conftest import unpaid_order
 from tests.paysim.procs import payments_for, reset_faults, set_faults
 
 DB_BASE = "orders_offline"
@@ -68,21 +68,13 @@ async def http(paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
         await reset_faults(client, paysim.primary, paysim.backup)
 
 
-async def _order(service: OrderService, sale_id: int) -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:10]
-    user = f"buyer-{tag}"
-    event = {"reservation_id": f"r-{tag}", "sale_id": sale_id, "user_id": user, "sku": "SKU-OFF", "quantity": 1}
-    assert await service.creation.create_orders([{**event, "unit_price": 4_200}]) == 1
-    async with service.sessions() as session:
-        order_id = await session.scalar(text("SELECT id FROM orders WHERE reservation_id = :r"), {"r": f"r-{tag}"})
-    return str(order_id), user
-
-
 async def test_the_offline_channel_opens_only_with_every_provider_down_and_takes_each_payment_once(
     replica: str, service: OrderService, paysim: PaySims, http: httpx.AsyncClient
 ) -> None:
     sale_id, other_sale = (int(uuid.uuid4().int % 10**9) + 10**9 for _ in range(2))
-    (a, buyer_a), (b, buyer_b), (c, _) = [await _order(service, s) for s in (sale_id, sale_id, other_sale)]
+    (a, buyer_a), (b, buyer_b), (c, _) = [
+        await unpaid_order(service, sale_id=s, unit_price=4_200) for s in (sale_id, sale_id, other_sale)
+    ]
     channel_url = f"{replica}/admin/sales/{sale_id}/offline-channel"
     body = {"instructions": "Transfer 42.00 to IBAN XX00 0000, reference = your order id", "extend_minutes": 120}
 
@@ -110,7 +102,7 @@ async def test_the_offline_channel_opens_only_with_every_provider_down_and_takes
     untouched = (await http.get(f"{replica}/admin/orders/{c}", headers=admin_headers())).json()
     assert untouched["payment_instructions"] is None
     # An order created while the channel is open is extended by the channel job.
-    d, buyer_d = await _order(service, sale_id)
+    d, buyer_d = await unpaid_order(service, sale_id=sale_id, unit_price=4_200)
 
     async def extended(order_id: str, user: str) -> bool:
         got = (await http.get(f"{replica}/orders/{order_id}", headers=customer_headers(user))).json()

@@ -29,6 +29,7 @@ from tests.conftest import (
     order_processes,
     wait_for,
 )
+from tests.order.conftest import unpaid_order
 from tests.paysim.procs import payments_for, reset_faults, set_faults
 
 DB_BASE = "orders_noredis"
@@ -88,18 +89,6 @@ async def http(paysim: PaySims) -> AsyncIterator[httpx.AsyncClient]:
         await reset_faults(client, paysim.primary, paysim.backup)
 
 
-async def _order(service: OrderService, user: str | None = None) -> tuple[str, str]:
-    """A new unpaid order of 1,000 cents: (order id, its buyer)."""
-    tag = uuid.uuid4().hex[:10]
-    user = user or f"buyer-{tag}"
-    event = {"reservation_id": f"r-{tag}", "sale_id": 1, "user_id": user, "sku": "SKU-NR", "quantity": 1}
-    assert await service.creation.create_orders([{**event, "unit_price": 1_000}]) == 1
-    async with service.sessions() as session:
-        order_id = await session.scalar(text("SELECT id FROM orders WHERE reservation_id = :r"), {"r": f"r-{tag}"})
-    assert order_id
-    return str(order_id), user
-
-
 async def _state(http: httpx.AsyncClient, replica: str, order_id: str, user: str) -> str:
     resp = await http.get(f"{replica}/orders/{order_id}", headers=customer_headers(user))
     assert resp.status_code == 200, resp.text
@@ -118,7 +107,7 @@ async def test_pay_and_cancel_answer_200_with_the_order_service_redis_down_and_r
     with pytest.raises(RedisConnectionError):
         await gone.ping()
     await gone.aclose()
-    (to_pay, payer), (to_cancel, canceller) = await _order(service), await _order(service)
+    (to_pay, payer), (to_cancel, canceller) = await unpaid_order(service), await unpaid_order(service)
 
     paid = await _post(http, f"{replica}/orders/{to_pay}/pay", payer, "pay-1")
     cancelled = await _post(http, f"{replica}/orders/{to_cancel}/cancel", canceller, "cancel-1")
@@ -136,8 +125,8 @@ async def test_pay_and_cancel_answer_200_with_the_order_service_redis_down_and_r
 async def test_a_key_reused_for_another_order_is_refused_with_idempotency_key_reused_and_changes_nothing(
     http: httpx.AsyncClient, replica: str, service: OrderService
 ) -> None:
-    first, user = await _order(service)
-    second, _ = await _order(service, user)
+    first, user = await unpaid_order(service)
+    second, _ = await unpaid_order(service, user=user)
     assert (await _post(http, f"{replica}/orders/{first}/pay", user, "one-key")).status_code == 200
 
     reused = await _post(http, f"{replica}/orders/{second}/pay", user, "one-key")
@@ -150,7 +139,7 @@ async def test_a_key_reused_for_another_order_is_refused_with_idempotency_key_re
 async def test_a_duplicate_pay_during_the_charge_gets_idempotency_key_in_flight_and_the_order_is_charged_once(
     http: httpx.AsyncClient, replica: str, service: OrderService, paysim: PaySims
 ) -> None:
-    order_id, user = await _order(service)
+    order_id, user = await unpaid_order(service)
     await set_faults(http, paysim.primary, latency_ms=1_500)
     url = f"{replica}/orders/{order_id}/pay"
 
@@ -169,7 +158,7 @@ async def test_a_duplicate_pay_during_the_charge_gets_idempotency_key_in_flight_
 async def test_the_same_key_of_two_buyers_pays_each_buyer_own_order(
     http: httpx.AsyncClient, replica: str, service: OrderService
 ) -> None:
-    (a, alice), (b, bob) = await _order(service), await _order(service)
+    (a, alice), (b, bob) = await unpaid_order(service), await unpaid_order(service)
 
     for order_id, user in ((a, alice), (b, bob)):
         resp = await _post(http, f"{replica}/orders/{order_id}/pay", user, "checkout")
@@ -179,14 +168,14 @@ async def test_the_same_key_of_two_buyers_pays_each_buyer_own_order(
 async def test_a_refused_pay_frees_its_key_and_an_in_flight_marker_left_by_a_crash_expires(
     http: httpx.AsyncClient, replica: str, service: OrderService
 ) -> None:
-    order_id, user = await _order(service)
+    order_id, user = await unpaid_order(service)
     cancel = f"{replica}/orders/{order_id}/cancel"
     assert (await _post(http, cancel, user, "c")).status_code == 200
     refused = await _post(http, f"{replica}/orders/{order_id}/pay", user, "p")
     assert (refused.status_code, refused.json()["code"]) == (409, "INVALID_ORDER_STATE"), refused.text
     assert await _record(service, user, "p") is None
 
-    other, _ = await _order(service, user)
+    other, _ = await unpaid_order(service, user=user)
     await _insert_marker(service, user, "crashed", 3600.0, f"/orders/{other}/pay")
     held = await _post(http, f"{replica}/orders/{other}/pay", user, "crashed")
     assert (held.status_code, held.json()["code"]) == (409, "IDEMPOTENCY_KEY_IN_FLIGHT"), held.text
@@ -198,7 +187,7 @@ async def test_a_refused_pay_frees_its_key_and_an_in_flight_marker_left_by_a_cra
 async def test_a_pay_stores_its_replayable_answer_in_the_commit_that_makes_the_order_paid(
     http: httpx.AsyncClient, replica: str, service: OrderService, paysim: PaySims
 ) -> None:
-    order_id, user = await _order(service)
+    order_id, user = await unpaid_order(service)
     await set_faults(http, paysim.primary, latency_ms=300)
     paying = asyncio.create_task(_post(http, f"{replica}/orders/{order_id}/pay", user, "together"))
     await wait_for(lambda: _claimed(service, user, "together"))
@@ -224,7 +213,7 @@ async def test_a_pay_stores_its_replayable_answer_in_the_commit_that_makes_the_o
 async def test_metrics_show_the_steps_of_a_pay_and_the_event_loop_lag(
     http: httpx.AsyncClient, replica: str, service: OrderService
 ) -> None:
-    order_id, user = await _order(service)
+    order_id, user = await unpaid_order(service)
     assert (await _post(http, f"{replica}/orders/{order_id}/pay", user, "metered")).status_code == 200
 
     metrics = (await http.get(f"{replica}/metrics")).text

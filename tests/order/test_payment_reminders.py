@@ -32,6 +32,7 @@ from tests.conftest import (
     order_processes,
     wait_for,
 )
+from tests.order.conftest import unpaid_order
 
 DB_BASE = "orders_reminders"
 EVENTS = "test:reminders:order-events"
@@ -80,15 +81,6 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _order(service: OrderService, sale_id: int, user: str) -> str:
-    tag = uuid.uuid4().hex[:10]
-    event = {"reservation_id": f"r-{tag}", "sale_id": sale_id, "user_id": user, "sku": "SKU-RM", "quantity": 1}
-    assert await service.creation.create_orders([{**event, "unit_price": 2_500}]) == 1
-    async with service.sessions() as session:
-        order_id = await session.scalar(text("SELECT id FROM orders WHERE reservation_id = :r"), {"r": f"r-{tag}"})
-    return str(order_id)
-
-
 async def _reminder_events(redis: Redis, order_id: str) -> list[dict[str, Any]]:
     """The reminder events of one order on the events stream, each checked against its contract."""
     found = []
@@ -108,7 +100,10 @@ async def test_each_unpaid_order_is_reminded_once_before_it_expires_and_paid_or_
 ) -> None:
     sale_id = int(uuid.uuid4().int % 10**9) + 10**9
     users = {name: f"{name}-{uuid.uuid4().hex[:6]}" for name in ("forgetful", "prompt", "quitter")}
-    ids = {name: await _order(service, sale_id, user) for name, user in users.items()}
+    ids = {
+        name: (await unpaid_order(service, sale_id=sale_id, user=user, unit_price=2_500))[0]
+        for name, user in users.items()
+    }
     paid = await http.post(f"{replicas[0]}/orders/{ids['prompt']}/pay", headers=customer_headers(users["prompt"], "p"))
     assert paid.status_code == 200, paid.text
     cancel = await http.post(
