@@ -28,6 +28,7 @@ from services.flashsale.router import SaleId
 from services.flashsale.schemas import (
     AddStock,
     AuditOut,
+    BriefingOut,
     SaleAlert,
     SaleCreate,
     SaleOut,
@@ -217,6 +218,20 @@ async def audit_log(
     entries = await service.sales.audit_log(sale_id=sale_id, limit=limit, offset=offset)
     await service.sales.audit_read(actor=user.user_id, action="audit", sale_id=sale_id)
     return [AuditOut.model_validate(e) for e in entries]
+
+
+@router.get("/briefings", response_model=list[BriefingOut])
+async def briefings(
+    user: AdminUser,
+    request: Request,
+    service: ServiceDep,
+    sale_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Limit = 100,
+) -> list[BriefingOut]:
+    """The periodic briefings of live sales, newest first (FLASHSALE_BRIEFING_INTERVAL_SECONDS apart)."""
+    found = await request.app.state.briefings.recent(sale_id=sale_id, limit=limit)
+    await service.sales.audit_read(actor=user.user_id, action="briefings", sale_id=sale_id)
+    return [BriefingOut.model_validate(b) for b in found]
 
 
 @router.get(

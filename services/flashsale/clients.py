@@ -87,3 +87,7 @@ class OrderRecordClient(_AdminClient):
     async def sale_reservations(self, sale_id: int) -> dict[str, Any]:
         """Every reservation of the sale that has an order, with reserved/sold/released per reservation."""
         return await self._call("GET", f"/admin/sales/{sale_id}/reservations")
+
+    async def sale_order_stats(self, sale_id: int) -> dict[str, Any]:
+        """Orders, paid, GMV and payment success of the sale (`GET /admin/orders/stats?sale_id=`)."""
+        return await self._call("GET", "/admin/orders/stats", params={"sale_id": sale_id})

@@ -44,6 +44,10 @@ class FlashSaleSettings(WebhookSettings):
     reconcile_interval_seconds: float = 60.0
     # How often the live sales' stock gauges (/metrics) are read from Redis: one pipelined read per tick.
     stock_gauge_seconds: float = 5.0
+    # A briefing of every live sale each interval (orders, GMV, payment success, stock, sell-out estimate,
+    # anomalies), sent to the alert webhooks and kept for the console; checked every briefing_check_seconds.
+    briefing_interval_seconds: float = Field(3600.0, ge=1)
+    briefing_check_seconds: float = 30.0
     # A warm sale whose Redis data is gone (Redis lost data) is rebuilt from the record automatically;
     # any other drift is only reported.
     auto_rebuild_lost_sales: bool = True

@@ -11,6 +11,7 @@ from services.common.defaults import service_app
 from services.common.lifespan import Every, Job, ServiceRuntime, service_lifespan
 from services.common.stream_backlog import stream_gauges_job
 from services.flashsale import admin, router
+from services.flashsale.briefings import Briefings
 from services.flashsale.config import FlashSaleSettings
 from services.flashsale.events import AlertRelay, WebhookNotifier, listen_notifications, order_events_consumer
 from services.flashsale.metrics import alert_streams, refresh_stock_gauges
@@ -35,8 +36,10 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
         relay = runtime.closing(AlertRelay(service, notifier, replica))
         runtime.flush_at_shutdown(service.flush_local_attempts)
         reconciler = SaleReconciler(service)
+        briefings = Briefings(service.core, notifier)
         state = runtime.state
         state.service, state.notifier, state.alert_relay, state.reconciler = service, notifier, relay, reconciler
+        state.briefings = briefings
         try:
             await service.refresh_catalog()
         except Exception:
@@ -58,6 +61,7 @@ def create_app(settings: FlashSaleSettings | None = None) -> FastAPI:
             ),
             Every(settings.allocation_sync_seconds, "settlement", reconciler.settle),
             Every(settings.reconcile_interval_seconds, "reconciliation", reconciler.reconcile_periodically),
+            Every(settings.briefing_check_seconds, "sale briefings", briefings.brief_live_sales),
             lambda: listen_notifications(service),
             order_events_consumer(service, replica),
         ]

@@ -76,3 +76,16 @@ class AuditEntry(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Briefing(Base):
+    """One periodic briefing of a live sale (once per sale and period, whichever replica writes it first)."""
+
+    __tablename__ = "briefings"
+    __table_args__ = (Index("ux_briefings_sale_period", "sale_id", "period_start", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sale_id: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)

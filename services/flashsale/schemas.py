@@ -108,6 +108,18 @@ class SaleStats(BaseModel):
     first_sold_out_at: datetime | None
 
 
+class BriefingOut(BaseModel):
+    """One periodic briefing of a live sale (its body as sent to the alert webhooks)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    sale_id: int
+    period_start: datetime
+    at: datetime
+    body: dict[str, Any]
+
+
 class AuditOut(BaseModel):
     """One audited admin action."""
 

@@ -1,0 +1,137 @@
+"""Sale briefings: two flashsale replicas brief each live sale once per period, with the order figures the
+real order service reports, the stock, a sell-out estimate and the anomalies ops must look at, to the alert
+webhooks and in `GET /admin/briefings`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import pytest
+
+from services.flashsale.config import FlashSaleSettings
+from services.flashsale.main import create_app
+from services.order.config import OrderSettings
+from services.order.service import OrderService
+from tests.conftest import (
+    TEST_REDIS_URL,
+    PaySims,
+    WebhookReceiver,
+    admin_headers,
+    customer_headers,
+    db_url_for,
+    live_sale,
+    order_processes,
+    wait_for,
+)
+from tests.order.conftest import unpaid_order
+
+DB_BASE = "orders_briefings"
+
+
+@pytest.fixture(scope="module")
+def order_url() -> Iterator[str]:
+    """A real order process answering the admin API (it follows no purchase streams)."""
+    with order_processes(DB_BASE, {"ORDER_PURCHASE_STREAM_REGISTRY": "test:briefings:none"}) as (url,):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def order_settings(order_url: str, paysim: PaySims) -> OrderSettings:
+    return OrderSettings(
+        env="test",
+        database_url=db_url_for(DB_BASE),
+        redis_url=TEST_REDIS_URL,
+        purchase_stream_registry="test:briefings:none",
+        paysim_primary_url=paysim.primary,
+        paysim_backup_url=paysim.backup,
+        db_pool_size=2,
+    )
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    hooks = WebhookReceiver()
+    task = asyncio.create_task(hooks.server.serve())
+    while not hooks.server.started:
+        await asyncio.sleep(0.01)
+    yield hooks
+    hooks.server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def replicas(database: str, order_url: str, receiver: WebhookReceiver) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Two in-process flashsale replicas briefing every second, asking the real order service."""
+    async with AsyncExitStack() as stack:
+        clients = []
+        for n in (1, 2):
+            settings = FlashSaleSettings(
+                env="test",
+                database_url=database,
+                redis_url=TEST_REDIS_URL,
+                alert_webhooks=receiver.url,
+                order_url=order_url,
+                catalog_refresh_seconds=0.2,
+                briefing_interval_seconds=1,
+                briefing_check_seconds=0.1,
+                replica_id=f"briefing-{n}",
+            )
+            app = create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app)
+            clients.append(
+                await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://fs"))
+            )
+        yield clients
+
+
+def _briefings(receiver: WebhookReceiver, sale_id: int) -> list[dict[str, Any]]:
+    return [h for h in receiver.received if h.get("type") == "sale.briefing" and h.get("sale_id") == sale_id]
+
+
+async def test_each_live_sale_is_briefed_once_per_period_with_the_order_figures_and_its_anomalies(
+    replicas: list[httpx.AsyncClient], receiver: WebhookReceiver, service: OrderService
+) -> None:
+    first, second = replicas
+    steady = await live_sale(first, quantity=10, per_user_limit=1, title="Steady phone")
+    for n in range(4):
+        buy = await second.post(
+            f"/sales/{steady['id']}/purchase", json={"quantity": 1}, headers=customer_headers(f"b{n}", f"k{n}")
+        )
+        assert buy.status_code == 202, buy.text
+    for _ in range(3):
+        await unpaid_order(service, sale_id=steady["id"], unit_price=9_900)
+    fast = await live_sale(first, quantity=2, per_user_limit=2, title="Gone in seconds")
+    sold = await first.post(f"/sales/{fast['id']}/purchase", json={"quantity": 2}, headers=customer_headers("f", "k"))
+    assert sold.status_code == 202, sold.text
+
+    async def briefed() -> list[dict[str, Any]]:
+        return [b for b in _briefings(receiver, steady["id"]) if (b["orders"] or {}).get("orders") == 3]
+
+    brief = (await wait_for(briefed, timeout=15))[0]
+    assert brief["title"] == "Steady phone"
+    assert brief["stock"] == {"quantity": 10, "remaining": 6, "reserved": 4, "sold": 0}
+    assert brief["orders"]["paid"] == 0 and brief["orders"]["gmv"] == 0
+    assert brief["units_per_minute"] > 0 and brief["sell_out_in_seconds"] >= 0
+
+    async def fast_briefed() -> list[dict[str, Any]]:
+        return _briefings(receiver, fast["id"])
+
+    fast_brief = (await wait_for(fast_briefed, timeout=15))[0]
+    assert "SOLD_OUT_FAST" in [a["code"] for a in fast_brief["anomalies"]]
+    assert fast_brief["sell_out_in_seconds"] is None and fast_brief["stock"]["remaining"] == 0
+
+    await asyncio.sleep(1.5)  # more periods, both replicas briefing
+    listed = (await first.get("/admin/briefings", params={"sale_id": steady["id"]}, headers=admin_headers())).json()
+    periods = [b["period_start"] for b in listed]
+    assert len(periods) >= 2 and len(set(periods)) == len(periods)  # one briefing per period
+    # The webhooks got exactly the briefings kept: neither replica sent one the other had written.
+    sent = {b["period_start"] for b in _briefings(receiver, steady["id"])}
+    assert len(_briefings(receiver, steady["id"])) == len(sent)
+    assert sent <= {b["body"]["period_start"] for b in listed}
+    shopper = await first.get("/admin/briefings", headers=customer_headers("b0"))
+    assert shopper.status_code == 403
