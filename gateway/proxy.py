@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Tracer
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from gateway.ratelimit import LimitClass, RateLimiter, RefusedAddresses
 from gateway.request import HOP_BY_HOP, NO_BODY, ProxyRequest
 from gateway.routes import is_internal_path, is_purchase, long_poll_wait
 from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from services.common import tracing
 from services.common.auth import TokenVerifier, Unauthenticated
 from services.common.metrics import RequestMetrics
 
@@ -83,12 +85,46 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one proxied request: its stages, the answer of the one that ended it, and its record."""
         request = ProxyRequest(scope, self.proxy_hops)
+        tracer = tracing.TRACER
+        if tracer is not None:
+            await self._traced(tracer, request, receive, send)
+        else:
+            await self._answer(request, receive, send)
+        self._record(request)
+
+    async def _answer(self, request: ProxyRequest, receive: Receive, send: Send) -> None:
         try:
             await self._serve(request, receive, send)
         except EarlyAnswer as answer:
             request.status = answer.status
             await answer.send(send, instance=request.path, request_id=request.rid)
-        self._record(request)
+
+    async def _traced(self, tracer: Tracer, request: ProxyRequest, receive: Receive, send: Send) -> None:
+        """The request inside a gateway span, the client's traceparent its parent; the replica gets the span's."""
+        incoming = None
+        for name, value in request.scope["headers"]:
+            if name == b"traceparent":
+                incoming = value.decode("latin-1")
+        if incoming is not None:
+            request.forward = [h for h in request.forward if not h.startswith(b"traceparent:")]
+        span = tracer.start_span(
+            f"gateway {request.method}", context=tracing.parent_context(incoming), kind=SpanKind.SERVER
+        )
+        request.traceparent = tracing.traceparent_of(span).encode()
+        try:
+            await self._answer(request, receive, send)
+        finally:
+            if span.is_recording():
+                span.update_name(f"gateway {request.route}")
+                span.set_attributes(
+                    {
+                        "http.request.method": request.method,
+                        "http.route": request.route,
+                        "http.response.status_code": request.status,
+                        "gateway.upstream": request.upstream,
+                    }
+                )
+            span.end()
 
     async def _serve(self, request: ProxyRequest, receive: Receive, send: Send) -> None:
         """The stages in order; any of them may end the request with an EarlyAnswer."""

@@ -1,0 +1,88 @@
+"""Traces of a purchase, from the gateway to the payment call (docs/adr/0043-one-purchase-one-trace.md).
+
+Off unless `OTEL_TRACES_EXPORTER` names an exporter (and `OTEL_SDK_DISABLED` is not true): then `TRACER` stays
+None, and every traced place costs one module attribute read per request and makes nothing. On, the SDK
+samples by the standard `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (parent-based by default) and exports
+by the standard `OTEL_EXPORTER_OTLP_*` variables, over HTTP. The context rides as a W3C `traceparent`: in the
+HTTP headers, in the purchase event, and on the order row, so the charge of an order joins its purchase's trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger("service.tracing")
+
+# None while tracing is off. Traced places read it at call time (`tracing.TRACER`), so one switch turns it all.
+TRACER: Tracer | None = None
+PROVIDER: TracerProvider | None = None
+TRACEPARENT_LENGTH = 55  # "00-" + 32 hex trace id + "-" + 16 hex span id + "-" + 2 hex flags
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def tracing_wanted(env: dict[str, str] | None = None) -> bool:
+    """Whether the OTEL_* variables turn traces on: an exporter is named and the SDK is not disabled."""
+    env = dict(os.environ) if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return env.get("OTEL_TRACES_EXPORTER", "").strip().lower() not in ("", "none")
+
+
+def _exporter(name: str) -> SpanExporter:
+    if name == "otlp":
+        # Imported only when used: the exporter pulls in protobuf and an HTTP session.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if name == "console":
+        return ConsoleSpanExporter()
+    raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: this service exports 'otlp' (HTTP), 'console' or 'none'")
+
+
+def configure_tracing(service: str) -> None:
+    """Turn traces on for this process when the OTEL_* variables ask for them; otherwise leave them off."""
+    if PROVIDER is not None or not tracing_wanted():
+        return
+    name = os.environ.get("OTEL_SERVICE_NAME") or service
+    # No sampler given: the SDK reads OTEL_TRACES_SAMPLER(_ARG), parentbased_always_on when unset.
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    for exporter in os.environ["OTEL_TRACES_EXPORTER"].split(","):
+        provider.add_span_processor(BatchSpanProcessor(_exporter(exporter.strip().lower())))
+    use_provider(provider)
+    log.info("traces on", extra={"service": name, "sampler": os.environ.get("OTEL_TRACES_SAMPLER", "default")})
+
+
+def use_provider(provider: TracerProvider | None) -> None:
+    """Trace with `provider` from now on (None: tracing off); the SDK flushes it at exit."""
+    global TRACER, PROVIDER
+    PROVIDER = provider
+    TRACER = provider.get_tracer("flashsale-platform") if provider is not None else None
+
+
+def parent_context(traceparent: str | None) -> Context | None:
+    """The remote parent a W3C traceparent names; None (a new trace) when it is missing or malformed."""
+    if not traceparent:
+        return None
+    return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def traceparent_of(span: Span) -> str:
+    """The W3C traceparent that makes `span` the parent, its sampled flag included (00 when not sampled)."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def valid_traceparent(value: object) -> str | None:
+    """`value` when it is shaped like a W3C traceparent, else None (an event field is not trusted blindly)."""
+    if isinstance(value, str) and len(value) == TRACEPARENT_LENGTH and value[2] == "-":
+        return value
+    return None
