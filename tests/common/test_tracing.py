@@ -7,6 +7,7 @@ processes), so the SDK's in-memory exporter sees every span they make.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,7 @@ async def test_one_purchase_is_one_trace_from_the_gateway_to_the_charge(
     # One trace, the client's, and each hop the child of the one before it.
     assert {f"{s.context.trace_id:032x}" for s in chain} == {CLIENT_TRACE}
     assert gateway.parent is not None and f"{gateway.parent.span_id:016x}" == CLIENT_SPAN
-    for parent, child in zip(chain, chain[1:], strict=False):
+    for parent, child in itertools.pairwise(chain):
         assert child.parent is not None and child.parent.span_id == parent.context.span_id, child.name
     # The context rode inside the purchase event.
     assert event["traceparent"] == f"00-{CLIENT_TRACE}-{purchase.context.span_id:016x}-01"
