@@ -104,8 +104,12 @@ class Proxy:
         incoming = None
         for name, value in request.scope["headers"]:
             if name == b"traceparent":
-                incoming = value.decode("latin-1")
+                incoming = tracing.valid_traceparent(value.decode("latin-1"))
         if incoming is not None:
+            if tracing.unsampled(incoming):
+                # The client decided "not sampled": no span, and its traceparent goes on as it came.
+                await self._answer(request, receive, send)
+                return
             request.forward = [h for h in request.forward if not h.startswith(b"traceparent:")]
         span = tracer.start_span(
             f"gateway {request.method}", context=tracing.parent_context(incoming), kind=SpanKind.SERVER

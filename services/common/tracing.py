@@ -16,6 +16,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -24,6 +25,9 @@ log = logging.getLogger("service.tracing")
 # None while tracing is off. Traced places read it at call time (`tracing.TRACER`), so one switch turns it all.
 TRACER: Tracer | None = None
 PROVIDER: TracerProvider | None = None
+# True when the sampler is parent-based (every parentbased_* of OTEL_TRACES_SAMPLER, the default): a hop whose
+# parent was not sampled then makes no span, so it can skip the SDK and pass the context on as it came.
+FOLLOWS_PARENT = False
 TRACEPARENT_LENGTH = 55  # "00-" + 32 hex trace id + "-" + 16 hex span id + "-" + 2 hex flags
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -63,9 +67,10 @@ def configure_tracing(service: str) -> None:
 
 def use_provider(provider: TracerProvider | None) -> None:
     """Trace with `provider` from now on (None: tracing off); the SDK flushes it at exit."""
-    global TRACER, PROVIDER
+    global TRACER, PROVIDER, FOLLOWS_PARENT
     PROVIDER = provider
     TRACER = provider.get_tracer("flashsale-platform") if provider is not None else None
+    FOLLOWS_PARENT = provider is not None and isinstance(provider.sampler, ParentBased)
 
 
 def parent_context(traceparent: str | None) -> Context | None:
@@ -73,6 +78,15 @@ def parent_context(traceparent: str | None) -> Context | None:
     if not traceparent:
         return None
     return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+def unsampled(traceparent: str) -> bool:
+    """True when a well-formed traceparent says "not sampled" and the sampler follows the parent: no span.
+
+    Measured: extracting the context, starting a non-recording span and formatting its traceparent cost
+    ~20 us a request on the 2-core machine, for a span nobody sees; this costs a comparison.
+    """
+    return FOLLOWS_PARENT and len(traceparent) == TRACEPARENT_LENGTH and traceparent[-1] in "02468ace"
 
 
 def traceparent_of(span: Span) -> str:

@@ -149,23 +149,23 @@ async def _traced_purchase(
     tracer: Tracer, request: Request, sale_id: int, user: Principal, key: str, service: FlashSaleService
 ) -> Response:
     """The purchase inside a flashsale span (child of the caller's traceparent); its event carries the span's."""
-    parent = tracing.parent_context(request.headers.get("traceparent"))
-    # A refusal (sold out, limit) is an answer, not a failure of the span: its code is recorded instead.
-    with tracer.start_as_current_span(
-        "flashsale purchase",
-        context=parent,
-        kind=SpanKind.SERVER,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        span.set_attribute("flashsale.sale_id", sale_id)
-        try:
-            response = await _reserve(request, sale_id, user, key, service, tracing.traceparent_of(span))
-        except Exception as exc:
-            span.set_attribute("error.type", str(getattr(exc, "code", None) or type(exc).__name__))
-            raise
+    incoming = tracing.valid_traceparent(request.headers.get("traceparent"))
+    if incoming is not None and tracing.unsampled(incoming):
+        # Not sampled upstream: no span here either; the context goes on as it came, so the order side knows.
+        return await _reserve(request, sale_id, user, key, service, incoming)
+    span = tracer.start_span("flashsale purchase", context=tracing.parent_context(incoming), kind=SpanKind.SERVER)
+    try:
+        response = await _reserve(request, sale_id, user, key, service, tracing.traceparent_of(span))
+    except Exception as exc:
+        # A refusal (sold out, limit) is an answer, not a failure of the span: its code is recorded instead.
+        span.set_attribute("error.type", str(getattr(exc, "code", None) or type(exc).__name__))
+        raise
+    else:
         span.set_attribute("http.response.status_code", response.status_code)
         return response
+    finally:
+        span.set_attribute("flashsale.sale_id", sale_id)
+        span.end()
 
 
 async def _reserve(

@@ -245,8 +245,8 @@ def _creation_spans(tracer: Tracer, purchases: Iterable[ParsedPurchase]) -> dict
     """
     spans = {}
     for p in purchases:
-        if p.traceparent is None:
-            continue
+        if p.traceparent is None or tracing.unsampled(p.traceparent):
+            continue  # no trace, or one not sampled: the order keeps the purchase's context as it came
         span = tracer.start_span("order create", context=tracing.parent_context(p.traceparent), kind=SpanKind.CONSUMER)
         if span.is_recording():
             span.set_attributes({"order.reservation_id": p.reservation_id, "flashsale.sale_id": p.sale_id})
