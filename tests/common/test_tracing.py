@@ -17,6 +17,7 @@ import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -199,3 +200,48 @@ def test_traces_are_on_only_when_an_exporter_is_named_and_the_sdk_is_not_disable
     assert not tracing.tracing_wanted({"OTEL_TRACES_EXPORTER": "none"})
     assert not tracing.tracing_wanted({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"})
     assert tracing.tracing_wanted({"OTEL_TRACES_EXPORTER": "otlp"})
+
+
+class OtlpReceiver:
+    """A tiny OTLP/HTTP receiver that keeps every export request's body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if scope["path"] == "/v1/traces":
+            self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def test_the_otel_variables_turn_on_otlp_export_over_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver = OtlpReceiver()
+    server, url = await _serve_running(receiver)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{url}/v1/traces")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "flashsale-under-test")
+    try:
+        tracing.configure_tracing("flashsale")
+        assert tracing.TRACER is not None and tracing.PROVIDER is not None
+        tracing.TRACER.start_span("flashsale purchase").end()
+        provider = tracing.PROVIDER
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+    finally:
+        if tracing.PROVIDER is not None:
+            await asyncio.to_thread(tracing.PROVIDER.shutdown)
+        tracing.use_provider(None)
+        await shutdown(server)
+
+    (body,) = receiver.bodies
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+    assert service == "flashsale-under-test"
+    assert [s.name for scope in resource_spans.scope_spans for s in scope.spans] == ["flashsale purchase"]
