@@ -105,20 +105,15 @@ class Proxy:
         for name, value in request.scope["headers"]:
             if name == b"traceparent":
                 incoming = tracing.valid_traceparent(value.decode("latin-1"))
-        if incoming is not None:
-            if tracing.unsampled(incoming):
-                # The client decided "not sampled": no span, and its traceparent goes on as it came.
-                await self._answer(request, receive, send)
-                return
+        span, traceparent = tracing.begin(tracer, "gateway", incoming, SpanKind.SERVER)
+        if traceparent != incoming:
+            # The replica gets this hop's context, not the client's (forwarded as it came when the two are one).
             request.forward = [h for h in request.forward if not h.startswith(b"traceparent:")]
-        span = tracer.start_span(
-            f"gateway {request.method}", context=tracing.parent_context(incoming), kind=SpanKind.SERVER
-        )
-        request.traceparent = tracing.traceparent_of(span).encode()
+            request.traceparent = traceparent.encode()
         try:
             await self._answer(request, receive, send)
         finally:
-            if span.is_recording():
+            if span is not None:
                 span.update_name(f"gateway {request.route}")
                 span.set_attributes(
                     {
@@ -128,7 +123,7 @@ class Proxy:
                         "gateway.upstream": request.upstream,
                     }
                 )
-            span.end()
+                span.end()
 
     async def _serve(self, request: ProxyRequest, receive: Receive, send: Send) -> None:
         """The stages in order; any of them may end the request with an EarlyAnswer."""

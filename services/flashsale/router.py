@@ -150,12 +150,11 @@ async def _traced_purchase(
 ) -> Response:
     """The purchase inside a flashsale span (child of the caller's traceparent); its event carries the span's."""
     incoming = tracing.valid_traceparent(request.headers.get("traceparent"))
-    if incoming is not None and tracing.unsampled(incoming):
-        # Not sampled upstream: no span here either; the context goes on as it came, so the order side knows.
-        return await _reserve(request, sale_id, user, key, service, incoming)
-    span = tracer.start_span("flashsale purchase", context=tracing.parent_context(incoming), kind=SpanKind.SERVER)
+    span, traceparent = tracing.begin(tracer, "flashsale purchase", incoming, SpanKind.SERVER)
+    if span is None:  # not sampled: the event carries the context all the same, so the order side knows
+        return await _reserve(request, sale_id, user, key, service, traceparent)
     try:
-        response = await _reserve(request, sale_id, user, key, service, tracing.traceparent_of(span))
+        response = await _reserve(request, sale_id, user, key, service, traceparent)
     except Exception as exc:
         # A refusal (sold out, limit) is an answer, not a failure of the span: its code is recorded instead.
         span.set_attribute("error.type", str(getattr(exc, "code", None) or type(exc).__name__))

@@ -238,7 +238,7 @@ class Checkout:
         """Charge the claimed order and settle it; (the answer, whether the settlement stored it for the key)."""
         started = time.perf_counter()
         tracer = tracing.TRACER
-        if tracer is not None and row.traceparent and not tracing.unsampled(row.traceparent):
+        if tracer is not None and row.traceparent:
             result = await self._traced_charge(tracer, row)
         else:
             result = await self.payments.charge(
@@ -266,22 +266,23 @@ class Checkout:
     async def _traced_charge(self, tracer: Tracer, row: Row[Any]) -> PaymentResult:
         """The charge as a child of the order's creation span: the pay request is a trace of its own, but the
         money taken belongs to the purchase's trace (docs/adr/0043-one-purchase-one-trace.md)."""
-        span = tracer.start_span("order charge", context=tracing.parent_context(row.traceparent), kind=SpanKind.CLIENT)
+        span, traceparent = tracing.begin(tracer, "order charge", row.traceparent, SpanKind.CLIENT)
         try:
             result = await self.payments.charge(
                 order_id=row.id,
                 amount=row.total,
                 currency=row.currency,
                 idempotency_key=f"order:{row.id}",
-                traceparent=tracing.traceparent_of(span),
+                traceparent=traceparent,
             )
-            if span.is_recording():
+            if span is not None:
                 span.set_attributes(
                     {"order.id": row.id, "payment.outcome": result.outcome, "payment.provider": result.provider or ""}
                 )
             return result
         finally:
-            span.end()
+            if span is not None:
+                span.end()
 
     def _count(self, succeeded: bool) -> None:
         if len(self._recent) == self._recent.maxlen and self._recent[0]:

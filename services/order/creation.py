@@ -245,11 +245,10 @@ def _creation_spans(tracer: Tracer, purchases: Iterable[ParsedPurchase]) -> dict
     """
     spans = {}
     for p in purchases:
-        if p.traceparent is None or tracing.unsampled(p.traceparent):
-            continue  # no trace, or one not sampled: the order keeps the purchase's context as it came
-        span = tracer.start_span("order create", context=tracing.parent_context(p.traceparent), kind=SpanKind.CONSUMER)
-        if span.is_recording():
+        if p.traceparent is None:
+            continue
+        span, p.traceparent = tracing.begin(tracer, "order create", p.traceparent, SpanKind.CONSUMER)
+        if span is not None:  # None: not sampled, and the order keeps the purchase's context as it came
             span.set_attributes({"order.reservation_id": p.reservation_id, "flashsale.sale_id": p.sale_id})
-        p.traceparent = tracing.traceparent_of(span)
-        spans[p.reservation_id] = span
+            spans[p.reservation_id] = span
     return spans

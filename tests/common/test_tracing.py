@@ -18,10 +18,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from services.common import tracing
@@ -97,9 +97,9 @@ async def stack(app: FastAPI, order_settings: OrderSettings) -> AsyncIterator[St
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """Traces on (every trace sampled) into an in-memory exporter, for one test."""
+    """Traces on (every trace sampled, as parentbased_traceidratio 1.0) into an in-memory exporter, for one test."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = tracing.RatioSampledProvider(1.0)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.use_provider(provider)
     yield exporter
@@ -162,7 +162,7 @@ async def test_one_purchase_is_one_trace_from_the_gateway_to_the_charge(
     # makes joins the purchase's.
     own = [s for s in found if s.name == "gateway order"]
     assert len(own) == 2
-    assert all(s.context.trace_id != gateway.context.trace_id for s in own)
+    assert len({s.context.trace_id for s in own} | {gateway.context.trace_id}) == 3
 
 
 async def test_with_tracing_off_no_span_is_made_and_the_event_has_no_traceparent(
@@ -180,7 +180,7 @@ async def test_an_unsampled_purchase_carries_its_flag_and_the_order_side_makes_n
     stack: Stack, client: httpx.AsyncClient
 ) -> None:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    provider = tracing.RatioSampledProvider(0.0)  # parentbased_traceidratio 0: no root is sampled
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.use_provider(provider)
     try:
@@ -245,3 +245,26 @@ async def test_the_otel_variables_turn_on_otlp_export_over_http(monkeypatch: pyt
     service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
     assert service == "flashsale-under-test"
     assert [s.name for scope in resource_spans.scope_spans for s in scope.spans] == ["flashsale purchase"]
+
+
+def test_a_root_decided_by_hand_is_the_one_the_sdk_samples() -> None:
+    exporter = InMemorySpanExporter()
+    provider = tracing.RatioSampledProvider(0.5)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    tracing.use_provider(provider)
+    try:
+        roots = [tracing.begin(tracer, "root", None, SpanKind.SERVER) for _ in range(400)]
+    finally:
+        tracing.use_provider(None)
+    sampled = [(span, traceparent) for span, traceparent in roots if span is not None]
+    for span, traceparent in sampled:
+        assert span.is_recording()
+        assert traceparent == tracing.traceparent_of(span)
+        span.end()
+    dropped = [traceparent for span, traceparent in roots if span is None]
+    assert all(tp.endswith("-00") and tracing.valid_traceparent(tp) for tp in dropped)
+    # Both kinds happen at 0.5, and every sampled root reached the exporter.
+    assert sampled and dropped
+    assert len(exporter.get_finished_spans()) == len(sampled)
+    assert len({tp.split("-")[1] for _, tp in roots}) == len(roots)  # a new trace id each
