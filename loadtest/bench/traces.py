@@ -50,7 +50,7 @@ from loadtest.bench.options import Options, add_load_arguments, check_load_argum
 from loadtest.bench.results import RESULTS_DIR, ROOT, report_header, table_lines, write_report
 from loadtest.bench.sale import Admin, Verification, admin_token, verify_purchases, write_tokens
 from loadtest.bench.servers import Servers, free_port, running, stop_servers_on_sigterm
-from loadtest.bench.wrk import ensure_wrk, run_wrk
+from loadtest.bench.wrk import WrkResult, ensure_wrk, run_wrk
 
 
 class VariantServers(Servers):
@@ -157,7 +157,7 @@ def measure(
         probe = CpuProbe([], redis_url, {name: s.pids() for name, s in servers.items()})
         tag = uuid.uuid4().hex[:8]
 
-        def purchase(name: str, label: str, seconds: int) -> tuple[Run, Verification]:
+        def purchase(name: str, label: str, seconds: int) -> tuple[WrkResult, Verification]:
             sale_id = admin.seed_sale(f"{tag}-{label}")
             args = [str(sale_id), str(tokens_file), f"{tag}{label}", ""]
             result = run_wrk(
@@ -171,8 +171,7 @@ def measure(
             )
             # The variant's own processes are its "servers" (the probe counts every variant apart).
             result.cpu_seconds["servers"] = result.cpu_seconds.get(name)
-            check = verify_purchases(admin, redis_url, sale_id, result)
-            return Run(name, 0, result, check), check
+            return result, verify_purchases(admin, redis_url, sale_id, result)
 
         order = list(servers)
         if opts.warmup:
@@ -181,8 +180,8 @@ def measure(
                 warmups.append(purchase(name, f"{name}-w", opts.warmup)[1])
         for n in range(opts.rounds):
             for name in order[n % len(order) :] + order[: n % len(order)]:
-                run, _ = purchase(name, f"{name}-{n}", seconds)
-                runs.append(Run(name, n, run.result, run.verification))
+                result, check = purchase(name, f"{name}-{n}", seconds)
+                runs.append(Run(name, n, result, check))
             shown = ", ".join(f"{r.path} {r.result.rps:,.0f}/s" for r in runs[-len(order) :])
             print(f"round {n + 1}/{opts.rounds}: {shown}", flush=True)
     finally:
