@@ -51,8 +51,8 @@ class ChosenTraceIds(RandomIdGenerator):
 class RatioSampledProvider(TracerProvider):
     """Parent-based ratio sampling (`parentbased_traceidratio`) whose root decision `begin` can make itself.
 
-    The SDK's root span costs ~13 us even when it is dropped; drawing the trace id and comparing it with the
-    sampler's bound costs ~1 us, and a sampled root then gets that same trace id, so the SDK agrees.
+    The SDK's root span costs ~13 µs even when it is dropped; drawing the trace id and comparing it with the
+    sampler's bound costs ~1 µs, and a sampled root then gets that same trace id, so the SDK agrees.
     """
 
     def __init__(self, rate: float, resource: Resource | None = None) -> None:
@@ -145,7 +145,7 @@ def unsampled(traceparent: str) -> bool:
     """True when a well-formed traceparent says "not sampled" and the sampler follows the parent: no span.
 
     Measured: extracting the context, starting a non-recording span and formatting its traceparent cost
-    ~20 us a request on the 2-core machine, for a span nobody sees; this costs a comparison.
+    ~20 µs a request on the 2-core machine, for a span nobody sees; this costs a comparison.
     """
     return FOLLOWS_PARENT and len(traceparent) == TRACEPARENT_LENGTH and traceparent[-1] in "02468ace"
 
