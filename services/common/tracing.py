@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from random import getrandbits
 
 from opentelemetry.context import Context
@@ -63,6 +64,7 @@ class RatioSampledProvider(TracerProvider):
 
 RATIO: RatioSampledProvider | None = None
 TRACEPARENT_LENGTH = 55  # "00-" + 32 hex trace id + "-" + 16 hex span id + "-" + 2 hex flags
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -101,7 +103,7 @@ def configure_tracing(service: str) -> None:
     for exporter in os.environ["OTEL_TRACES_EXPORTER"].split(","):
         provider.add_span_processor(BatchSpanProcessor(_exporter(exporter.strip().lower())))
     use_provider(provider)
-    log.info("traces on", extra={"service": name, "sampler": os.environ.get("OTEL_TRACES_SAMPLER", "default")})
+    log.info("traces on", extra={"otel_service": name, "sampler": os.environ.get("OTEL_TRACES_SAMPLER", "default")})
 
 
 def use_provider(provider: TracerProvider | None) -> None:
@@ -157,7 +159,7 @@ def traceparent_of(span: Span) -> str:
 
 
 def valid_traceparent(value: object) -> str | None:
-    """`value` when it is shaped like a W3C traceparent, else None (an event field is not trusted blindly)."""
-    if isinstance(value, str) and len(value) == TRACEPARENT_LENGTH and value[2] == "-":
+    """`value` when it is shaped like a W3C traceparent, else None (a header or event field is not trusted)."""
+    if isinstance(value, str) and len(value) == TRACEPARENT_LENGTH and TRACEPARENT.fullmatch(value):
         return value
     return None

@@ -268,3 +268,10 @@ def test_a_root_decided_by_hand_is_the_one_the_sdk_samples() -> None:
     assert sampled and dropped
     assert len(exporter.get_finished_spans()) == len(sampled)
     assert len({tp.split("-")[1] for _, tp in roots}) == len(roots)  # a new trace id each
+
+
+def test_only_a_well_formed_traceparent_is_taken_from_a_header_or_an_event() -> None:
+    good = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+    assert tracing.valid_traceparent(good) == good
+    for bad in (None, 7, "", good.upper(), good[:-1] + "x", good.replace("-", "_"), good + "0", '00-"}' + good[5:]):
+        assert tracing.valid_traceparent(bad) is None, bad
