@@ -19,6 +19,10 @@ benchmark's, loadtest/bench/):
    ratios sampled/off and off/baseline (pooled, and median/lowest/highest of the rounds), the sink's export
    count, and writes loadtest/results/bench_traces.json.
 
+`--through-gateway` puts a gateway (one process, as `make bench-gateway` runs it, with the variant's OTEL_*
+variables and source tree) in front of each variant's flashsale and drives purchases through it: the gateway is
+then the root of each trace, flashsale follows its decision, and the CPU per purchase counts both.
+
 The variants' processes stay up through the whole run, idle when not driven; only the driven one competes with
 wrk and Redis for the two cores. The machine is shared, so single runs are noisy: read the CPU per purchase
 beside req/s, and the spread of the round ratios before the pooled one.
@@ -36,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -45,11 +49,11 @@ from sqlalchemy.engine import make_url
 from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
 from loadtest.bench.cpu import CpuProbe
 from loadtest.bench.errors import BenchError, ends_cleanly
-from loadtest.bench.gateway import Pooled, Run, baseline_checkout, round_ratios
+from loadtest.bench.gateway import GATEWAY_PREFIX, Pooled, Run, baseline_checkout, round_ratios
 from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
 from loadtest.bench.results import RESULTS_DIR, ROOT, report_header, table_lines, write_report
 from loadtest.bench.sale import Admin, Verification, admin_token, verify_purchases, write_tokens
-from loadtest.bench.servers import Servers, free_port, running, stop_servers_on_sigterm
+from loadtest.bench.servers import GatewayServers, Servers, free_port, running, stop_servers_on_sigterm
 from loadtest.bench.wrk import WrkResult, ensure_wrk, run_wrk
 
 
@@ -70,13 +74,28 @@ class VariantServers(Servers):
         return env | self.otel
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, float, str | None, Path]:
+class VariantGateway(GatewayServers):
+    """One gateway process in front of a variant's flashsale, with the variant's OTEL_* variables and source."""
+
+    def __init__(self, name: str, *, redis_url: str, flashsale: VariantServers) -> None:
+        source = flashsale.source if flashsale.source != ROOT else None
+        super().__init__("single", redis_url=redis_url, flashsale_url=flashsale.base_url, source=source)
+        self.otel = flashsale.otel
+        self.log_prefix = f"traces-gateway-{name}"
+
+    def _env(self, replica: str) -> dict[str, str]:
+        env = {k: v for k, v in super()._env(replica).items() if not k.startswith("OTEL_")}
+        return env | self.otel | ({"OTEL_SERVICE_NAME": "gateway"} if self.otel else {})
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, float, str | None, Path, bool]:
     """The options, the sampling ratio, the baseline commit and the output file."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_load_arguments(p, duration=40, warmup=6)
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the duration is split over them)")
     p.add_argument("--ratio", type=float, default=0.01, help="OTEL_TRACES_SAMPLER_ARG of the sampled variant")
     p.add_argument("--baseline", metavar="COMMIT", help="also measure the flashsale of this commit")
+    p.add_argument("--through-gateway", action="store_true", help="purchases through a gateway per variant")
     p.add_argument("--redis-db", type=int, default=7, help="Redis logical DB of the benchmark (flushed)")
     p.add_argument("--database", default="flashsale_bench_tr", help="PostgreSQL database of the benchmark")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_traces.json", help="JSON results file")
@@ -85,7 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, float, str |
     if a.rounds < 1 or a.duration < a.rounds or not 0 <= a.ratio <= 1:
         p.error("need rounds >= 1, a duration of at least one second per round and 0 <= ratio <= 1")
     opts = Options.from_arguments(a, database=a.database, output=a.output, rounds=a.rounds)
-    return opts, a.ratio, a.baseline, a.output
+    return opts, a.ratio, a.baseline, a.output, a.through_gateway
 
 
 @contextlib.contextmanager
@@ -123,12 +142,22 @@ def sampled_env(sink_url: str, ratio: float) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Where a variant's purchases go, and the processes whose CPU they cost."""
+
+    url: str
+    prefix: str
+    pids: list[int]
+    flashsale_url: str  # the admin API that seeds and checks the sales
+
+
 @contextlib.contextmanager
 def variants(
-    redis_url: str, database_url: str, sink_url: str, ratio: float, baseline: Path | None
-) -> Iterator[dict[str, Servers]]:
-    """Every variant's flashsale processes, started together and stopped whatever happens."""
-    wanted: dict[str, Servers] = {
+    redis_url: str, database_url: str, sink_url: str, ratio: float, baseline: Path | None, through_gateway: bool
+) -> Iterator[dict[str, Variant]]:
+    """Every variant's processes, started together and stopped whatever happens."""
+    wanted = {
         "off": VariantServers("off", redis_url=redis_url, database_url=database_url, otel={}),
         "sampled": VariantServers(
             "sampled", redis_url=redis_url, database_url=database_url, otel=sampled_env(sink_url, ratio)
@@ -139,30 +168,37 @@ def variants(
             "baseline", redis_url=redis_url, database_url=database_url, otel={}, source=baseline
         )
     with contextlib.ExitStack() as stack:
-        for servers in wanted.values():
-            stack.enter_context(running(servers))
-        yield wanted
+        out = {}
+        for name, flashsale in wanted.items():
+            stack.enter_context(running(flashsale))
+            if not through_gateway:
+                out[name] = Variant(flashsale.base_url, "", flashsale.pids(), flashsale.base_url)
+                continue
+            gateway = stack.enter_context(running(VariantGateway(name, redis_url=redis_url, flashsale=flashsale)))
+            pids = flashsale.pids() + gateway.pids()
+            out[name] = Variant(gateway.base_url, GATEWAY_PREFIX, pids, flashsale.base_url)
+        yield out
 
 
 def measure(
-    opts: Options, servers: dict[str, Servers], redis_url: str, tokens_file: Path
+    opts: Options, servers: dict[str, Variant], admin_url: str, redis_url: str, tokens_file: Path
 ) -> tuple[list[Run], list[Verification]]:
     """Warm up every variant, then measure them in interleaved rounds."""
     wrk = ensure_wrk()
-    admin = Admin(servers["off"].base_url, admin_token())
+    admin = Admin(admin_url, admin_token())
     runs: list[Run] = []
     warmups: list[Verification] = []
     seconds = opts.duration // opts.rounds
     try:
-        probe = CpuProbe([], redis_url, {name: s.pids() for name, s in servers.items()})
+        probe = CpuProbe([], redis_url, {name: v.pids for name, v in servers.items()})
         tag = uuid.uuid4().hex[:8]
 
         def purchase(name: str, label: str, seconds: int) -> tuple[WrkResult, Verification]:
             sale_id = admin.seed_sale(f"{tag}-{label}")
-            args = [str(sale_id), str(tokens_file), f"{tag}{label}", ""]
+            args = [str(sale_id), str(tokens_file), f"{tag}{label}", servers[name].prefix]
             result = run_wrk(
                 wrk,
-                servers[name].base_url,
+                servers[name].url,
                 endpoint="purchase",
                 seconds=seconds,
                 opts=opts,
@@ -201,7 +237,9 @@ def _ratio_line(name: str, runs: list[Run], path: str, against: str, pooled: dic
     return f"{name}: {whole:.3f}  (rounds: {spread})"
 
 
-def print_table(runs: list[Run], pooled: dict[str, Pooled], opts: Options, ratio: float, exports: int) -> None:
+def print_table(
+    runs: list[Run], pooled: dict[str, Pooled], opts: Options, ratio: float, exports: int, through_gateway: bool
+) -> None:
     """The pooled table of every variant and the ratios between them."""
     header = ["variant", "req/s", "p50 ms", "p99 ms", "errors", "server CPU s", "CPU us/purchase"]
     rows = []
@@ -213,6 +251,7 @@ def print_table(runs: list[Run], pooled: dict[str, Pooled], opts: Options, ratio
         )
     print()
     print(f"load: wrk -t{opts.threads} -c{opts.connections}, {opts.rounds} rounds of {opts.duration // opts.rounds}s")
+    print("path: through a gateway per variant (CPU: gateway + flashsale)" if through_gateway else "path: direct")
     print(f"sampled: parentbased_traceidratio {ratio}, OTLP/HTTP to a discarding sink ({exports} export calls)")
     for line in table_lines(header, rows):
         print(line)
@@ -225,7 +264,7 @@ def print_table(runs: list[Run], pooled: dict[str, Pooled], opts: Options, ratio
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when done, 1 on a failure or unverified purchases."""
-    opts, ratio, baseline, output = parse_args(argv)
+    opts, ratio, baseline, output, through_gateway = parse_args(argv)
     stop_servers_on_sigterm()
     load_before = os.getloadavg()
     with ends_cleanly("bench_traces"):
@@ -240,15 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             with (
                 otlp_sink() as sink_url,
                 baseline_checkout(baseline) as tree,
-                variants(redis_url, database_url, sink_url, ratio, tree) as servers,
+                variants(redis_url, database_url, sink_url, ratio, tree, through_gateway) as servers,
             ):
-                runs, warmups = measure(opts, servers, redis_url, tokens_file)
+                runs, warmups = measure(opts, servers, servers["off"].flashsale_url, redis_url, tokens_file)
                 time.sleep(6)  # the batch span processor exports every 5 s
                 exports = int(httpx.get(f"{sink_url}/stats", timeout=5).json()["exports"])
     pooled = {name: Pooled.of(name, runs) for name in dict.fromkeys(r.path for r in runs)}
-    print_table(runs, pooled, opts, ratio, exports)
+    print_table(runs, pooled, opts, ratio, exports, through_gateway)
     report = report_header("loadtest.bench.traces", argv, load_before, opts)
-    report["params"] |= {"ratio": ratio, "baseline": baseline, "rounds": opts.rounds}
+    report["params"] |= {
+        "ratio": ratio,
+        "baseline": baseline,
+        "rounds": opts.rounds,
+        "through_gateway": through_gateway,
+    }
     report |= {
         "variants": [asdict(p) | {"cpu_us_per_purchase": _us_per_purchase(p)} for p in pooled.values()],
         "round_ratios_sampled_off": [round(r, 4) for r in round_ratios(runs, "sampled", "off")],
