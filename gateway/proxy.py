@@ -89,10 +89,16 @@ class Proxy:
         if tracer is not None:
             await self._traced(tracer, request, receive, send)
         else:
-            await self._answer(request, receive, send)
+            # Inline, not through _answer: the untraced path keeps its one coroutine per request.
+            try:
+                await self._serve(request, receive, send)
+            except EarlyAnswer as answer:
+                request.status = answer.status
+                await answer.send(send, instance=request.path, request_id=request.rid)
         self._record(request)
 
     async def _answer(self, request: ProxyRequest, receive: Receive, send: Send) -> None:
+        """The stages, and the answer of the one that ended the request early (the traced path's)."""
         try:
             await self._serve(request, receive, send)
         except EarlyAnswer as answer:
