@@ -81,7 +81,7 @@ def order_settings(database: str, paysim: PaySims) -> Iterator[OrderSettings]:
 
 @pytest.fixture(scope="module")
 async def stack(app: FastAPI, order_settings: OrderSettings) -> AsyncIterator[Stack]:
-    """Gateway -> flashsale (the session's app) and order (this module's), all served on real ports."""
+    """Gateway -> flashsale (the shared in-process app) and order (this module's), all on real ports."""
     order_app = create_order_app(order_settings)
     async with order_app.router.lifespan_context(order_app):
         flashsale_server, flashsale_url = await _serve_running(app)
