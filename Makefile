@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := $(BIN)/python -m deploy
 
-.PHONY: install install-loadtest demo up down status test lint bench bench-gateway bench-orders bench-pay clean \
+.PHONY: install install-loadtest demo up down status test lint bench bench-gateway bench-traces bench-orders bench-pay clean \
 	loadtest loadtest-smoke check drills perf-table \
 	drill-baseline drill-kill-replica drill-postgres-down drill-payment-down drill-redis-restart
 
@@ -47,6 +47,10 @@ bench: install        ## purchase endpoint vs a trivial endpoint, same server se
 bench-gateway: install ## purchases through the gateway vs straight to flashsale, same setup, one run
 	$(STACK) backends --env-file .stack/backends.env
 	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.gateway $(BENCH_ARGS)
+
+bench-traces: install ## purchases with traces off, 1 % sampled (OTLP to a discarding sink), [--baseline COMMIT]
+	$(STACK) backends --env-file .stack/backends.env
+	set -a && . ./.stack/backends.env && set +a && $(BIN)/python -m loadtest.bench.traces $(BENCH_ARGS)
 
 bench-orders: install ## order creation throughput from a pre-filled purchase stream
 	$(STACK) backends --env-file .stack/backends.env

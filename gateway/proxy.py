@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Tracer
 from prometheus_client import Counter
 from starlette.types import Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from gateway.ratelimit import LimitClass, RateLimiter, RefusedAddresses
 from gateway.request import HOP_BY_HOP, NO_BODY, ProxyRequest
 from gateway.routes import is_internal_path, is_purchase, long_poll_wait
 from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from services.common import tracing
 from services.common.auth import TokenVerifier, Unauthenticated
 from services.common.metrics import RequestMetrics
 
@@ -83,12 +85,51 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one proxied request: its stages, the answer of the one that ended it, and its record."""
         request = ProxyRequest(scope, self.proxy_hops)
+        tracer = tracing.TRACER
+        if tracer is not None:
+            await self._traced(tracer, request, receive, send)
+        else:
+            # Inline, not through _answer: the untraced path keeps its one coroutine per request.
+            try:
+                await self._serve(request, receive, send)
+            except EarlyAnswer as answer:
+                request.status = answer.status
+                await answer.send(send, instance=request.path, request_id=request.rid)
+        self._record(request)
+
+    async def _answer(self, request: ProxyRequest, receive: Receive, send: Send) -> None:
+        """The stages, and the answer of the one that ended the request early (the traced path's)."""
         try:
             await self._serve(request, receive, send)
         except EarlyAnswer as answer:
             request.status = answer.status
             await answer.send(send, instance=request.path, request_id=request.rid)
-        self._record(request)
+
+    async def _traced(self, tracer: Tracer, request: ProxyRequest, receive: Receive, send: Send) -> None:
+        """The request inside a gateway span, the client's traceparent its parent; the replica gets the span's."""
+        incoming = None
+        for name, value in request.scope["headers"]:
+            if name == b"traceparent":
+                incoming = tracing.valid_traceparent(value.decode("latin-1"))
+        span, traceparent = tracing.begin(tracer, "gateway", incoming, SpanKind.SERVER)
+        if traceparent != incoming:
+            # The replica gets this hop's context, not the client's (forwarded as it came when the two are one).
+            request.forward = [h for h in request.forward if not h.startswith(b"traceparent:")]
+            request.traceparent = traceparent.encode()
+        try:
+            await self._answer(request, receive, send)
+        finally:
+            if span is not None:
+                span.update_name(f"gateway {request.route}")
+                span.set_attributes(
+                    {
+                        "http.request.method": request.method,
+                        "http.route": request.route,
+                        "http.response.status_code": request.status,
+                        "gateway.upstream": request.upstream,
+                    }
+                )
+                span.end()
 
     async def _serve(self, request: ProxyRequest, receive: Receive, send: Send) -> None:
         """The stages in order; any of them may end the request with an EarlyAnswer."""

@@ -90,6 +90,7 @@ class ProxyRequest:
         "start",
         "status",
         "tail",
+        "traceparent",
         "upstream",
         "user_id",
     )
@@ -119,6 +120,7 @@ class ProxyRequest:
         self.retryable = False  # safe to send twice: a GET, or a keyed POST whose upstream replays its first answer
         self.resend_after_timeout = True  # False for a long-poll: its timeout already spent the whole wait
         self.head = self.method == "HEAD"
+        self.traceparent = NO_BODY  # the gateway span's, set only while tracing is on
         self._read_headers(scope["headers"])
         self.client_ip = client_address(scope, self.forwarded_for, proxy_hops)
 
@@ -183,6 +185,8 @@ class ProxyRequest:
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         forward.append(b"x-request-id: " + self.rid)
+        if self.traceparent:
+            forward.append(b"traceparent: " + self.traceparent)
         forwarded_for = self.forwarded_for
         forward.append(
             b"x-forwarded-for: " + (forwarded_for + b", " if forwarded_for else b"") + self.client_ip.encode()

@@ -24,6 +24,7 @@ from services.common.logs import configure_logging, request_id_var
 from services.common.metrics import GaugeTable, RequestMetrics
 from services.common.openapi import Answer, install_openapi
 from services.common.resources import ping_redis
+from services.common.tracing import configure_tracing
 
 log = logging.getLogger("service.access")
 
@@ -196,6 +197,7 @@ def add_service_defaults(
     A Redis error that reaches a handler fails closed: 503 with `redis_down_code`, never a 500.
     """
     configure_logging(settings.service_name, settings.log_level)
+    configure_tracing(settings.service_name)
     install_error_handlers(app)
 
     # The cluster client's "no node reachable" and "slot not covered" are not RedisErrors; they mean the same.

@@ -45,6 +45,7 @@ class Purchases:
         idempotency: str,
         request_fingerprint: str,
         event_extra: str = "",
+        traceparent: str = "",
     ) -> tuple[str, int]:
         """Reserve units for a user; returns (reservation id, quantity) or raises a domain error."""
         if self.sold_out.is_sold_out(sale_id):
@@ -67,6 +68,7 @@ class Purchases:
                 idempotency_ttl=self.idempotency_ttl,
                 reserved_at=utcnow().isoformat(),
                 event_extra=event_extra,
+                traceparent=traceparent,
             )
             accepted = outcome.kind in ("OK", "REPLAY")
         except RedisError as exc:

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.exceptions import RequestValidationError
+from opentelemetry.trace import SpanKind, Tracer
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from services.common import tracing
 from services.common.auth import CurrentUser, Principal, principal
 from services.common.idempotency import IdempotencyKey, fingerprint, idempotency_key
 from services.common.openapi import problems
@@ -137,6 +139,37 @@ async def purchase_hot_path(request: Request) -> Response:
 
 
 async def _purchase(request: Request, sale_id: int, user: Principal, key: str, service: FlashSaleService) -> Response:
+    tracer = tracing.TRACER
+    if tracer is None:
+        return await _reserve(request, sale_id, user, key, service, "")
+    return await _traced_purchase(tracer, request, sale_id, user, key, service)
+
+
+async def _traced_purchase(
+    tracer: Tracer, request: Request, sale_id: int, user: Principal, key: str, service: FlashSaleService
+) -> Response:
+    """The purchase inside a flashsale span (child of the caller's traceparent); its event carries the span's."""
+    incoming = tracing.valid_traceparent(request.headers.get("traceparent"))
+    span, traceparent = tracing.begin(tracer, "flashsale purchase", incoming, SpanKind.SERVER)
+    if span is None:  # not sampled: the event carries the context all the same, so the order side knows
+        return await _reserve(request, sale_id, user, key, service, traceparent)
+    try:
+        response = await _reserve(request, sale_id, user, key, service, traceparent)
+    except Exception as exc:
+        # A refusal (sold out, limit) is an answer, not a failure of the span: its code is recorded instead.
+        span.set_attribute("error.type", str(getattr(exc, "code", None) or type(exc).__name__))
+        raise
+    else:
+        span.set_attribute("http.response.status_code", response.status_code)
+        return response
+    finally:
+        span.set_attribute("flashsale.sale_id", sale_id)
+        span.end()
+
+
+async def _reserve(
+    request: Request, sale_id: int, user: Principal, key: str, service: FlashSaleService, traceparent: str
+) -> Response:
     body = await read_purchase(request)
     if isinstance(body, int):
         quantity, extra, request_fingerprint = body, "", _purchase_fingerprint(body)
@@ -153,6 +186,7 @@ async def _purchase(request: Request, sale_id: int, user: Principal, key: str, s
         idempotency=key,
         request_fingerprint=request_fingerprint,
         event_extra=extra,
+        traceparent=traceparent,
     )
     answer = {
         "reservation_id": reservation_id,

@@ -162,8 +162,21 @@ class StockStore:
         idempotency_ttl: int,
         reserved_at: str,
         event_extra: str = "",
+        traceparent: str = "",
     ) -> PurchaseOutcome:
-        """Run the purchase script: one round trip, all-or-nothing."""
+        """Run the purchase script: one round trip, all-or-nothing; a traceparent rides into the event."""
+        args: list[Any] = [
+            user_id,
+            quantity,
+            request_fingerprint,
+            reservation_id,
+            idempotency_ttl,
+            sale_id,
+            reserved_at,
+            event_extra,
+        ]
+        if traceparent:
+            args.append(traceparent)  # absent while tracing is off: the script then writes no such field
         res = await self._purchase.evalsha(
             [
                 sale_key(sale_id),
@@ -173,16 +186,7 @@ class StockStore:
                 events_stream(sale_id),
                 alerts_stream(sale_id),
             ],
-            [
-                user_id,
-                quantity,
-                request_fingerprint,
-                reservation_id,
-                idempotency_ttl,
-                sale_id,
-                reserved_at,
-                event_extra,
-            ],
+            args,
         )
         kind = res[0]
         if kind == "OK":

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from opentelemetry.trace import SpanKind, Tracer
 from prometheus_client import Gauge, Histogram
 from sqlalchemy import Executable, Row, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import select
 
+from services.common import tracing
 from services.common.contracts import EventType
 from services.common.idempotency import IdempotencyKeyInFlight
 from services.common.metrics import LATENCY_BUCKETS
@@ -52,7 +54,7 @@ PAY_STAGE_SECONDS = Histogram(
 
 ORDER_FIELDS = (
     "id, reservation_id, sale_id, user_id, state, currency, subtotal, discount, total, created_at, deadline_at, "
-    "paid_at, closed_at, close_reason, payment_provider, pricing, coupons, reminded_at"
+    "paid_at, closed_at, close_reason, payment_provider, pricing, coupons, reminded_at, traceparent"
 )
 LINES_JSON = (
     "(SELECT COALESCE(jsonb_agg(jsonb_build_object('sku', l.sku, 'sale_id', l.sale_id, 'unit_price', l.unit_price, "
@@ -99,6 +101,7 @@ CLAIM_ONLY_COLUMNS = (
     "cur_pricing",
     "cur_open",
     "cur_claimed",
+    "traceparent",
 )
 ATTEMPTS = (
     "INSERT INTO payment_attempts (order_id, provider, outcome, latency_ms, provider_ref, error, idempotency_key) "
@@ -234,9 +237,13 @@ class Checkout:
     async def _charge(self, row: Row[Any], user_id: str, claim: str, key: KeyUse) -> tuple[dict[str, Any], bool]:
         """Charge the claimed order and settle it; (the answer, whether the settlement stored it for the key)."""
         started = time.perf_counter()
-        result = await self.payments.charge(
-            order_id=row.id, amount=row.total, currency=row.currency, idempotency_key=f"order:{row.id}"
-        )
+        tracer = tracing.TRACER
+        if tracer is not None and row.traceparent:
+            result = await self._traced_charge(tracer, row)
+        else:
+            result = await self.payments.charge(
+                order_id=row.id, amount=row.total, currency=row.currency, idempotency_key=f"order:{row.id}"
+            )
         PAY_STAGE_SECONDS.labels("charge").observe(time.perf_counter() - started)
         self._count(result.outcome == SUCCEEDED)
         if result.outcome != SUCCEEDED:
@@ -255,6 +262,27 @@ class Checkout:
             return answer, True
         order = await self._charged_but_not_open(row.id, user_id, result)
         return order.model_dump(mode="json"), False
+
+    async def _traced_charge(self, tracer: Tracer, row: Row[Any]) -> PaymentResult:
+        """The charge as a child of the order's creation span: the pay request is a trace of its own, but the
+        money taken belongs to the purchase's trace (docs/adr/0043-one-purchase-one-trace.md)."""
+        span, traceparent = tracing.begin(tracer, "order charge", row.traceparent, SpanKind.CLIENT)
+        try:
+            result = await self.payments.charge(
+                order_id=row.id,
+                amount=row.total,
+                currency=row.currency,
+                idempotency_key=f"order:{row.id}",
+                traceparent=traceparent,
+            )
+            if span is not None:
+                span.set_attributes(
+                    {"order.id": row.id, "payment.outcome": result.outcome, "payment.provider": result.provider or ""}
+                )
+            return result
+        finally:
+            if span is not None:
+                span.end()
 
     def _count(self, succeeded: bool) -> None:
         if len(self._recent) == self._recent.maxlen and self._recent[0]:

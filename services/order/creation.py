@@ -11,10 +11,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common import tracing
 from services.common.contracts import EventType
 from services.order.config import OrderSettings
 from services.order.metrics import count_created
@@ -39,6 +41,7 @@ ORDER_COLUMNS = {
     "coupon_ids": "jsonb",
     "member": "boolean",
     "pricing": "text",
+    "traceparent": "text",
 }
 LINE_COLUMNS = {
     "order_id": "text",
@@ -92,6 +95,7 @@ class ParsedPurchase:
         "reserved_at_ms",
         "sale_id",
         "sku",
+        "traceparent",
         "unit_price",
         "user_id",
     )
@@ -118,6 +122,7 @@ class ParsedPurchase:
         self.reserved_at = datetime.fromisoformat(reserved) if isinstance(reserved, str) else None
         reserved_ms = event.get("reserved_at_ms")
         self.reserved_at_ms = int(reserved_ms) if isinstance(reserved_ms, int | str) and reserved_ms else None
+        self.traceparent = tracing.valid_traceparent(event.get("traceparent"))
 
 
 def _order_rows(purchases: Iterable[ParsedPurchase], now: datetime, deadline: datetime) -> list[dict[str, Any]]:
@@ -142,6 +147,7 @@ def _order_rows(purchases: Iterable[ParsedPurchase], now: datetime, deadline: da
                 "coupon_ids": orjson.dumps(p.coupon_ids).decode(),
                 "member": p.member,
                 "pricing": "coupons_pending" if p.coupon_ids else "final",
+                "traceparent": p.traceparent,
             }
         )
     return rows
@@ -199,20 +205,50 @@ class OrderCreation:
         by_rid: dict[str, ParsedPurchase] = {}
         for p in parsed:
             by_rid.setdefault(p.reservation_id, p)  # a reservation repeated in the batch: its first event
+        tracer = tracing.TRACER
+        spans = _creation_spans(tracer, by_rid.values()) if tracer is not None else {}
+        try:
+            created = await self._insert(by_rid, now, deadline)
+        finally:
+            for rid, span in spans.items():
+                span.set_attribute("order.created", rid in created)
+                span.end()
+        if not created:
+            return 0
+        ORDERS_CREATED.inc(len(created))
+        count_created(((by_rid[rid].sale_id, by_rid[rid].reserved_at_ms) for rid in created), int(time.time() * 1000))
+        with_coupons = [order_id for rid, order_id in created.items() if by_rid[rid].coupon_ids]
+        if with_coupons and self.pricing.coupons is not None:
+            await self.pricing.price_with_coupons(order_ids=with_coupons)
+        return len(created)
+
+    async def _insert(self, by_rid: dict[str, ParsedPurchase], now: datetime, deadline: datetime) -> dict[str, str]:
+        """Insert the orders new to the database with their lines and events; reservation id -> new order id."""
         rows = _order_rows(by_rid.values(), now, deadline)
         async with self.sessions.begin() as session:
             # unnest() over column arrays: one prepared statement per table, however large the batch.
             created = (await session.execute(INSERT_ORDERS, _columns(rows, ORDER_COLUMNS))).all()
             if not created:
-                return 0
+                return {}
             lines, outbox = _lines_and_events(created, by_rid, deadline)
             await session.execute(INSERT_LINES, _columns(lines, LINE_COLUMNS))
             await session.execute(INSERT_OUTBOX, _columns(outbox, OUTBOX_COLUMNS))
-        ORDERS_CREATED.inc(len(created))
-        count_created(
-            ((by_rid[rid].sale_id, by_rid[rid].reserved_at_ms) for _, rid in created), int(time.time() * 1000)
-        )
-        with_coupons = [order_id for order_id, rid in created if by_rid[rid].coupon_ids]
-        if with_coupons and self.pricing.coupons is not None:
-            await self.pricing.price_with_coupons(order_ids=with_coupons)
-        return len(created)
+        return {rid: order_id for order_id, rid in created}
+
+
+def _creation_spans(tracer: Tracer, purchases: Iterable[ParsedPurchase]) -> dict[str, Span]:
+    """One order-creation span per purchase that carries a trace, its parent the purchase's span.
+
+    A child rather than a link: the hop through the stream is the purchase's own next step, and a parent keeps
+    the purchase's sampling decision (an unsampled purchase makes no span here either). The order keeps the
+    span's traceparent, so its charge is a child of it in turn.
+    """
+    spans = {}
+    for p in purchases:
+        if p.traceparent is None:
+            continue
+        span, p.traceparent = tracing.begin(tracer, "order create", p.traceparent, SpanKind.CONSUMER)
+        if span is not None:  # None: not sampled, and the order keeps the purchase's context as it came
+            span.set_attributes({"order.reservation_id": p.reservation_id, "flashsale.sale_id": p.sale_id})
+            spans[p.reservation_id] = span
+    return spans

@@ -79,6 +79,9 @@ class Order(Base):
     # leaves a claimed order alone. `payment_claim` is the claimant's token, so only it releases the claim.
     payment_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     payment_claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The W3C traceparent of the order's creation span (or of its purchase, while the order side does not
+    # trace): the charge span's parent, so the pay of an order joins its purchase's trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
 
     lines: Mapped[list[OrderLine]] = relationship(order_by="OrderLine.id", lazy="raise")
 

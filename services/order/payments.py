@@ -174,9 +174,14 @@ class PaymentRouter:
         self.clients = {name: ProviderClient(url, connect_timeout=timeout_s) for name, url in self.urls.items()}
         self._publish_states()
 
-    async def charge(self, *, order_id: str, amount: int, currency: str, idempotency_key: str) -> PaymentResult:
+    async def charge(
+        self, *, order_id: str, amount: int, currency: str, idempotency_key: str, traceparent: str | None = None
+    ) -> PaymentResult:
         """Charge an order: primary first, then backup; a decline is final and never failed over."""
         body = {"order_id": order_id, "amount": amount, "currency": currency}
+        headers = {"idempotency-key": idempotency_key}
+        if traceparent:
+            headers["traceparent"] = traceparent
         attempts: list[PaymentAttempt] = []
         result: PaymentResult | None = None
         for provider in (PRIMARY, BACKUP):
@@ -184,7 +189,7 @@ class PaymentRouter:
             # a timeout (or a 5xx) from the primary may still have charged there. The order service records
             # every attempt, and reconciliation (GET /payments?order_id= at each provider) refunds a double
             # charge. Failing over anyway is the trade we make: a buyer who paid must not be turned away.
-            attempt, refused = await self._call(provider, "POST", "/payments", idempotency_key, body)
+            attempt, refused = await self._call(provider, "POST", "/payments", headers, body)
             attempts.append(attempt)
             if attempt.outcome == SUCCEEDED:
                 result = PaymentResult(SUCCEEDED, provider, attempt.provider_ref, attempts)
@@ -210,7 +215,7 @@ class PaymentRouter:
         if provider not in self.urls:
             raise ValueError(f"unknown payment provider {provider!r}")
         path = f"/payments/{quote(provider_ref, safe='')}/refund"
-        attempt, _ = await self._call(provider, "POST", path, idempotency_key, None)
+        attempt, _ = await self._call(provider, "POST", path, {"idempotency-key": idempotency_key}, None)
         self._publish_states()
         if attempt.outcome != SUCCEEDED:
             log.warning(
@@ -240,7 +245,7 @@ class PaymentRouter:
             client.close()
 
     async def _call(
-        self, provider: str, method: str, path: str, idempotency_key: str, body: dict[str, Any] | None
+        self, provider: str, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> tuple[PaymentAttempt, bool]:
         """One call to one provider through its breaker; answers the attempt and whether it was refused as invalid."""
         breaker = self.breakers[provider]
@@ -250,7 +255,7 @@ class PaymentRouter:
         start = time.perf_counter()
         answered = False
         try:
-            outcome, ref, error, refused = await self._request(provider, method, path, idempotency_key, body)
+            outcome, ref, error, refused = await self._request(provider, method, path, headers, body)
             answered = True
         finally:
             if not answered:
@@ -264,15 +269,13 @@ class PaymentRouter:
         return PaymentAttempt(provider, outcome, latency_ms, ref, error), refused
 
     async def _request(
-        self, provider: str, method: str, path: str, idempotency_key: str, body: dict[str, Any] | None
+        self, provider: str, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None
     ) -> tuple[str, str | None, str | None, bool]:
         """Send the request under a total deadline; answers (outcome, provider_ref, error, refused)."""
         payload = orjson.dumps(body) if body is not None else b""
         try:
             async with asyncio.timeout(self.timeout_s):
-                status, raw = await self.clients[provider].request(
-                    method, path, body=payload, headers={"idempotency-key": idempotency_key}
-                )
+                status, raw = await self.clients[provider].request(method, path, body=payload, headers=headers)
         except ProviderUnreachable as exc:
             # The request never left: certainly not charged.
             return UNREACHABLE, None, _short(exc), False

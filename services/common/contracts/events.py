@@ -72,6 +72,7 @@ class PurchaseReserved(Payload):
     reserved_at_ms: int  # Redis time, epoch milliseconds
     coupon_ids: NotRequired[list[str]]  # only when the buyer named coupons
     member: NotRequired[bool]  # with coupon_ids: the buyer has the member role
+    traceparent: NotRequired[str]  # W3C trace context of the purchase's span, only while tracing is on
 
 
 # ---------------------------------------------------------------- sale alert streams {fs:<sale id>}:alerts

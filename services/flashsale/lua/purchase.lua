@@ -2,7 +2,8 @@
 -- KEYS: 1 sale hash, 2 per-user bought hash, 3 reservations hash, 4 idempotency key,
 --       5 purchase event stream, 6 alert stream
 -- ARGV: 1 user id, 2 quantity, 3 request fingerprint, 4 new reservation id, 5 idempotency ttl (s),
---       6 sale id, 7 reserved_at (ISO 8601, informational), 8 JSON object of extra event fields or ''
+--       6 sale id, 7 reserved_at (ISO 8601, informational), 8 JSON object of extra event fields or '',
+--       9 (optional) W3C traceparent of the purchase's span, written into the event only when given
 local uid, qty, fp, rid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 
 -- Idempotent replay comes first: an accepted purchase keeps its answer whatever happened since.
@@ -62,6 +63,7 @@ event.unit_price = tonumber(m[10])
 event.currency = m[12] or 'USD'
 event.reserved_at = ARGV[7]
 event.reserved_at_ms = now
+if ARGV[9] then event.traceparent = ARGV[9] end
 redis.call('XADD', KEYS[5], '*', 'type', 'purchase.reserved', 'v', '1', 'data', cjson.encode(event))
 
 local crossed, sold_out, paused = 0, 0, 0
