@@ -11,6 +11,7 @@ sent to the alert webhooks, signed like every alert.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from services.common.errors import ProblemError
-from services.flashsale.core import SaleCore, utcnow
+from services.flashsale.core import CatalogEntry, SaleCore, utcnow
 from services.flashsale.events import WebhookNotifier
 from services.flashsale.models import Briefing, SaleState
 from services.flashsale.store import sale_key
@@ -31,6 +32,7 @@ BRIEFING = "sale.briefing"
 FAST_SELL_OUT_SECONDS = 300
 LOW_PAYMENT_SUCCESS = 0.9
 MIN_ATTEMPTS_FOR_SUCCESS = 20
+BRIEFINGS_AT_ONCE = 8  # sales briefed concurrently by one replica (each asks the order service once)
 
 
 def period_start(now: datetime, starts_at: datetime, interval_seconds: float) -> datetime | None:
@@ -72,22 +74,28 @@ class Briefings:
         """The job: brief every live sale not yet briefed for the current period; how many this replica wrote."""
         interval = self.core.settings.briefing_interval_seconds
         now = utcnow()
-        written = 0
-        for entry in list(self.core.catalog.values()):
-            start = period_start(now, entry.starts_at, interval)
-            if entry.state != SaleState.LIVE or start is None or now >= entry.ends_at:
-                continue
-            if await self._briefed(entry.id, start):
-                continue
-            body = await self.briefing(entry.id, entry.data.get("title", ""), now, start, interval)
-            if await self._record(entry.id, start, now, body):
-                self.notifier.send(body)
-                written += 1
-        return written
+        due = [
+            (entry, start)
+            for entry in list(self.core.catalog.values())
+            if entry.state == SaleState.LIVE
+            and now < entry.ends_at
+            and (start := period_start(now, entry.starts_at, interval)) is not None
+        ]
+        gate = asyncio.Semaphore(BRIEFINGS_AT_ONCE)
 
-    async def briefing(
-        self, sale_id: int, title: str, now: datetime, start: datetime, interval: float
-    ) -> dict[str, Any]:
+        async def brief(entry: CatalogEntry, start: datetime) -> bool:
+            async with gate:
+                if await self._briefed(entry.id, start):
+                    return False
+                body = await self.briefing(entry.id, entry.data.get("title", ""), now, start)
+                if not await self._record(entry.id, start, now, body):
+                    return False  # another replica briefed it first
+                self.notifier.send(body)
+                return True
+
+        return sum(await asyncio.gather(*(brief(entry, start) for entry, start in due)))
+
+    async def briefing(self, sale_id: int, title: str, now: datetime, start: datetime) -> dict[str, Any]:
         """The briefing of one sale now."""
         counters: dict[str, str] = await self.core.redis.hgetall(sale_key(sale_id))  # type: ignore[assignment]
         stock = {field: int(counters.get(field) or 0) for field in ("quantity", "remaining", "reserved", "sold")}
