@@ -116,6 +116,7 @@ class SaleCollector:
         self.ticks = 0
         self.last: bytes | None = None
         self.task: asyncio.Task[None] | None = None
+        self.reconciling: asyncio.Task[None] | None = None
 
     def watch(self) -> asyncio.Queue[bytes | None]:
         """A new watcher's queue; it gets the last snapshot at once when there is one."""
@@ -157,9 +158,9 @@ class SaleCollector:
         (s_status, stats), (o_status, orders) = await asyncio.gather(
             up.get("flashsale", f"/admin/sales/{sid}/stats"), up.get("order", f"/admin/orders/stats?sale_id={sid}")
         )
-        if self.ticks % RECONCILE_EVERY_TICKS == 0:
-            r_status, report = await up.get("flashsale", f"/admin/sales/{sid}/reconciliation")
-            self.reconciliation = report if r_status == 200 else {"error": problem_text(r_status, report)}
+        if self.ticks % RECONCILE_EVERY_TICKS == 0 and (self.reconciling is None or self.reconciling.done()):
+            # Beside the tick, not in it: it asks the order record and the warehouse, and may take a while.
+            self.reconciling = asyncio.create_task(self.reconcile())
         self.ticks += 1
         now = time.monotonic()
         accepted = stats["attempts"].get("ok") if s_status == 200 else None
@@ -178,6 +179,11 @@ class SaleCollector:
             "reconciliation": self.reconciliation,
             "upstreams": await self.sources.upstream_health(),
         }
+
+    async def reconcile(self) -> None:
+        """The sale's reconciliation report (or why there is none), for the next snapshots."""
+        status, report = await self.sources.upstreams.get("flashsale", f"/admin/sales/{self.sale_id}/reconciliation")
+        self.reconciliation = report if status == 200 else {"error": problem_text(status, report)}
 
     async def read_alerts(self) -> list[dict[str, Any]]:
         """The sale's recent alerts, newest last, after reading what arrived since the last tick."""
@@ -266,8 +272,9 @@ class LiveHub:
         collector.watchers.discard(queue)
         if not collector.watchers:
             del self.collectors[sale_id]
-            if collector.task is not None:
-                collector.task.cancel()
+            for task in (collector.task, collector.reconciling):
+                if task is not None:
+                    task.cancel()
 
     def close(self) -> None:
         """End every stream (shutdown): each watcher gets CLOSE and no new one is let in."""

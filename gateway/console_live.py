@@ -55,6 +55,8 @@ class ConsoleLiveSettings(BaseSettings):
     upstream_timeout_seconds: float = Field(2.0, gt=0)
     # The bearer token the collectors show the services; empty: an HS256 token minted from JWT_SECRET.
     service_token: str = ""
+    # The Redis holding the alerts stream (the services'); empty: the gateway's own REDIS_URL.
+    alerts_redis_url: str = ""
     # The key tickets are signed with, the same in every gateway process; empty: derived from JWT_SECRET.
     ticket_secret: str = ""
 
@@ -171,6 +173,8 @@ def start_live_hub(
     settings: GatewaySettings, live: ConsoleLiveSettings, runtime: ServiceRuntime, redis: Redis, pools: dict[str, Pool]
 ) -> LiveHub:
     """The process's hub of collectors, ended at shutdown (and on the stop signal, before the server waits)."""
+    if live.alerts_redis_url:
+        redis = runtime.closing(Redis.from_url(live.alerts_redis_url, socket_timeout=1, socket_connect_timeout=1))
     token = ServiceToken(settings, "gateway-console", live.service_token)
     upstreams = Upstreams(pools, token, live.upstream_timeout_seconds)
     state = runtime.state
