@@ -5,6 +5,9 @@ import { h, problemBox, show } from "./dom.js";
 import { loginPage } from "./login.js";
 import { auditPage } from "./audit.js";
 import { livePage, stopLive } from "./live.js";
+import { couponsPage } from "./coupons.js";
+import { inventoryPage, skuPage } from "./inventory.js";
+import { orderPage, ordersPage } from "./orders.js";
 import { EDITABLE, loadSale, salePage } from "./sale.js";
 import { saleFormPage } from "./saleform.js";
 import { salesPage, stopTicking } from "./sales.js";
@@ -52,6 +55,11 @@ async function route(message) {
   else if ((match = /^\/sales\/(\d+)\/edit$/.exec(path))) await editPage(match[1]);
   else if ((match = /^\/sales\/(\d+)\/audit$/.exec(path))) await auditPage(match[1]);
   else if ((match = /^\/sales\/(\d+)\/live$/.exec(path))) await livePage(match[1]);
+  else if (path === "/coupons") await couponsPage();
+  else if (path === "/inventory") await inventoryPage();
+  else if ((match = /^\/inventory\/(.+)$/.exec(path))) await skuPage(decodeURIComponent(match[1]));
+  else if ((match = /^\/orders(?:\?(.*))?$/.exec(path))) await ordersPage(match[1]);
+  else if ((match = /^\/orders\/([^/?]+)$/.exec(path))) await orderPage(decodeURIComponent(match[1]));
   else show(h("h1", {}, "Not found"), h("a", { href: "#/sales" }, "Go to the sales"));
 }
 
