@@ -1,5 +1,6 @@
-"""The console's coupon, order and inventory pages in a real Chromium, against every service as a real process
-behind a real gateway: what an admin does on a page is what the API then reports."""
+"""The console's live view and its coupon, order and inventory pages in a real Chromium, against every service
+as a real process behind a real gateway: what a page shows is what the APIs report, and what an admin does on
+a page is what the API then reports."""
 
 from __future__ import annotations
 
@@ -113,34 +114,86 @@ def test_a_template_paused_from_the_console_refuses_claims_until_resumed(full_st
     assert claim(full_stack, template["id"], "claimer-2").status_code == 201
 
 
-def ordered_sale(stack: ConsoleStack, buyers: list[str]) -> list[dict[str, Any]]:
-    """A live sale each buyer bought one unit of, and their orders once the order service has made them."""
+def live_sale(stack: ConsoleStack, *, quantity: int = 20, per_user_limit: int = 1) -> dict[str, Any]:
+    """A sale started through the admin API (low-stock alert at half its quantity)."""
     now = datetime.now(UTC)
     sale_body = {
         "sku": "SKU-PAGES",
         "title": f"Pages {uuid.uuid4().hex[:4]}",
         "price": 2_500,
         "original_price": 5_000,
-        "quantity": 20,
-        "per_user_limit": 1,
+        "quantity": quantity,
+        "per_user_limit": per_user_limit,
+        "low_stock_threshold_pct": 50,
         "starts_at": (now + timedelta(hours=1)).isoformat(),
         "ends_at": (now + timedelta(hours=3)).isoformat(),
     }
-    sale = call(stack, "POST", "/flashsale/admin/sales", json=sale_body).json()
+    sale: dict[str, Any] = call(stack, "POST", "/flashsale/admin/sales", json=sale_body).json()
     assert call(stack, "POST", f"/flashsale/admin/sales/{sale['id']}/start").status_code == 200
-    for user in buyers:
-        headers = {"Authorization": f"Bearer {stack.token(user, ['customer'])}", "Idempotency-Key": uuid.uuid4().hex}
-        bought = httpx.post(
-            f"{stack.url}/api/flashsale/sales/{sale['id']}/purchase", json={"quantity": 1}, headers=headers, timeout=5
-        )
-        assert bought.status_code == 202, bought.text
+    return sale
+
+
+def shopper(stack: ConsoleStack, user_id: str) -> dict[str, str]:
+    """A shopper's headers for one state-changing call."""
+    return {"Authorization": f"Bearer {stack.token(user_id, ['customer'])}", "Idempotency-Key": uuid.uuid4().hex}
+
+
+def buy(stack: ConsoleStack, sale_id: int, user_id: str, quantity: int = 1) -> None:
+    """An accepted purchase through the gateway."""
+    url = f"{stack.url}/api/flashsale/sales/{sale_id}/purchase"
+    bought = httpx.post(url, json={"quantity": quantity}, headers=shopper(stack, user_id), timeout=5)
+    assert bought.status_code == 202, bought.text
+
+
+def orders_of(stack: ConsoleStack, sale_id: int, count: int) -> list[dict[str, Any]]:
+    """The sale's orders once the order service has made `count` of them."""
     deadline = time.monotonic() + 15
     while True:
-        orders: list[dict[str, Any]] = call(stack, "GET", "/order/admin/orders", params={"sale_id": sale["id"]}).json()
-        if len(orders) == len(buyers):
+        orders: list[dict[str, Any]] = call(stack, "GET", "/order/admin/orders", params={"sale_id": sale_id}).json()
+        if len(orders) == count:
             return orders
         assert time.monotonic() < deadline, "the order service made no orders"
         time.sleep(0.1)
+
+
+def ordered_sale(stack: ConsoleStack, buyers: list[str]) -> list[dict[str, Any]]:
+    """A live sale each buyer bought one unit of, and their orders once the order service has made them."""
+    sale = live_sale(stack)
+    for user in buyers:
+        buy(stack, sale["id"], user)
+    return orders_of(stack, sale["id"], len(buyers))
+
+
+def test_the_live_page_follows_purchases_payments_and_the_low_stock_alert_from_one_push_stream(
+    full_stack: ConsoleStack, page: Page
+) -> None:
+    sale = live_sale(full_stack, quantity=10, per_user_limit=5)
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/console/live?" in r.url else None)
+    sign_in(page, full_stack, f"#/sales/{sale['id']}/live")
+    expect(page.get_by_role("heading", name=f"Live: {sale['title']}")).to_be_visible()
+    expect(page.locator("#live-remaining")).to_have_text("10")
+
+    buy(full_stack, sale["id"], "live-buyer-1", 3)
+    expect(page.locator("#live-remaining")).to_have_text("7", timeout=2_000)
+    expect(page.locator("#live-reserved")).to_have_text("3", timeout=2_000)
+    expect(page.get_by_role("region", name="Refusals by code")).to_contain_text("none")
+
+    [order] = orders_of(full_stack, sale["id"], 1)
+    paid = httpx.post(
+        f"{full_stack.url}/api/order/orders/{order['id']}/pay", headers=shopper(full_stack, "live-buyer-1"), timeout=10
+    )
+    assert paid.status_code == 200, paid.text
+    expect(page.locator("#live-sold")).to_have_text("3", timeout=2_000)
+    expect(page.locator("#live-gmv")).to_contain_text("75.00")
+    expect(page.locator("#live-pay")).to_have_text("100.0 %")
+
+    buy(full_stack, sale["id"], "live-buyer-2", 2)
+    expect(page.locator("#live-remaining")).to_have_text("5", timeout=2_000)
+    feed = page.get_by_role("log", name="Alerts")
+    expect(feed).to_have_attribute("aria-live", "polite")
+    expect(feed).to_contain_text("Low stock: 5 left", timeout=3_000)
+    assert len(streams) == 1, streams
 
 
 def test_an_order_cancelled_from_the_console_is_cancelled_and_the_refund_queue_lists_a_late_charge(
