@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 from redis import Redis
 
 from services.common.migrate import upgrade
-from tests.conftest import PaySims, Processes, db_name_for, db_url_for, drop_database, redis_url_for
+from tests.conftest import PaySims, Processes, db_name_for, db_url_for, drop_database, free_port, redis_url_for
 from tests.console.conftest import GENEROUS_LIMITS, ConsoleStack
 
 # A logical Redis database of this module's own, emptied first: sale and template ids restart at 1 in the
@@ -36,37 +36,45 @@ def in_a_thread(coro: Coroutine[Any, Any, None]) -> None:
 
 @pytest.fixture(scope="module")
 def full_stack(paysim: PaySims) -> Iterator[ConsoleStack]:
-    """inventory, coupon, order and flashsale (one process each) behind a gateway with dev tokens on."""
+    """inventory, coupon, order and flashsale (one process each) behind a gateway with dev tokens on, all
+    started at once (each only needs the others' addresses, chosen first)."""
     for service, name in DATABASES.items():
         in_a_thread(drop_database(db_name_for(name)))
-        upgrade(service, db_url_for(name))
+        upgrade(service, db_url_for(name))  # one at a time: Alembic's context is process-wide
     Redis.from_url(REDIS_URL).flushdb()
-    procs = Processes()
-    common = {"REDIS_URL": REDIS_URL}
-    try:
-        inventory = procs.start(
-            "services.inventory.main:app", {**common, "INVENTORY_DATABASE_URL": db_url_for("inventory_cn")}
-        )
-        coupon = procs.start("services.coupon.main:app", {**common, "COUPON_DATABASE_URL": db_url_for("coupons_cn")})
-        order_env = {
+    ports = {name: free_port() for name in ("inventory", "coupon", "order", "flashsale", "gateway")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    envs = {
+        "inventory": {"INVENTORY_DATABASE_URL": db_url_for("inventory_cn")},
+        "coupon": {"COUPON_DATABASE_URL": db_url_for("coupons_cn")},
+        "order": {
             "ORDER_DATABASE_URL": db_url_for("orders_cn"),
             "ORDER_PAYSIM_PRIMARY_URL": paysim.primary,
             "ORDER_PAYSIM_BACKUP_URL": paysim.backup,
-            "ORDER_COUPON_URL": coupon,
+            "ORDER_COUPON_URL": urls["coupon"],
             "ORDER_STREAM_DISCOVERY_SECONDS": "0.2",
             # An order put in the refund_pending queue stays there while the test looks at it.
             "ORDER_REFUND_INTERVAL_SECONDS": "3600",
-        }
-        order = procs.start("services.order.main:app", {**common, **order_env})
-        flashsale = procs.start(
-            "services.flashsale.main:app", {**common, "FLASHSALE_DATABASE_URL": db_url_for("flashsale_cn")}
-        )
-        urls = {"INVENTORY": inventory, "COUPON": coupon, "ORDER": order, "FLASHSALE": flashsale}
-        gateway_env = {f"GATEWAY_{name}_URLS": url for name, url in urls.items()}
-        url = procs.start(
-            "gateway.main:app", {**common, **gateway_env, "GATEWAY_DEV_TOKENS": "true", **GENEROUS_LIMITS}
-        )
-        yield ConsoleStack(url)
+        },
+        "flashsale": {"FLASHSALE_DATABASE_URL": db_url_for("flashsale_cn")},
+        "gateway": {
+            **{f"GATEWAY_{name.upper()}_URLS": urls[name] for name in ("inventory", "coupon", "order", "flashsale")},
+            "GATEWAY_DEV_TOKENS": "true",
+            **GENEROUS_LIMITS,
+        },
+    }
+    apps = {name: f"services.{name}.main:app" for name in envs}
+    apps["gateway"] = "gateway.main:app"
+    procs = Processes()
+    try:
+        with ThreadPoolExecutor(max_workers=len(apps)) as pool:
+            started = [
+                pool.submit(procs.start, apps[name], {"REDIS_URL": REDIS_URL, **env}, ports[name])
+                for name, env in envs.items()
+            ]
+            for future in started:
+                future.result()
+        yield ConsoleStack(urls["gateway"])
     finally:
         procs.stop_all()
 
