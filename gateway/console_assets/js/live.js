@@ -11,8 +11,7 @@ const RECONNECT_MS = 3000;
 const ALERT_LABELS = {
   "stock.low": (a) => `Low stock: ${a.remaining} left (threshold ${a.threshold})${a.paused ? ", sale paused" : ""}`,
   "sale.sold_out": () => "Sold out",
-  "reconciliation.drift": (a) => `Drift: ${a.detail || a.kind || "counters and record disagree"}`,
-  "payment.failover": (a) => `Payment provider failover: ${a.provider || "backup in use"}`,
+  "reconciliation.drift": (a) => `Drift: ${a.drift ?? ""} units between the counters and the record`,
 };
 
 let current = null; // { source, timer, sale } of the page on screen
@@ -118,9 +117,10 @@ function drawAlerts(alerts, state) {
 function drawReconciliation(report) {
   if (!report) return setText("live-recon", "not checked yet");
   if (report.error) return setText("live-recon", `unavailable: ${report.error}`);
-  const drift = report.drift ?? report.drifts;
-  const ok = report.ok ?? report.balanced ?? (Array.isArray(drift) ? drift.length === 0 : !drift);
-  setText("live-recon", ok ? "in balance" : `drift: ${JSON.stringify(drift)}`);
+  const checked = `checked ${String(report.checked_at).slice(11, 19)} UTC`;
+  const problems = report.problems && report.problems.length ? `; ${report.problems.join("; ")}` : "";
+  const status = report.balanced ? "in balance" : `drift of ${report.drift} units`;
+  setText("live-recon", `${status} (${checked})${problems}`);
 }
 
 function drawUpstreams(replicas) {
