@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.pools import Pool, monotonic
@@ -25,6 +24,7 @@ from gateway.upstream import UpstreamError
 from gateway.views import ViewPublisher, local_view, summarize
 from services.common.auth import ServiceToken
 from services.common.contracts import ALERTS_STREAM, decode_event
+from services.common.resources import RedisClient
 
 log = logging.getLogger("gateway.console_live")
 
@@ -220,7 +220,7 @@ class LiveSources:
     """Where collectors read from: the services' admin APIs, the alerts stream, the gateway's own pools."""
 
     def __init__(
-        self, upstreams: Upstreams, redis: Redis, worker: str, pools: dict[str, Pool], views: Callable[[], Any]
+        self, upstreams: Upstreams, redis: RedisClient, worker: str, pools: dict[str, Pool], views: Callable[[], Any]
     ) -> None:
         self.upstreams = upstreams
         self.redis = redis

@@ -22,7 +22,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio import Redis
 from starlette.responses import StreamingResponse
 
 from gateway.config import GatewaySettings
@@ -32,6 +31,7 @@ from services.common.auth import AdminUser, ServiceToken
 from services.common.errors import ProblemError
 from services.common.lifespan import ServiceRuntime
 from services.common.openapi import problems
+from services.common.resources import RedisClient, open_redis
 
 log = logging.getLogger("gateway.console_live")
 
@@ -170,11 +170,17 @@ async def event_stream(hub: LiveHub, sale_id: int, live: ConsoleLiveSettings) ->
 
 
 def start_live_hub(
-    settings: GatewaySettings, live: ConsoleLiveSettings, runtime: ServiceRuntime, redis: Redis, pools: dict[str, Pool]
+    settings: GatewaySettings,
+    live: ConsoleLiveSettings,
+    runtime: ServiceRuntime,
+    redis: RedisClient,
+    pools: dict[str, Pool],
 ) -> LiveHub:
     """The process's hub of collectors, ended at shutdown (and on the stop signal, before the server waits)."""
     if live.alerts_redis_url:
-        redis = runtime.closing(Redis.from_url(live.alerts_redis_url, socket_timeout=1, socket_connect_timeout=1))
+        # The same kind of client as the services' (a cluster client on a Redis Cluster), with a few connections.
+        update = {"redis_url": live.alerts_redis_url, "redis_max_connections": 4}
+        redis = runtime.closing(open_redis(settings.model_copy(update=update)))
     token = ServiceToken(settings, "gateway-console", live.service_token)
     upstreams = Upstreams(pools, token, live.upstream_timeout_seconds)
     state = runtime.state
