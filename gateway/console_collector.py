@@ -141,11 +141,12 @@ class SaleCollector:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
 
     def publish(self, snapshot: bytes) -> None:
-        """Hand a snapshot to every watcher; one that is too slow to keep up misses it, not the others."""
+        """Hand a snapshot to every watcher; one too slow to keep up loses its oldest, never slows the others."""
         self.last = snapshot
         for queue in self.watchers:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(snapshot)
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(snapshot)
 
     async def snapshot(self) -> dict[str, Any]:
         """Everything the live page shows, read now."""

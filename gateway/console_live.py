@@ -61,6 +61,9 @@ class ConsoleLiveSettings(BaseSettings):
     ticket_secret: str = ""
 
 
+RETRY_LATER = {"Retry-After": "5"}
+
+
 class TicketRefused(ProblemError):
     status = 401
     code = "UNAUTHENTICATED"
@@ -202,7 +205,7 @@ def live_router(settings: GatewaySettings, live: ConsoleLiveSettings) -> APIRout
         """A short-lived ticket to open the live stream of one sale (EventSource cannot send a token)."""
         hub: LiveHub | None = getattr(request.app.state, "live_hub", None)
         if hub is None or hub.full():
-            raise LiveFull("The gateway has no room for another live connection; retry shortly")
+            raise LiveFull("The gateway has no room for another live connection; retry shortly", headers=RETRY_LATER)
         ticket = tickets.issue(body.sale_id, user.user_id)
         log.info("live ticket issued", extra={"actor": user.user_id, "sale_id": body.sale_id})
         url = f"/console/live?sale_id={body.sale_id}&ticket={ticket}"
@@ -217,7 +220,7 @@ def live_router(settings: GatewaySettings, live: ConsoleLiveSettings) -> APIRout
         hub: LiveHub | None = getattr(request.app.state, "live_hub", None)
         user_id = tickets.redeem(ticket, sale_id)
         if hub is None or hub.full():
-            raise LiveFull("The gateway has no room for another live connection; retry shortly")
+            raise LiveFull("The gateway has no room for another live connection; retry shortly", headers=RETRY_LATER)
         log.info("live stream opened", extra={"actor": user_id, "sale_id": sale_id})
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(event_stream(hub, sale_id, live), media_type="text/event-stream", headers=headers)
