@@ -11,6 +11,7 @@ from gateway import admin, router
 from gateway.auth import EdgeTokenVerifier
 from gateway.config import GatewaySettings
 from gateway.console import console_router
+from gateway.console_live import ConsoleLiveSettings, live_router, start_live_hub
 from gateway.metrics import POOLS
 from gateway.pools import HealthChecker, build_pools
 from gateway.proxy import Proxy
@@ -51,6 +52,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     proxy = Proxy(settings, pools, verifier)
 
     worker = worker_name(settings.replica_id)
+    live = ConsoleLiveSettings()
 
     async def start(runtime: ServiceRuntime) -> list[Job]:
         # A few connections, not warmed: upstream views make one call per interval and per admin read, and the
@@ -63,6 +65,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
         runtime.state.view_publisher = publisher = ViewPublisher(
             views_redis, worker, pools, settings.view_interval_seconds
         )
+        start_live_hub(settings, live, runtime, views_redis, pools)
         return [
             HealthChecker(pools, settings).run,
             Every(settings.view_interval_seconds, "upstream view", publisher.publish),
@@ -86,6 +89,7 @@ def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     api.state.worker = worker
     api.state.token_verifier = verifier
     api.include_router(admin.router)
+    api.include_router(live_router(settings, live))
     api.include_router(console_router(settings))
     if settings.dev_tokens:
         api.include_router(router.router)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from tests.conftest import Processes, free_port, redis_url_for
+from tests.conftest import TEST_REDIS_URL, Processes, free_port, redis_url_for
 
 CHROMIUM = "/usr/bin/chromium"
 # Every console request comes from 127.0.0.1 and one admin: the limits are far above what a run sends.
@@ -54,6 +54,8 @@ def console_stack(replicas: list[str]) -> Iterator[ConsoleStack]:
         "GATEWAY_DEV_TOKENS": "true",
         "GATEWAY_FLASHSALE_URLS": ",".join(replicas),
         "GATEWAY_HEALTH_INTERVAL": "0.2",
+        # The live view reads the alerts the flashsale replicas publish, in their Redis.
+        "GATEWAY_CONSOLE_LIVE_ALERTS_REDIS_URL": TEST_REDIS_URL,
         **{f"GATEWAY_{name}_URLS": dead for name in ("INVENTORY", "COUPON", "ORDER")},
         **GENEROUS_LIMITS,
     }

@@ -91,3 +91,8 @@ export function admin(method, path, options = {}) {
 export function storefrontSales() {
   return call("GET", `${FLASHSALE}/sales`, { bearer: null });
 }
+
+/** Another service's admin API through the gateway: `serviceAdmin("order", "GET", "/orders")`. */
+export function serviceAdmin(service, method, path, options = {}) {
+  return call(method, `/api/${service}/admin${path}`, { keyed: method === "POST", ...options });
+}

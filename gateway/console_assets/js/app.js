@@ -4,6 +4,10 @@ import { signOut, token, tokenSubject, whenSignedOut } from "./api.js";
 import { h, problemBox, show } from "./dom.js";
 import { loginPage } from "./login.js";
 import { auditPage } from "./audit.js";
+import { livePage, stopLive } from "./live.js";
+import { couponsPage } from "./coupons.js";
+import { inventoryPage, skuPage } from "./inventory.js";
+import { orderPage, ordersPage } from "./orders.js";
 import { EDITABLE, loadSale, salePage } from "./sale.js";
 import { saleFormPage } from "./saleform.js";
 import { salesPage, stopTicking } from "./sales.js";
@@ -35,6 +39,7 @@ async function editPage(id) {
 /** Draw the page the hash names; without a token, the login form. */
 async function route(message) {
   stopTicking();
+  stopLive();
   if (!token()) {
     signedInChrome(false);
     // Signed in: the page the address asked for (a deep link survives the login), else the sales.
@@ -49,6 +54,12 @@ async function route(message) {
   else if ((match = /^\/sales\/(\d+)$/.exec(path))) await salePage(match[1]);
   else if ((match = /^\/sales\/(\d+)\/edit$/.exec(path))) await editPage(match[1]);
   else if ((match = /^\/sales\/(\d+)\/audit$/.exec(path))) await auditPage(match[1]);
+  else if ((match = /^\/sales\/(\d+)\/live$/.exec(path))) await livePage(match[1]);
+  else if (path === "/coupons") await couponsPage();
+  else if (path === "/inventory") await inventoryPage();
+  else if ((match = /^\/inventory\/(.+)$/.exec(path))) await skuPage(decodeURIComponent(match[1]));
+  else if ((match = /^\/orders(?:\?(.*))?$/.exec(path))) await ordersPage(match[1]);
+  else if ((match = /^\/orders\/([^/?]+)$/.exec(path))) await orderPage(decodeURIComponent(match[1]));
   else show(h("h1", {}, "Not found"), h("a", { href: "#/sales" }, "Go to the sales"));
 }
 

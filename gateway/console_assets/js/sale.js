@@ -121,6 +121,7 @@ function actionButtons(sale, state, box) {
     return button;
   });
   if (EDITABLE.has(state)) buttons.push(h("a", { href: `#/sales/${sale.id}/edit` }, "Edit"));
+  buttons.push(h("a", { href: `#/sales/${sale.id}/live` }, "Live view"));
   buttons.push(h("a", { href: `#/sales/${sale.id}/audit` }, "Audit log"));
   return h("div", { class: "actions", role: "group", "aria-label": "Actions" }, buttons);
 }
