@@ -115,6 +115,7 @@ class Briefings:
             "title": title,
             "at": now.isoformat(),
             "period_start": start.isoformat(),
+            "currency": counters.get("currency") or "USD",
             "stock": stock,
             "orders": orders,
             "units_in_period": taken_in_period,

@@ -3,13 +3,20 @@ edit, run and stop a sale through the screens, and read each action back in the 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from playwright.sync_api import Page, expect
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.flashsale.briefings import anomalies
+from services.flashsale.models import Briefing
+from tests.conftest import TEST_DB_URL
 from tests.console.conftest import ConsoleStack
 
 
@@ -219,3 +226,43 @@ def test_a_token_the_gateway_stops_accepting_sends_the_admin_back_to_the_login_f
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(page.locator("#login-problem")).to_have_text(refused.json()["detail"])
     assert page.evaluate("sessionStorage.length") == 0
+
+
+async def _store_briefing(sale_id: int, body: dict[str, Any]) -> None:
+    """A briefing as a flashsale replica keeps it (services/flashsale/briefings.py writes the same row)."""
+    engine = create_async_engine(TEST_DB_URL)
+    try:
+        async with engine.begin() as conn:
+            now = datetime.now(UTC)
+            await conn.execute(insert(Briefing).values(sale_id=sale_id, period_start=now, at=now, body=body))
+    finally:
+        await engine.dispose()
+
+
+def test_the_briefings_page_lists_each_briefing_with_its_figures_and_anomalies(
+    console_stack: ConsoleStack, page: Page
+) -> None:
+    sale = draft_sale(console_stack, f"Briefed phone {uuid.uuid4().hex[:6]}")
+    stock = {"quantity": 10, "remaining": 3, "reserved": 5, "sold": 2}
+    orders = {"orders": 7, "paid": 2, "gmv": 9_998, "payment_attempts": 30, "payment_success_rate": 0.5}
+    body = {
+        "type": "sale.briefing",
+        "sale_id": sale["id"],
+        "title": sale["title"],
+        "currency": "USD",
+        "stock": stock,
+        "orders": orders,
+        "sell_out_in_seconds": 90,
+        "anomalies": anomalies(stock, orders, taken_in_period=4, sellout_s=None),
+    }
+    # The browser tests drive Playwright's sync API inside pytest's running loop: the write runs on a thread.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _store_briefing(sale["id"], body)).result()
+    sign_in(page, console_stack, "ops-briefed")
+    page.get_by_role("link", name="Briefings").click()
+    row = page.locator(f'#briefings-table tr[data-sale="{sale["id"]}"]')
+    expect(row).to_contain_text("3 of 10 left, 5 reserved, 2 sold")
+    expect(row).to_contain_text("7 orders, 2 paid, $99.98")
+    expect(row).to_contain_text("50 %")
+    expect(row).to_contain_text("90 s")
+    expect(row.locator('li[data-code="PAYMENT_SUCCESS_LOW"]')).to_contain_text("check the providers")

@@ -4,6 +4,7 @@ import { signOut, token, tokenSubject, whenSignedOut } from "./api.js";
 import { h, problemBox, show } from "./dom.js";
 import { loginPage } from "./login.js";
 import { auditPage } from "./audit.js";
+import { briefingsPage } from "./briefings.js";
 import { livePage, stopLive } from "./live.js";
 import { couponsPage } from "./coupons.js";
 import { inventoryPage, skuPage } from "./inventory.js";
@@ -55,6 +56,7 @@ async function route(message) {
   else if ((match = /^\/sales\/(\d+)\/edit$/.exec(path))) await editPage(match[1]);
   else if ((match = /^\/sales\/(\d+)\/audit$/.exec(path))) await auditPage(match[1]);
   else if ((match = /^\/sales\/(\d+)\/live$/.exec(path))) await livePage(match[1]);
+  else if (path === "/briefings") await briefingsPage();
   else if (path === "/coupons") await couponsPage();
   else if (path === "/inventory") await inventoryPage();
   else if ((match = /^\/inventory\/(.+)$/.exec(path))) await skuPage(decodeURIComponent(match[1]));
