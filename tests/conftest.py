@@ -376,3 +376,10 @@ async def sale_stats(client: httpx.AsyncClient, sale_id: int) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     stats: dict[str, Any] = resp.json()
     return stats
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The browser tests run last: Playwright's sync API holds the event loop the session's in-process apps
+    (flashsale, its alert relay, the webhook receiver) run on, for as long as each browser test runs; the apps'
+    Redis reads time out meanwhile and their alerts arrive late for the tests that follow."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/console/"))
