@@ -40,6 +40,9 @@ class Reconciler:
     async def reconcile(self) -> Reconciliation:
         """Per SKU: do the counters add up, and do they match what the ledger says they must be?"""
         async with self.sessions() as session:
+            # One snapshot for the counters and the ledger: read in separate snapshots, a stock change committed
+            # between the statements shows as drift that is not there (and drift pages as an oversell risk).
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             rows = list(await session.scalars(select(Sku).order_by(Sku.sku)))
             sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
             totals = await session.execute(

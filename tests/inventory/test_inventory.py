@@ -103,6 +103,22 @@ async def test_200_concurrent_holds_on_50_units_never_exceed_stock(inventory: ht
     assert availability.json() == {"sku": sku, "available": 0}
 
 
+async def test_reconciliation_during_a_burst_of_holds_never_reports_drift_that_is_not_there(
+    inventory: httpx.AsyncClient,
+) -> None:
+    sku = await _sku(inventory, 300)
+    burst = asyncio.ensure_future(asyncio.gather(*(_hold(inventory, sku, f"burst-{n}", f"k-{n}") for n in range(300))))
+    reports = []
+    while not burst.done():
+        resp = await inventory.get("/admin/reconciliation", headers=admin_headers())
+        assert resp.status_code == 200, resp.text
+        reports.append(resp.json())
+    assert Counter(r.status_code for r in await burst) == {201: 300}
+    assert len(reports) >= 3  # it did reconcile while the holds were being taken
+    assert [r["drift"] for r in reports if not r["ok"]] == []
+    await _reconciled(inventory, sku)
+
+
 async def test_hold_replay_confirm_and_release(inventory: httpx.AsyncClient) -> None:
     sku = await _sku(inventory, 10)
     first = await _hold(inventory, sku, "shopper-1", "same", quantity=3)
