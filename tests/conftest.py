@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,16 +128,25 @@ class WebhookReceiver:
         return [a for a in self.received if a.get("sale_id") == sale_id]
 
 
+@asynccontextmanager
+async def serving(server: uvicorn.Server) -> AsyncIterator[None]:
+    """Run an HTTP server of the test's own on the test's event loop for the length of the block."""
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
 @pytest.fixture(scope="session")
 async def webhook() -> AsyncIterator[WebhookReceiver]:
     """The alert webhook receiver, listening on a real port."""
     receiver = WebhookReceiver()
-    task = asyncio.create_task(receiver.server.serve())
-    while not receiver.server.started:
-        await asyncio.sleep(0.02)
-    yield receiver
-    receiver.server.should_exit = True
-    await task
+    async with serving(receiver.server):
+        yield receiver
 
 
 @pytest.fixture(scope="session")

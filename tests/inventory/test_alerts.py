@@ -36,6 +36,7 @@ from tests.conftest import (
     db_url_for,
     drop_database,
     free_port,
+    serving,
     wait_for,
 )
 
@@ -95,12 +96,8 @@ class SignedReceiver:
 async def receiver() -> AsyncIterator[SignedReceiver]:
     """The webhook receiver on a real port."""
     hook = SignedReceiver()
-    task = asyncio.create_task(hook.server.serve())
-    while not hook.server.started:
-        await asyncio.sleep(0.02)
-    yield hook
-    hook.server.should_exit = True
-    await task
+    async with serving(hook.server):
+        yield hook
 
 
 def _settings(receiver: SignedReceiver, **overrides: Any) -> InventorySettings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +16,7 @@ from services.common.resources import open_engine, session_factory
 from services.order.config import OrderSettings
 from services.order.payments import PaymentRouter
 from services.order.service import OrderService
+from tests.conftest import TEST_REDIS_URL, PaySims, db_url_for
 
 
 @asynccontextmanager
@@ -29,6 +31,22 @@ async def order_service(settings: OrderSettings) -> AsyncIterator[OrderService]:
         await payments.aclose()
         await redis.aclose()
         await engine.dispose()
+
+
+def in_process_settings(db_base: str, paysim: PaySims, *, registry: str, **overrides: Any) -> OrderSettings:
+    """Settings of an in-process order service beside a module's order processes: their database (`db_base`,
+    migrated once they run), the suite's Redis, the providers, a small pool; `registry` names the purchase
+    stream registry it would follow (a module's own, so it takes no other test's purchases)."""
+    return OrderSettings(
+        env="test",
+        database_url=db_url_for(db_base),
+        redis_url=TEST_REDIS_URL,
+        purchase_stream_registry=registry,
+        paysim_primary_url=paysim.primary,
+        paysim_backup_url=paysim.backup,
+        db_pool_size=2,
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")

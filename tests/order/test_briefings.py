@@ -4,7 +4,6 @@ webhooks and in `GET /admin/briefings`."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -22,12 +21,12 @@ from tests.conftest import (
     WebhookReceiver,
     admin_headers,
     customer_headers,
-    db_url_for,
     live_sale,
     order_processes,
+    serving,
     wait_for,
 )
-from tests.order.conftest import unpaid_order
+from tests.order.conftest import in_process_settings, unpaid_order
 
 DB_BASE = "orders_briefings"
 
@@ -41,26 +40,15 @@ def order_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def order_settings(order_url: str, paysim: PaySims) -> OrderSettings:
-    return OrderSettings(
-        env="test",
-        database_url=db_url_for(DB_BASE),
-        redis_url=TEST_REDIS_URL,
-        purchase_stream_registry="test:briefings:none",
-        paysim_primary_url=paysim.primary,
-        paysim_backup_url=paysim.backup,
-        db_pool_size=2,
-    )
+    return in_process_settings(DB_BASE, paysim, registry="test:briefings:none")
 
 
 @pytest.fixture(scope="module")
 async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver of this module's own (the session's receives the other tests' alerts)."""
     hooks = WebhookReceiver()
-    task = asyncio.create_task(hooks.server.serve())
-    while not hooks.server.started:
-        await asyncio.sleep(0.01)
-    yield hooks
-    hooks.server.should_exit = True
-    await task
+    async with serving(hooks.server):
+        yield hooks
 
 
 @pytest.fixture

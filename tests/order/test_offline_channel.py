@@ -14,15 +14,13 @@ import pytest
 from services.order.config import OrderSettings
 from services.order.service import OrderService
 from tests.conftest import (
-    TEST_REDIS_URL,
     PaySims,
     admin_headers,
     customer_headers,
-    db_url_for,
     order_processes,
     wait_for,
 )
-from tests.order.conftest import unpaid_order
+from tests.order.conftest import in_process_settings, unpaid_order
 from tests.paysim.procs import payments_for, reset_faults, set_faults
 
 DB_BASE = "orders_offline"
@@ -49,15 +47,7 @@ def replica(paysim: PaySims) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def order_settings(replica: str, paysim: PaySims) -> OrderSettings:
     """The in-process service creates orders (as purchase events would) in the replica's database."""
-    return OrderSettings(
-        env="test",
-        database_url=db_url_for(DB_BASE),
-        redis_url=TEST_REDIS_URL,
-        purchase_stream_registry=REGISTRY,
-        paysim_primary_url=paysim.primary,
-        paysim_backup_url=paysim.backup,
-        db_pool_size=2,
-    )
+    return in_process_settings(DB_BASE, paysim, registry=REGISTRY)
 
 
 @pytest.fixture

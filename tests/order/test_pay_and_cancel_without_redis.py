@@ -21,15 +21,13 @@ from services.order.config import OrderSettings
 from services.order.idempotency import OrderIdempotency
 from services.order.service import OrderService
 from tests.conftest import (
-    TEST_REDIS_URL,
     PaySims,
     PrivateRedis,
     customer_headers,
-    db_url_for,
     order_processes,
     wait_for,
 )
-from tests.order.conftest import unpaid_order
+from tests.order.conftest import in_process_settings, unpaid_order
 from tests.paysim.procs import payments_for, reset_faults, set_faults
 
 DB_BASE = "orders_noredis"
@@ -69,15 +67,7 @@ def replica(paysim: PaySims, dead_redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def order_settings(replica: str, paysim: PaySims) -> OrderSettings:
     """The in-process service's settings: the replica's database (migrated once it runs), the suite's Redis."""
-    return OrderSettings(
-        env="test",
-        database_url=db_url_for(DB_BASE),
-        redis_url=TEST_REDIS_URL,
-        purchase_stream_registry=STREAMS,
-        paysim_primary_url=paysim.primary,
-        paysim_backup_url=paysim.backup,
-        db_pool_size=2,
-    )
+    return in_process_settings(DB_BASE, paysim, registry=STREAMS)
 
 
 @pytest.fixture

@@ -23,16 +23,14 @@ from services.common.webhooks import DEV_SIGNING_KEY
 from services.order.config import OrderSettings
 from services.order.service import OrderService
 from tests.conftest import (
-    TEST_REDIS_URL,
     PaySims,
     WebhookReceiver,
     admin_headers,
     customer_headers,
-    db_url_for,
     order_processes,
     wait_for,
 )
-from tests.order.conftest import unpaid_order
+from tests.order.conftest import in_process_settings, unpaid_order
 
 DB_BASE = "orders_reminders"
 EVENTS = "test:reminders:order-events"
@@ -62,16 +60,12 @@ def replicas(paysim: PaySims, webhook: WebhookReceiver) -> Iterator[list[str]]:
 @pytest.fixture(scope="module")
 def order_settings(replicas: list[str], paysim: PaySims) -> OrderSettings:
     """The in-process service creates the orders (as purchase events would) in the replicas' database."""
-    return OrderSettings(
-        env="test",
-        database_url=db_url_for(DB_BASE),
-        redis_url=TEST_REDIS_URL,
-        purchase_stream_registry="test:reminders:no-streams",
+    return in_process_settings(
+        DB_BASE,
+        paysim,
+        registry="test:reminders:no-streams",
         events_stream=EVENTS,
         payment_deadline_seconds=DEADLINE_SECONDS,
-        paysim_primary_url=paysim.primary,
-        paysim_backup_url=paysim.backup,
-        db_pool_size=2,
     )
 
 
