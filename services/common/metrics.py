@@ -97,15 +97,16 @@ class CounterTable:
         self.name = name.removesuffix("_total")
         self.help = help_text
         self.labels = list(labels)
-        self.counts: dict[tuple[str, ...], float] = {}
+        # Whole counts: events, units, money in minor units (an int sum stays exact where a float sum would not).
+        self.counts: dict[tuple[str, ...], int] = {}
         registry.register(self)
 
-    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+    def inc(self, labels: tuple[str, ...], amount: int = 1) -> None:
         """Add `amount` under `labels` (one value per label name, in order)."""
         counts = self.counts
         counts[labels] = counts.get(labels, 0) + amount
 
-    def value(self, labels: tuple[str, ...]) -> float:
+    def value(self, labels: tuple[str, ...]) -> int:
         """The count under `labels` now (0 if never counted)."""
         return self.counts.get(labels, 0)
 
