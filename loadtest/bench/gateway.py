@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +67,10 @@ from loadtest.bench.wrk import WrkResult, ensure_wrk, run_wrk
 AIM_RATIO = 0.6
 GATEWAY_PREFIX = "/api/flashsale"
 GATEWAY_SETUPS = {"single": "1 gateway process", "reuseport": "2 gateway processes, one SO_REUSEPORT port"}
+
+
+# One measured run of a path: (path, label, seconds) -> the wrk result and the check that its purchases were real.
+Purchase = Callable[[str, str, int], tuple[WrkResult, Verification]]
 
 
 @dataclass
@@ -196,9 +200,6 @@ def measure(
     """Warm up every path, then measure them in interleaved rounds, on the same flashsale processes."""
     wrk = ensure_wrk()
     token = admin_token()
-    runs: list[Run] = []
-    warmups: list[Verification] = []
-    seconds = opts.duration // opts.rounds
     with baseline_checkout(setup.baseline) as tree, stack(opts, setup, redis_url, database_url, tree) as servers:
         flashsale, gateways = servers
         admin = Admin(flashsale.base_url, token)
@@ -218,19 +219,32 @@ def measure(
                 )
                 return result, verify_purchases(admin, redis_url, sale_id, result)
 
-            if opts.warmup:
-                for name in paths:
-                    print(f"[{name}] warm-up {opts.warmup}s (token caches, connection pools)", flush=True)
-                    warmups.append(purchase(name, f"{name}-w", opts.warmup)[1])
-            order = setup.paths
-            for n in range(opts.rounds):
-                for name in order[n % len(order) :] + order[: n % len(order)]:
-                    result, check = purchase(name, f"{name}-{n}", seconds)
-                    runs.append(Run(name, n, result, check))
-                shown = ", ".join(f"{r.path} {r.result.rps:,.0f}/s" for r in runs[-len(order) :])
-                print(f"round {n + 1}/{opts.rounds}: {shown}, ratio {round_ratios(runs)[-1]:.3f}", flush=True)
+            runs, warmups = interleaved_rounds(
+                setup.paths, opts, purchase, note=lambda done: f", ratio {round_ratios(done)[-1]:.3f}"
+            )
         finally:
             admin.close()
+    return runs, warmups
+
+
+def interleaved_rounds(
+    order: list[str], opts: Options, purchase: Purchase, note: Callable[[list[Run]], str] = lambda done: ""
+) -> tuple[list[Run], list[Verification]]:
+    """A warm-up of every path, then `opts.rounds` rounds of each, the order rotated every round so that every
+    path meets the same fast and slow moments of the machine; `note` adds to each round's line."""
+    warmups: list[Verification] = []
+    if opts.warmup:
+        for name in order:
+            print(f"[{name}] warm-up {opts.warmup}s (token caches, connection pools)", flush=True)
+            warmups.append(purchase(name, f"{name}-w", opts.warmup)[1])
+    runs: list[Run] = []
+    seconds = opts.duration // opts.rounds
+    for n in range(opts.rounds):
+        for name in order[n % len(order) :] + order[: n % len(order)]:
+            result, check = purchase(name, f"{name}-{n}", seconds)
+            runs.append(Run(name, n, result, check))
+        shown = ", ".join(f"{r.path} {r.result.rps:,.0f}/s" for r in runs[-len(order) :])
+        print(f"round {n + 1}/{opts.rounds}: {shown}{note(runs)}", flush=True)
     return runs, warmups
 
 

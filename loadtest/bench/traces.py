@@ -49,7 +49,7 @@ from sqlalchemy.engine import make_url
 from loadtest.bench.backends import flush_redis, recreate_database, urls_from_environment
 from loadtest.bench.cpu import CpuProbe
 from loadtest.bench.errors import BenchError, ends_cleanly
-from loadtest.bench.gateway import GATEWAY_PREFIX, Pooled, Run, baseline_checkout, round_ratios
+from loadtest.bench.gateway import GATEWAY_PREFIX, Pooled, Run, baseline_checkout, interleaved_rounds, round_ratios
 from loadtest.bench.options import Options, add_load_arguments, check_load_arguments
 from loadtest.bench.results import RESULTS_DIR, ROOT, report_header, table_lines, write_report
 from loadtest.bench.sale import Admin, Verification, admin_token, verify_purchases, write_tokens
@@ -186,9 +186,6 @@ def measure(
     """Warm up every variant, then measure them in interleaved rounds."""
     wrk = ensure_wrk()
     admin = Admin(admin_url, admin_token())
-    runs: list[Run] = []
-    warmups: list[Verification] = []
-    seconds = opts.duration // opts.rounds
     try:
         probe = CpuProbe([], redis_url, {name: v.pids for name, v in servers.items()})
         tag = uuid.uuid4().hex[:8]
@@ -209,17 +206,7 @@ def measure(
             result.cpu_seconds["servers"] = result.cpu_seconds.get(name)
             return result, verify_purchases(admin, redis_url, sale_id, result)
 
-        order = list(servers)
-        if opts.warmup:
-            for name in order:
-                print(f"[{name}] warm-up {opts.warmup}s", flush=True)
-                warmups.append(purchase(name, f"{name}-w", opts.warmup)[1])
-        for n in range(opts.rounds):
-            for name in order[n % len(order) :] + order[: n % len(order)]:
-                result, check = purchase(name, f"{name}-{n}", seconds)
-                runs.append(Run(name, n, result, check))
-            shown = ", ".join(f"{r.path} {r.result.rps:,.0f}/s" for r in runs[-len(order) :])
-            print(f"round {n + 1}/{opts.rounds}: {shown}", flush=True)
+        runs, warmups = interleaved_rounds(list(servers), opts, purchase)
     finally:
         admin.close()
     return runs, warmups
