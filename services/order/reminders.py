@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.contracts import ConsumerGroup, EventType, decode_event
 from services.common.metrics import CounterTable
+from services.common.resources import RedisClient
 from services.common.streams import StreamConsumer
 from services.common.webhooks import sign
 from services.order.config import OrderSettings
@@ -80,7 +81,7 @@ class PaymentReminders:
             resp.raise_for_status()  # the entry stays pending and the group retries it
         REMINDERS.inc(("posted",))
 
-    def webhook_consumer(self, redis: Any, consumer_name: str) -> StreamConsumer:
+    def webhook_consumer(self, redis: RedisClient, consumer_name: str) -> StreamConsumer:
         """The `order-reminders` group of the order events stream (run only while webhooks are configured)."""
 
         async def handle(entry_id: str, fields: dict[str, Any]) -> None:
